@@ -1,0 +1,40 @@
+"""The one exception type that bad user input raises.
+
+Every check of user input ends in an :class:`InputError` whose message is a
+single line naming the source (a file, or a command-line option), the field
+and what was expected, so the CLI can print it and exit 2 without a traceback.
+"""
+
+
+class QKAlignError(Exception):
+    """Base class of the errors qkalign raises on purpose."""
+
+
+class InputError(QKAlignError, ValueError):
+    """Input that qkalign refuses: one line, ``SOURCE: FIELD: expected ..., found ...``.
+
+    Parameters
+    ----------
+    source : str
+        File path or option name the bad value came from.
+    field : str
+        Key, tensor name or option inside ``source`` (may be empty).
+    expected : str
+        What a valid value looks like.
+    found : str, optional
+        What was there instead.
+    """
+
+    def __init__(self, source, field, expected, found=None):
+        self.source = str(source)
+        self.field = field
+        self.expected = expected
+        self.found = found
+        parts = [self.source]
+        if field:
+            parts.append(field)
+        text = f"expected {expected}"
+        if found is not None:
+            text += f", found {found}"
+        parts.append(text)
+        super().__init__(": ".join(parts))

@@ -1,0 +1,137 @@
+"""The numpy reference: the definition of every number qkalign reports.
+
+Plain vectorised float64 numpy, written to be read. The Numba kernels in
+``qkalign.kernels`` must agree with these functions (the comparison table in
+``qkalign.backends`` pairs each kernel with its function here).
+
+Notation: ``L`` layers, ``H`` query heads, ``k`` eigenvectors kept per head,
+``n`` hidden size, ``g_L^h`` the QK operator of layer ``L``, head ``h``.
+"""
+
+import numpy as np
+
+#: The seed's list of top-k values for the sign agreement (only those <= spectrum length are used).
+SIGN_K_VALUES = (2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def operator_norms(gram):
+    """Frobenius norms ``||g_L^h||_F = sqrt(gram[L, L, h])``.
+
+    gram: (L, L, H) float64 -> (L, H) float64.
+    """
+    return np.sqrt(np.einsum("llh->lh", gram))
+
+
+def operator_cos_per_head(gram):
+    """Operator cosine ``cos[L, L', h] = gram[L, L', h] / (||g_L^h|| ||g_L'^h||)``.
+
+    Normalised by the gram diagonal, not by the JSON's ``fro_sq`` (a different
+    quantity, see the seed's NOTE). gram: (L, L, H) -> (L, L, H) float64.
+    """
+    norms = operator_norms(gram)
+    return gram / (norms[:, None, :] * norms[None, :, :])
+
+
+def operator_cos(gram):
+    """Head-averaged operator cosine ``mean_h cos[L, L', h]``: (L, L, H) -> (L, L)."""
+    return operator_cos_per_head(gram).mean(axis=2)
+
+
+def adjacent_cos(cos):
+    """Cosines of adjacent layers ``cos[L, L+1]``: (L, L) -> (L-1,)."""
+    return np.diagonal(cos, offset=1).copy()
+
+
+def rescale_to_anchor(gram, anchor):
+    """Optimal scalar rescale of each layer onto the anchor and what it leaves.
+
+    For one head, ``T = <g_L, g_a> / ||g_a||^2`` minimises ``||g_L - T g_a||_F``
+    and leaves the fraction ``||g_L - T g_a|| / ||g_L|| = sqrt(1 - cos^2)``.
+
+    Returns
+    -------
+    t_opt : (L,) float64
+        ``mean_h gram[L, a, h] / gram[a, a, h]``.
+    mean_cos : (L,) float64
+        ``mean_h cos[L, a, h]`` (equal to ``operator_cos(gram)[:, a]``).
+    mean_resid : (L,) float64
+        ``mean_h sqrt(1 - cos[L, a, h]^2)``, the per-head residual fraction averaged.
+    resid_of_mean_cos : (L,) float64
+        ``sqrt(1 - mean_cos^2)``, the seed's "resid_frac" column of section (a).
+    """
+    cos_a = operator_cos_per_head(gram)[:, anchor, :]
+    t_opt = (gram[:, anchor, :] / np.einsum("llh->lh", gram)[anchor]).mean(axis=1)
+    mean_cos = cos_a.mean(axis=1)
+    mean_resid = np.sqrt(np.clip(1.0 - cos_a**2, 0.0, 1.0)).mean(axis=1)
+    resid_of_mean_cos = np.sqrt(np.maximum(1.0 - mean_cos**2, 0.0))
+    return t_opt, mean_cos, mean_resid, resid_of_mean_cos
+
+
+def sign_k_values(spectrum_length):
+    """The seed's k values that fit in a spectrum of this length."""
+    return tuple(k for k in SIGN_K_VALUES if k <= spectrum_length)
+
+
+def sign_agreement(sym_eigs, anchor, k_values):
+    """Fraction of the top-k eigenvalues whose sign equals the anchor's, per (k, L, h).
+
+    ``agree[i, L, h] = mean_{j < k_i} [sign(lambda_j(L, h)) == sign(lambda_j(a, h))]``
+    with eigenvalues in the stored order (``|lambda|`` descending) and ``sign(0) = 0``.
+    sym_eigs: (L, H, m) -> (len(k_values), L, H) float64.
+    """
+    same = np.sign(sym_eigs) == np.sign(sym_eigs[anchor])[None]
+    return np.stack([same[:, :, :k].mean(axis=2) for k in k_values])
+
+
+def fraction_positive(sym_eigs):
+    """Fraction of positive eigenvalues per layer over all heads: (L, H, m) -> (L,)."""
+    return (sym_eigs > 0).mean(axis=(1, 2))
+
+
+def orthonormal_bases(eig_dirs):
+    """Orthonormal bases of the row spans of ``eig_dirs``: (..., k, n) -> (..., n, k).
+
+    Householder QR of each ``A^T``; stored eigenvectors need not be orthonormal
+    (float16/bfloat16 storage rounds them).
+    """
+    q, _ = np.linalg.qr(np.swapaxes(eig_dirs, -1, -2))
+    return q
+
+
+def principal_cosines(qa, qb):
+    """Cosines of the principal angles between ``span(qa)`` and ``span(qb)``, descending.
+
+    Knyazev & Argentati (2002), as ``scipy.linalg.subspace_angles``: the cosines
+    are the singular values of ``qa^T qb``; for angles below pi/4 (cos^2 >= 1/2)
+    they come from the sines instead, the singular values of ``qb - qa (qa^T qb)``,
+    as ``sqrt(1 - sin^2)``, which keeps nearly coincident subspaces accurate.
+
+    qa, qb: (..., n, k) float64 with orthonormal columns -> (..., k) float64 in [0, 1].
+    """
+    m = np.swapaxes(qa, -1, -2) @ qb
+    cos = np.linalg.svd(m, compute_uv=False)
+    residual = qb - qa @ m
+    sin_ascending = np.linalg.svd(residual, compute_uv=False)[..., ::-1]
+    from_sines = np.sqrt(np.clip(1.0 - sin_ascending**2, 0.0, 1.0))
+    return np.where(cos**2 >= 0.5, from_sines, np.clip(cos, 0.0, 1.0))
+
+
+def top1_overlap(eig_dirs, anchor):
+    """Squared cosine between each head's top eigenvector and the anchor's: (L, H, k, n) -> (L, H).
+
+    ``(a_0 . b_0)^2 / (|a_0|^2 |b_0|^2)``; the seed left out the normalisation,
+    which only matters for rows stored with rounding.
+    """
+    a0 = eig_dirs[:, :, 0, :]
+    b0 = eig_dirs[anchor, :, 0, :]
+    dots = np.einsum("lhn,hn->lh", a0, b0)
+    return dots**2 / (np.einsum("lhn,lhn->lh", a0, a0) * np.einsum("hn,hn->h", b0, b0)[None])
+
+
+def principal_cosines_to_anchor(eig_dirs, anchor):
+    """Principal-angle cosines between every layer's top-k span and the anchor's, per head.
+
+    eig_dirs: (L, H, k, n) -> (L, H, k) float64, descending along the last axis.
+    """
+    q = orthonormal_bases(eig_dirs)
+    return principal_cosines(q, q[anchor][None])
