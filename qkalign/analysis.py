@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from . import reference
-from .backends import get_backend
+from .backends import DEFAULT_BACKEND, get_backend
 from .errors import InputError
 
 #: The seed's verdict thresholds on the mean operator cosine to the anchor.
@@ -123,7 +123,7 @@ def _plain(value):
     return value
 
 
-def analyze(data, anchor=-1, backend="numpy", k_values=None):
+def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None):
     """Compare every layer's QK operators with the anchor layer's, as the seed did.
 
     Parameters
@@ -132,7 +132,7 @@ def analyze(data, anchor=-1, backend="numpy", k_values=None):
     anchor : int
         Anchor layer, Python indexing (-1 = last); out of range raises InputError.
     backend : {"numpy", "numba"}
-        Which implementation computes the numbers.
+        Which implementation computes the numbers (default ``DEFAULT_BACKEND``).
     k_values : sequence of int, optional
         Top-k values for the sign agreement; default the seed's 2, 4, ..., 256
         up to the spectrum length.

@@ -18,6 +18,9 @@ BACKEND_FUNCTIONS = (
 
 BACKEND_NAMES = ("numpy", "numba")
 
+#: What ``analyze`` and the CLI use when no backend is named.
+DEFAULT_BACKEND = "numpy"
+
 
 def get_backend(name):
     """The backend module called ``name`` (``"numpy"`` or ``"numba"``)."""

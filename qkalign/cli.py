@@ -8,7 +8,7 @@ import sys
 from importlib import resources
 
 from .analysis import analyze
-from .backends import BACKEND_NAMES
+from .backends import BACKEND_NAMES, DEFAULT_BACKEND
 from .errors import QKAlignError
 from .io import load
 from .report import format_report
@@ -29,7 +29,7 @@ def _parser():
     an.add_argument("grams", nargs="?", help="grams JSON (default: the bundled example)")
     an.add_argument("--eigdirs", help="eig-dirs .pt (default: the JSON's eigdirs_path, else <stem>-eigdirs.pt)")
     an.add_argument("--anchor", type=int, default=-1, help="anchor layer, Python indexing (-1 = last)")
-    an.add_argument("--backend", default="numpy", help="compute backend: " + " or ".join(BACKEND_NAMES))
+    an.add_argument("--backend", default=DEFAULT_BACKEND, help="compute backend: " + " or ".join(BACKEND_NAMES))
     an.add_argument("--json", metavar="OUT", help="also write every number as JSON to OUT")
     return ap
 
