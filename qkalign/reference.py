@@ -98,20 +98,35 @@ def orthonormal_bases(eig_dirs):
     return q
 
 
-def principal_cosines(qa, qb):
-    """Cosines of the principal angles between ``span(qa)`` and ``span(qb)``, descending.
-
-    Knyazev & Argentati (2002), as ``scipy.linalg.subspace_angles``: the cosines
-    are the singular values of ``qa^T qb``; for angles below pi/4 (cos^2 >= 1/2)
-    they come from the sines instead, the singular values of ``qb - qa (qa^T qb)``,
-    as ``sqrt(1 - sin^2)``, which keeps nearly coincident subspaces accurate.
-
-    qa, qb: (..., n, k) float64 with orthonormal columns -> (..., k) float64 in [0, 1].
-    """
+def _cosines_and_sines(qa, qb):
+    """Singular values of ``qa^T qb`` (cosines, descending) and of ``qb - qa qa^T qb`` (sines, ascending)."""
     m = np.swapaxes(qa, -1, -2) @ qb
     cos = np.linalg.svd(m, compute_uv=False)
-    residual = qb - qa @ m
-    sin_ascending = np.linalg.svd(residual, compute_uv=False)[..., ::-1]
+    sin_ascending = np.linalg.svd(qb - qa @ m, compute_uv=False)[..., ::-1]
+    return cos, sin_ascending
+
+
+def principal_angles(qa, qb):
+    """Principal angles between ``span(qa)`` and ``span(qb)``, ascending (radians).
+
+    Knyazev & Argentati (2002), as ``scipy.linalg.subspace_angles``: angles with
+    ``cos^2 < 1/2`` from the cosines, the singular values of ``qa^T qb``; smaller
+    ones from the sines, the singular values of ``qb - qa (qa^T qb)``, which keeps
+    nearly coincident subspaces accurate (``arccos`` cannot resolve angles < 1e-8).
+
+    qa, qb: (..., n, k) float64 with orthonormal columns -> (..., k) float64.
+    """
+    cos, sin_ascending = _cosines_and_sines(qa, qb)
+    return np.where(cos**2 >= 0.5, np.arcsin(np.clip(sin_ascending, 0.0, 1.0)), np.arccos(np.clip(cos, 0.0, 1.0)))
+
+
+def principal_cosines(qa, qb):
+    """Cosines of :func:`principal_angles`, descending: (..., n, k) x 2 -> (..., k) in [0, 1].
+
+    Where ``cos^2 >= 1/2`` they are ``sqrt(1 - sin^2)`` of the accurate sines, elsewhere
+    the singular values of ``qa^T qb`` themselves (clipped to [0, 1] against rounding).
+    """
+    cos, sin_ascending = _cosines_and_sines(qa, qb)
     from_sines = np.sqrt(np.clip(1.0 - sin_ascending**2, 0.0, 1.0))
     return np.where(cos**2 >= 0.5, from_sines, np.clip(cos, 0.0, 1.0))
 

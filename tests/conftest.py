@@ -1,0 +1,48 @@
+"""Shared fixtures: synthetic inputs written in the seed's format, and a CLI runner."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import qkalign
+from qkalign.io import save
+from qkalign.synthetic import PRESETS, SyntheticSpec, make_qkdata
+
+REPO_ROOT = Path(qkalign.__file__).resolve().parent.parent
+SEED_SCRIPT = Path(os.environ.get("QKALIGN_SEED_DIR", REPO_ROOT.parent / "shared" / "seed")) / "analyze_operator_alignment.py"
+
+#: 36 layers (the seed's fixed layer ranges fit), small heads so the suite stays fast.
+SPEC_36 = SyntheticSpec(36, 4, 2, 8, 40, topk=6, drift=0.15, seed=3)
+#: Fewer layers than the seed's ranges assume.
+SPEC_SMALL = PRESETS["small"]
+
+
+def run_cli(*args, cwd=None):
+    """``python -m qkalign ARGS`` with this checkout first on the path; returns CompletedProcess."""
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    return subprocess.run([sys.executable, "-m", "qkalign", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def data36():
+    return make_qkdata(SPEC_36)
+
+
+@pytest.fixture(scope="session")
+def data_small():
+    return make_qkdata(SPEC_SMALL)
+
+
+@pytest.fixture(scope="session")
+def written36(data36, tmp_path_factory):
+    """(json_path, pt_path) of SPEC_36 in the seed's format, eig_dirs stored as float64."""
+    return save(data36, tmp_path_factory.mktemp("in36") / "model36", eig_dirs_dtype="float64")
+
+
+@pytest.fixture(scope="session")
+def written_small(data_small, tmp_path_factory):
+    return save(data_small, tmp_path_factory.mktemp("small") / "small", eig_dirs_dtype="float64")
