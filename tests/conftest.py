@@ -27,6 +27,28 @@ def run_cli(*args, cwd=None):
                           capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
+@pytest.fixture()
+def cli(capsys):
+    """Run ``qkalign.cli.main(ARGS)`` in this process; returns (returncode, stdout, stderr) like a subprocess.
+
+    An exception escaping ``main`` fails the test: the CLI must never show a traceback.
+    """
+    from types import SimpleNamespace
+
+    from qkalign.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse's own usage errors
+            code = exc.code
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def data36():
     return make_qkdata(SPEC_36)
