@@ -84,6 +84,11 @@ class QKData:
         if (fro_sq < 0).any():
             idx = tuple(int(i) for i in np.argwhere(fro_sq < 0)[0])
             raise InputError(self.json_path, f"fro_sq[{idx[0]}, {idx[1]}]", "a squared norm >= 0", repr(float(fro_sq[idx])))
+        silent = ~np.any(sym_eigs != 0, axis=-1)
+        if silent.any():
+            l, h = (int(i) for i in np.argwhere(silent)[0])
+            raise InputError(self.eigdirs_path, f"sym_eigs[{l}, {h}]",
+                             "a nonzero spectrum (an operator with a nonzero symmetric part)", "all zeros")
         row_norm_sq = np.einsum("lhkn,lhkn->lhk", eig_dirs, eig_dirs)
         if (row_norm_sq == 0).any():
             l, h, k = (int(i) for i in np.argwhere(row_norm_sq == 0)[0])

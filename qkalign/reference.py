@@ -150,3 +150,28 @@ def principal_cosines_to_anchor(eig_dirs, anchor):
     """
     q = orthonormal_bases(eig_dirs)
     return principal_cosines(q, q[anchor][None])
+
+
+# ---- Spectra of the symmetric parts (issue 5) ----------------------------------------------
+
+
+def spectral_cos_all_pairs(sym_eigs, absolute=False):
+    """Cosine between the |lambda|-sorted eigenvalue vectors of every two layers, per head.
+
+    ``spectral_cos[L, L', h] = <lambda_L^h, lambda_L'^h> / (|lambda_L^h| |lambda_L'^h|)``,
+    with ``lambda`` replaced by ``|lambda|`` when ``absolute`` (spectral *shape* only).
+    sym_eigs: (L, H, m) -> (L, L, H) float64.
+    """
+    v = np.abs(sym_eigs) if absolute else sym_eigs
+    unit = v / np.linalg.norm(v, axis=-1, keepdims=True)
+    return np.einsum("lhm,khm->lkh", unit, unit)
+
+
+def signed_mass(sym_eigs):
+    """Signed spectral mass ``sum(lambda) / sum(|lambda|) = tr(g) / ||spectrum||_1``: (L, H, m) -> (L, H)."""
+    return sym_eigs.sum(axis=-1) / np.abs(sym_eigs).sum(axis=-1)
+
+
+def fraction_positive_topk(sym_eigs, k):
+    """Fraction of positive eigenvalues among the top-k (|lambda| order): (L, H, m) -> (L, H)."""
+    return (sym_eigs[..., :k] > 0).mean(axis=-1)
