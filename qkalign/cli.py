@@ -9,7 +9,7 @@ from importlib import resources
 
 from .analysis import analyze
 from .backends import BACKEND_NAMES, DEFAULT_BACKEND
-from .errors import QKAlignError
+from .errors import InputError, QKAlignError
 from .io import load
 from .report import format_report
 
@@ -51,13 +51,8 @@ def _analyze(args):
         try:
             result.to_json(args.json, indent=1)
         except OSError as exc:
-            raise QKAlignErrorOut(args.json, exc) from None
+            raise InputError(args.json, "--json", "a writable file path", exc.strerror or str(exc)) from None
     return 0
-
-
-class QKAlignErrorOut(QKAlignError):
-    def __init__(self, path, exc):
-        super().__init__(f"{path}: --json: expected a writable file, found {exc.strerror or exc}")
 
 
 def main(argv=None):

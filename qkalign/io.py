@@ -6,7 +6,6 @@ holds the tensors ``eig_dirs`` (L, H, topk, hidden) and ``sym_eigs`` (L, H, 2*he
 """
 
 import json
-import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -158,8 +157,7 @@ def save(data, prefix, eig_dirs_dtype="float32"):
     prefix = Path(prefix)
     json_path = prefix.with_name(prefix.name + ".json")
     pt_path = default_eigdirs_path(json_path)
-    if json_path.parent and not json_path.parent.exists():
-        os.makedirs(json_path.parent, exist_ok=True)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
     doc = {key: getattr(data, key) for key in SHAPE_KEYS}
     doc.update({k: v for k, v in data.extra.items() if k not in doc})
     doc["gram"] = data.gram.tolist()
