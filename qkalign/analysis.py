@@ -8,7 +8,9 @@ import numpy as np
 
 from . import reference
 from .backends import DEFAULT_BACKEND, get_backend
+from .chance import DEFAULT_SEED, chance_levels
 from .errors import InputError
+from .layer_pairs import distance_profile, layer_pair_statistics
 
 #: The seed's verdict thresholds on the mean operator cosine to the anchor.
 VERDICTS = (
@@ -82,6 +84,19 @@ class AnalysisResult:
         mean_cos_to_anchor_excluding_anchor (the seed's mean includes the anchor's own 1.0).
     layer_ranges : dict
         early, mid, late as ``[start, stop)`` layer bounds.
+    pairs : dict, optional
+        Every statistic for all layer pairs (see ``qkalign.layer_pairs.PAIR_KEYS``).
+    by_distance : dict, optional
+        Means of the pair statistics over the pairs at each layer distance.
+    signed_mass : (L, H) float64, optional
+        ``sum(lambda) / sum(|lambda|)`` of each head's spectrum.
+    frac_positive_topk : (L, H) float64, optional
+        Fraction of positive eigenvalues among the top-k (k = topk).
+    chance : dict, optional
+        Per statistic, its level for unrelated operators of this shape
+        (mean, sd of one head, method, seed, samples, note).
+    matched : dict, optional
+        Head-matched statistics (``qkalign.matching.match_heads``), with ``match_heads=True``.
     """
 
     meta: dict
@@ -95,10 +110,19 @@ class AnalysisResult:
     principal_angles: dict
     verdict: dict
     layer_ranges: dict
+    pairs: dict = None
+    by_distance: dict = None
+    signed_mass: np.ndarray = None
+    frac_positive_topk: np.ndarray = None
+    chance: dict = None
+    matched: dict = None
 
     def to_dict(self):
-        """Plain Python containers (lists, floats, ``None`` for nan), ready for ``json``."""
-        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+        """Plain Python containers (lists, floats, ``None`` for nan), ready for ``json``.
+
+        Parts that were not computed (``None``) are left out.
+        """
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}
 
     def to_json(self, path=None, indent=None):
         """The JSON text; also written to ``path`` when given."""
@@ -123,7 +147,8 @@ def _plain(value):
     return value
 
 
-def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None):
+def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None, pairs=True, chance=True,
+            match_heads=False, chance_seed=DEFAULT_SEED):
     """Compare every layer's QK operators with the anchor layer's, as the seed did.
 
     Parameters
@@ -136,6 +161,13 @@ def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None):
     k_values : sequence of int, optional
         Top-k values for the sign agreement; default the seed's 2, 4, ..., 256
         up to the spectrum length.
+    pairs : bool
+        Also compare all layer pairs (``pairs``, ``by_distance``, ``signed_mass``,
+        ``frac_positive_topk``).
+    chance : bool
+        Also compute the chance levels (Monte Carlo seeded by ``chance_seed``).
+    match_heads : bool
+        Also match heads across layers by their best assignment (``matched``).
 
     Returns
     -------
@@ -180,6 +212,24 @@ def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None):
         "topk": data.topk, "anchor": anchor, "backend": backend,
         "grams_path": data.json_path, "eigdirs_path": data.eigdirs_path,
     }
+    extras = {}
+    if pairs:
+        extras["pairs"] = layer_pair_statistics(data, impl, cos_per_head, k_values)
+        extras["by_distance"] = distance_profile(extras["pairs"], data.topk)
+        extras["signed_mass"] = reference.signed_mass(data.sym_eigs)
+        extras["frac_positive_topk"] = reference.fraction_positive_topk(data.sym_eigs, data.topk)
+    if chance:
+        levels = chance_levels(data.head_dim, data.hidden_size, data.topk, k_values, seed=chance_seed)
+        extras["chance"] = {name: level.to_dict() for name, level in levels.items()}
+    if match_heads:
+        from .matching import match_heads as match, matched_chance
+
+        extras["matched"] = match(data, anchor, k_values)
+        if chance:
+            mean, sd = matched_chance(H, data.hidden_size, data.topk, seed=chance_seed)
+            extras["chance"]["matched_pa_mean_cos"] = {
+                "mean": mean, "sd": sd, "method": "monte-carlo", "seed": chance_seed, "samples": 20,
+                "note": "best-matched heads of two layers of random subspaces: selection bias alone"}
     return AnalysisResult(
         meta=meta,
         operator_cos=cos,
@@ -197,4 +247,5 @@ def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None):
                           "cosines": pa_cos},
         verdict=verdict,
         layer_ranges={name: list(bounds) for name, bounds in ranges.items()},
+        **extras,
     )

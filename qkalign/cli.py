@@ -9,6 +9,7 @@ from importlib import resources
 
 from .analysis import analyze
 from .backends import BACKEND_NAMES, DEFAULT_BACKEND
+from .chance import DEFAULT_SEED
 from .errors import InputError, QKAlignError
 from .io import load
 from .report import format_report
@@ -31,6 +32,14 @@ def _parser():
     an.add_argument("--anchor", type=int, default=-1, help="anchor layer, Python indexing (-1 = last)")
     an.add_argument("--backend", default=DEFAULT_BACKEND, help="compute backend: " + " or ".join(BACKEND_NAMES))
     an.add_argument("--json", metavar="OUT", help="also write every number as JSON to OUT")
+    an.add_argument("--plot", metavar="DIR", help="also write PNG figures into DIR")
+    an.add_argument("--match-heads", action="store_true",
+                    help="also pair the heads of two layers by their best assignment and report matched statistics")
+    an.add_argument("--chance-seed", type=int, default=DEFAULT_SEED, help="seed of the Monte Carlo chance levels")
+    pl = sub.add_parser("plot", help="write the figures of a --json result",
+                        description="Write PNG heatmaps and to-anchor curves of a RESULT.json into DIR.")
+    pl.add_argument("result", help="a JSON written by qkalign analyze --json")
+    pl.add_argument("out_dir", help="folder for the PNG files (created if missing)")
     return ap
 
 
@@ -41,7 +50,8 @@ def _analyze(args):
     else:
         path, description = args.grams, None
     data = load(path, eigdirs=args.eigdirs)
-    result = analyze(data, anchor=args.anchor, backend=args.backend)
+    result = analyze(data, anchor=args.anchor, backend=args.backend, match_heads=args.match_heads,
+                     chance_seed=args.chance_seed)
     if description is None:
         description = f"{data.json_path} + {data.eigdirs_path}"
     else:
@@ -52,6 +62,35 @@ def _analyze(args):
             result.to_json(args.json, indent=1)
         except OSError as exc:
             raise InputError(args.json, "--json", "a writable file path", exc.strerror or str(exc)) from None
+    if args.plot:
+        _write_figures(result.to_dict(), args.plot)
+    return 0
+
+
+def _write_figures(result_dict, out_dir):
+    from .plots import write_figures
+
+    try:
+        paths = write_figures(result_dict, out_dir)
+    except OSError as exc:
+        raise InputError(out_dir, "--plot", "a writable folder", exc.strerror or str(exc)) from None
+    print(f"wrote {len(paths)} figures to {out_dir}", file=sys.stderr)
+
+
+def _plot(args):
+    import json
+
+    try:
+        with open(args.result, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise InputError(args.result, "", "an existing result JSON (qkalign analyze --json)", "no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(args.result, "", "a result JSON (qkalign analyze --json)", f"malformed JSON ({exc})") from None
+    for key in ("meta", "to_anchor", "principal_angles"):
+        if not isinstance(doc, dict) or key not in doc:
+            raise InputError(args.result, key, "this key of a qkalign analyze --json result", "it missing")
+    _write_figures(doc, args.out_dir)
     return 0
 
 
@@ -61,6 +100,8 @@ def main(argv=None):
     try:
         if args.command == "analyze":
             return _analyze(args)
+        if args.command == "plot":
+            return _plot(args)
     except QKAlignError as exc:
         print(f"qkalign: error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR

@@ -14,13 +14,14 @@ DPI = 150
 
 #: (key in result["pairs"], title, colour-bar label, chance key, colour limits)
 HEATMAPS = (
-    ("operator_cos", "Operator cosine between layers", "cos(g_L, g_L')", "operator_cos", (-1, 1)),
-    ("resid_frac", "Scalar-rescale residual between layers", "sqrt(1 - cos^2)", "resid_frac", (0, 1)),
+    ("operator_cos", "Operator cosine between layers", r"cos($g_L$, $g_{L'}$)", "operator_cos", (-1, 1)),
+    ("resid_frac", "Scalar-rescale residual between layers", r"$\sqrt{1 - \cos^2}$", "resid_frac", (0, 1)),
     ("pa_mean_cos", "Top-k eigensubspaces: mean principal cosine", "mean cos(principal angles)", "pa_mean_cos", (0, 1)),
     ("pa_min_cos", "Top-k eigensubspaces: smallest principal cosine", "min cos(principal angles)", "pa_min_cos", (0, 1)),
-    ("top1_overlap", "Top eigenvector overlap", "(v_L . v_L')^2", "top1_overlap", (0, 1)),
-    ("spectral_cos", "Spectral cosine (signed eigenvalues)", "cos(lambda_L, lambda_L')", "spectral_cos", (-1, 1)),
-    ("spectral_abs_cos", "Spectral cosine (|eigenvalues|)", "cos(|lambda_L|, |lambda_L'|)", "spectral_abs_cos", (0, 1)),
+    ("top1_overlap", "Top eigenvector overlap", r"$(v_L \cdot v_{L'})^2$", "top1_overlap", (0, 1)),
+    ("spectral_cos", "Spectral cosine (signed eigenvalues)", r"cos($\lambda_L$, $\lambda_{L'}$)", "spectral_cos", (-1, 1)),
+    ("spectral_abs_cos", "Spectral cosine (|eigenvalues|)", r"cos($|\lambda_L|$, $|\lambda_{L'}|$)", "spectral_abs_cos",
+     (0, 1)),
 )
 
 
@@ -96,7 +97,7 @@ def write_figures(result, out_dir):
            "top-1 overlap", "C2")
     if "spectral_abs_cos" in pairs:
         _curve(ax, layers, np.asarray(pairs["spectral_abs_cos"]["mean"])[:, anchor], chance.get("spectral_abs_cos"),
-               num_heads, "spectral cosine (|lambda|)", "C3")
+               num_heads, r"spectral cosine ($|\lambda|$)", "C3")
     ax.set_xlabel("layer L")
     ax.set_ylabel("similarity to the anchor layer")
     ax.set_title(f"Layer-to-anchor similarity (anchor L={anchor}, mean over {num_heads} heads)", fontsize=10)

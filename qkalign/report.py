@@ -6,6 +6,8 @@ the seed's output keep working. Lines that are new start with ``  [qkalign]``
 the middle layer's index instead of ``L=midish``.
 """
 
+import numpy as np
+
 
 def format_report(result, input_description=None):
     """The report of an :class:`~qkalign.analysis.AnalysisResult` as one string (ends in a newline).
@@ -73,4 +75,176 @@ def format_report(result, input_description=None):
     out.append(f"  {v['label']}: {v['text']}")
     out.append(f"  [qkalign] mean operator cos-sim to anchor, anchor itself excluded: "
                f"{v['mean_cos_to_anchor_excluding_anchor']:+.4f}")
-    return "\n".join(out) + "\n"
+    if result.chance is not None:
+        out += _chance_verdict_lines(result)
+    return "\n".join(out) + "\n" + format_extended_report(result)
+
+
+def _se(level, count):
+    """Standard error of a mean of ``count`` independent chance draws (nan when sd is unknown or 0)."""
+    sd = level.get("sd") if level else None
+    return sd / np.sqrt(count) if sd else float("nan")
+
+
+def _z(observed, level, count):
+    se = _se(level, count)
+    return (observed - level["mean"]) / se if se == se else float("nan")
+
+
+def _chance_verdict_lines(result):
+    """The verdict measured against chance: lines placed right below the seed's verdict."""
+    meta, chance = result.meta, result.chance
+    L, H, anchor, k = meta["num_layers"], meta["num_heads"], meta["anchor"], meta["topk"]
+    if L < 2:
+        return ["  [qkalign] vs chance: one layer, nothing to compare"]
+    others = np.arange(L) != anchor
+    count = H * (L - 1)
+    op = float(result.rescale["mean_cos"][others].mean())
+    pa = float(result.principal_angles["mean_cos"][others].mean())
+    z_op, z_pa = _z(op, chance["operator_cos"], count), _z(pa, chance["pa_mean_cos"], count)
+    lines = [
+        f"  [qkalign] vs chance: operator cos-sim to anchor (anchor excluded) {op:+.4f}, chance "
+        f"{chance['operator_cos']['mean']:+.4f} ± {_se(chance['operator_cos'], count):.4f} (s.e. over {count} "
+        f"layer-heads): z = {z_op:+.1f}",
+        f"  [qkalign] vs chance: top-{k} eigensubspace mean cos to anchor {pa:.4f}, chance "
+        f"{chance['pa_mean_cos']['mean']:.4f} ± {_se(chance['pa_mean_cos'], count):.4f}: z = {z_pa:+.1f}",
+    ]
+    above = int(sum(_z(float(result.rescale["mean_cos"][layer]), chance["operator_cos"], H) > 3
+                    for layer in range(L) if layer != anchor))
+    if z_op > 3:
+        word = "ABOVE CHANCE"
+    elif z_op < -3:
+        word = "BELOW CHANCE"
+    else:
+        word = "AT CHANCE"
+    lines.append(f"  [qkalign] {word}: the operators are {z_op:+.1f} standard errors from unrelated operators; "
+                 f"{above} of {L - 1} layers are above chance at z > 3 on their own")
+    return lines
+
+
+def _pairs_section(result):
+    pairs, chance, meta = result.pairs, result.chance or {}, result.meta
+    L, H = meta["num_layers"], meta["num_heads"]
+    k = result.by_distance["sign_agreement_k"]
+    out = ["", f"=== [qkalign] (e) All layer pairs, mean over {H} heads ==="]
+    out.append(f"    {'statistic':<18} {'offdiag':>8} {'adjacent':>8} {'far':>8} {'chance':>8} {'sd(head)':>9}")
+    far = np.abs(np.subtract.outer(np.arange(L), np.arange(L))) >= max(L // 2, 1)
+    offdiag = ~np.eye(L, dtype=bool)
+    for key in ("operator_cos", "resid_frac", "pa_mean_cos", "pa_min_cos", "top1_overlap", "spectral_cos",
+                "spectral_abs_cos", "sign_agreement"):
+        if key == "sign_agreement":
+            matrix = pairs[key]["mean"][pairs[key]["k"].index(k)]
+            level = chance.get(key)
+            level = level and {"mean": level["mean"][pairs[key]["k"].index(k)], "sd": level["sd"][pairs[key]["k"].index(k)]}
+            name = f"sign_agree@top{k}"
+        else:
+            matrix, level, name = pairs[key]["mean"], chance.get(key), key
+        values = [matrix[offdiag].mean() if L > 1 else np.nan, np.diagonal(matrix, 1).mean() if L > 1 else np.nan,
+                  matrix[far].mean() if far.any() else np.nan]
+        mean = level["mean"] if level else np.nan
+        sd = level["sd"] if level and level.get("sd") is not None else np.nan
+        out.append(f"    {name:<18} {values[0]:>8.4f} {values[1]:>8.4f} {values[2]:>8.4f} {mean:>8.4f} {sd:>9.4f}")
+    out.append(f"  [qkalign] far = layer distance >= {max(L // 2, 1)}; chance = unrelated operators of this shape, "
+               "sd(head) = sd of one head's value")
+    return out
+
+
+def _distance_section(result):
+    prof, chance, meta = result.by_distance, result.chance or {}, result.meta
+    H, k = meta["num_heads"], prof["sign_agreement_k"]
+    out = ["", "=== [qkalign] (f) Operator vs spectral vs eigenvector similarity by layer distance ==="]
+    out.append(f"    {'dist':>4} {'op_cos':>7} {'spec_cos':>8} {'|spec|cos':>9} {'pa_mean':>7} {'top1':>7} "
+               f"{'sign@' + str(k):>8}")
+    for i, dist in enumerate(prof["distance"]):
+        out.append(f"    {dist:>4} {prof['operator_cos'][i]:>+7.4f} {prof['spectral_cos'][i]:>+8.4f} "
+                   f"{prof['spectral_abs_cos'][i]:>9.4f} {prof['pa_mean_cos'][i]:>7.4f} "
+                   f"{prof['top1_overlap'][i]:>7.4f} {prof['sign_agreement'][i]:>8.3f}")
+    if chance:
+        ks = result.pairs["sign_agreement"]["k"]
+        out.append(f"  {'chance':>6} {chance['operator_cos']['mean']:>+7.4f} {chance['spectral_cos']['mean']:>+8.4f} "
+                   f"{chance['spectral_abs_cos']['mean']:>9.4f} {chance['pa_mean_cos']['mean']:>7.4f} "
+                   f"{chance['top1_overlap']['mean']:>7.4f} {chance['sign_agreement']['mean'][ks.index(k)]:>8.3f}")
+        far = [i for i, dist in enumerate(prof["distance"]) if dist >= max((len(prof["distance"]) + 1) // 2, 1)]
+        if far:
+            count = H * len(far)
+
+            def verdict(key):
+                level = chance[key]
+                obs = float(np.mean([prof[key][i] for i in far]))
+                z = _z(obs, level, count)
+                state = "above chance" if z > 3 else ("below chance" if z < -3 else "at chance")
+                return obs, level["mean"], z, state
+
+            spec, pa = verdict("spectral_abs_cos"), verdict("pa_mean_cos")
+            out.append(f"  [qkalign] far layers (distance >= {prof['distance'][far[0]]}): spectral shape |lambda| cos "
+                       f"{spec[0]:.4f} vs chance {spec[1]:.4f} (z = {spec[2]:+.1f}, {spec[3]}); eigenvector subspaces "
+                       f"{pa[0]:.4f} vs chance {pa[1]:.4f} (z = {pa[2]:+.1f}, {pa[3]})")
+            out.append("  [qkalign] note: unrelated operators of this shape already have a |lambda| spectral cosine of "
+                       f"{chance['spectral_abs_cos']['mean']:.4f}: spectral shape alone says little about shared operators")
+    return out
+
+
+def _inertia_section(result):
+    meta, chance = result.meta, result.chance or {}
+    L, k = meta["num_layers"], meta["topk"]
+    out = ["", "=== [qkalign] (g) Inertia-aware sign statistics ==="]
+    fp = result.frac_positive
+    out.append(f"  full-spectrum fraction positive (0.5 for every full-rank head by Sylvester's law of inertia, "
+               f"a check): min {fp.min():.3f}  max {fp.max():.3f}")
+    extra = ""
+    if chance:
+        extra = (f"   chance: frac+ {chance['frac_positive_topk']['mean']:.3f} ± {chance['frac_positive_topk']['sd']:.3f}, "
+                 f"mass {chance['signed_mass']['mean']:+.3f} ± {chance['signed_mass']['sd']:.3f} (one head)")
+    out.append(f"    {'L':>3} {'frac+top' + str(k):>11} {'signed_mass':>11}{extra}")
+    for layer in range(L):
+        out.append(f"    {layer:>3} {result.frac_positive_topk[layer].mean():>11.3f} "
+                   f"{result.signed_mass[layer].mean():>+11.4f}")
+    return out
+
+
+def _chance_section(result):
+    out = ["", "=== [qkalign] Chance levels: unrelated operators of this shape (one head) ==="]
+    out.append(f"    {'statistic':<22} {'mean':>9} {'sd':>9}  method")
+    for name, level in result.chance.items():
+        mean, sd = level["mean"], level["sd"]
+        if isinstance(mean, list):
+            mean, sd = mean[-1], sd[-1]
+            name = f"{name}@top{result.pairs['sign_agreement']['k'][-1] if result.pairs else ''}"
+        sd_text = f"{sd:>9.4g}" if sd is not None else f"{'-':>9}"
+        how = level["method"] + (f" (seed {level['seed']}, {level['samples']} samples)" if level.get("seed") is not None else "")
+        out.append(f"    {name:<22} {mean:>9.4g} {sd_text}  {how}")
+    return out
+
+
+def _matched_section(result):
+    m, pa = result.matched, result.principal_angles
+    meta = result.meta
+    out = ["", f"=== [qkalign] Head matching: heads paired by best assignment vs anchor L={meta['anchor']} ==="]
+    out.append(f"    {'L':>3} {'pa_index':>8} {'pa_match':>8} {'top1_idx':>8} {'top1_mat':>8} {'moved':>5}")
+    ta = m["to_anchor"]
+    for layer in range(meta["num_layers"]):
+        out.append(f"    {layer:>3} {pa['mean_cos'][layer]:>8.4f} {ta['pa_mean_cos'][layer]:>8.4f} "
+                   f"{pa['top1_overlap'][layer]:>8.4f} {ta['top1_overlap'][layer]:>8.4f} {int(ta['heads_moved'][layer]):>5}")
+    level = (result.chance or {}).get("matched_pa_mean_cos")
+    if level:
+        out.append(f"  [qkalign] matching alone lifts random heads to pa_mean {level['mean']:.4f} ± {level['sd']:.4f} "
+                   f"(index-matched chance {result.chance['pa_mean_cos']['mean']:.4f})")
+    adj = m["adjacent"]
+    if len(adj["pa_mean_cos"]):
+        out.append(f"  [qkalign] adjacent layers: pa_mean index {np.mean(np.diagonal(result.pairs['pa_mean_cos']['mean'], 1)) if result.pairs else float('nan'):.4f}"
+                   f" vs matched {adj['pa_mean_cos'].mean():.4f}; heads moved per layer pair: {adj['heads_moved'].mean():.1f}")
+    return out
+
+
+def format_extended_report(result):
+    """The sections beyond the seed (all pairs, distance profile, inertia, chance, matching)."""
+    out = []
+    if result.pairs is not None:
+        out += _pairs_section(result)
+        out += _distance_section(result)
+        out += _inertia_section(result)
+    if result.chance is not None:
+        out += _chance_section(result)
+    if result.matched is not None:
+        out += _matched_section(result)
+    return "\n".join(out) + "\n" if out else ""

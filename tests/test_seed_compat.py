@@ -33,7 +33,11 @@ def run_ours(json_path, *args):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("qkalign analyze: input ") and str(json_path) in lines[0]
-    return [line for line in lines[1:] if not line.lstrip().startswith("[qkalign]")]
+    # The sections qkalign adds come after all of the seed's, under "=== [qkalign] ..." titles.
+    new_sections = next((i for i, line in enumerate(lines) if line.startswith("=== [qkalign]")), len(lines))
+    assert new_sections < len(lines)
+    lines = "\n".join(lines[1:new_sections]).rstrip("\n").splitlines()
+    return [line for line in lines if not line.lstrip().startswith("[qkalign]")]
 
 
 def numbers_and_skeleton(line):
