@@ -104,7 +104,8 @@ class QKData:
 
     def _array(self, name, value, source, shape, shape_text):
         try:
-            arr = np.asarray(value, dtype=np.float64)
+            # One private contiguous float64 copy, so callers' arrays are never aliased.
+            arr = np.array(value, dtype=np.float64, order="C", copy=True)
         except (TypeError, ValueError):
             raise InputError(source, name, f"a numeric array of shape {shape_text or ''}".rstrip(),
                              "ragged or non-numeric data") from None
@@ -114,8 +115,7 @@ class QKData:
         if bad.any():
             idx = ", ".join(str(int(i)) for i in np.argwhere(bad)[0])
             raise InputError(source, f"{name}[{idx}]", "a finite number", repr(float(arr[bad][0])))
-        # A private contiguous float64 copy, so callers' arrays are never aliased.
-        return np.array(arr, dtype=np.float64, order="C", copy=True)
+        return arr
 
     def _check_gram(self, gram):
         diag = np.einsum("llh->lh", gram)
