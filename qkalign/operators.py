@@ -8,10 +8,16 @@ With ``Q``, ``K`` the (d, n) blocks of one head and ``g = K^T Q``:
 - the symmetric part ``S = (g + g^T)/2 = A^T J A`` with ``A = [K; Q]`` (2d x n) and
   ``J = [[0, I/2], [I/2, 0]]``. With ``A A^T = U diag(s) U^T`` and ``C = U diag(sqrt s)``,
   the nonzero eigenvalues of ``S`` are those of ``C^T J C = W Lambda W^T`` and its
-  eigenvectors are ``A^T U diag(1/sqrt s) W`` (orthonormal).
+  eigenvectors are ``A^T U diag(1/sqrt s) W`` (orthonormal). When ``A A^T`` has full
+  rank its Cholesky factor ``C = L`` does the same job more cheaply, with eigenvectors
+  ``A^T L^{-T} W`` (:func:`symmetric_part_eigen_from_gram`); by Sylvester's law of inertia
+  ``L^T J L`` then has exactly ``d`` positive and ``d`` negative eigenvalues.
 """
 
+from functools import lru_cache
+
 import numpy as np
+import scipy.linalg
 
 # Eigenvalues of A A^T below this fraction of the largest are taken as exact zeros
 # (tied Q and K, or hidden < 2 d): their directions carry no part of S.
@@ -25,6 +31,40 @@ def layer_gram_from_blocks(qq, kk, num_layers, head_dim):
     """
     prod = np.asarray(qq, dtype=np.float64) * np.asarray(kk, dtype=np.float64)
     return prod.reshape(num_layers, head_dim, num_layers, head_dim).sum(axis=(1, 3))
+
+
+@lru_cache(maxsize=None)
+def _block_sum_kernel():
+    # Compiled on first use: importing numba costs half a second that synthetic models don't need.
+    import numba
+
+    # nogil: callers run it beside other work; reassoc lets the float64 sums vectorise.
+    @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+    def kernel(qq, kk, head_dim, out):
+        num_layers = out.shape[0]
+        for a in range(num_layers):
+            for b in range(a + 1):
+                total = 0.0
+                for i in range(a * head_dim, (a + 1) * head_dim):
+                    for j in range(b * head_dim, (b + 1) * head_dim):
+                        total += np.float64(qq[i, j]) * np.float64(kk[i, j])
+                out[a, b] = total
+                out[b, a] = total
+
+    return kernel
+
+
+def layer_gram_accumulated(qq, kk, num_layers, head_dim):
+    """:func:`layer_gram_from_blocks` for float32 (or float64) Grams, summed in float64.
+
+    Each product ``qq * kk`` is formed and summed in float64 without float64 copies of
+    the (L d, L d) inputs; only the blocks ``L' <= L`` are visited (both Grams are symmetric).
+
+    qq, kk: (L d, L d) float32 or float64, C-contiguous -> (L, L) float64.
+    """
+    out = np.empty((num_layers, num_layers))
+    _block_sum_kernel()(np.ascontiguousarray(qq), np.ascontiguousarray(kk), head_dim, out)
+    return out
 
 
 def stacked_gram(blocks):
@@ -58,16 +98,19 @@ def symmetric_part_eigen(k_block, q_block, topk):
     c = u * np.sqrt(np.where(keep, s, 0.0))[..., None, :]  # A A^T = C C^T
     j = np.zeros((2 * d, 2 * d))
     j[:d, d:] = j[d:, :d] = 0.5 * np.eye(d)
-    lam, w = np.linalg.eigh(np.swapaxes(c, -1, -2) @ j @ c)
-    order = np.argsort(-np.abs(lam), axis=-1, kind="stable")
-    lam = np.take_along_axis(lam, order, axis=-1)
-    w = np.take_along_axis(w, order[..., None, :], axis=-1)
+    lam, w = _by_magnitude(*np.linalg.eigh(np.swapaxes(c, -1, -2) @ j @ c))
     # Eigenvectors A^T U diag(1/sqrt s) W; columns of W on dropped directions give zero vectors.
     basis = np.swapaxes(a, -1, -2) @ (u * inv_sqrt[..., None, :])  # (..., n, 2d), orthonormal kept columns
     vecs = np.swapaxes(basis @ w[..., :, : min(topk, 2 * d)], -1, -2)
     if topk > 2 * d or not keep.all():
         vecs = _complete_rows(vecs, lam, topk)
     return lam, vecs
+
+
+def _by_magnitude(lam, w):
+    """Eigenpairs (..., m), (..., m, m) reordered by ``|lambda|`` descending (stable)."""
+    order = np.argsort(-np.abs(lam), axis=-1, kind="stable")
+    return np.take_along_axis(lam, order, axis=-1), np.take_along_axis(w, order[..., None, :], axis=-1)
 
 
 def _complete_rows(vecs, lam, topk):
@@ -90,3 +133,114 @@ def _complete_rows(vecs, lam, topk):
         flat_out[i, : len(kept)] = kept
         flat_out[i, len(kept):] = q[:, len(kept): topk].T
     return out
+
+
+def symmetric_part_eigen_from_gram(a_block, a_gram, topk, rank_tol=_RANK_TOL, eigen_dtype=np.float64):
+    """:func:`symmetric_part_eigen` from ``A = [K; Q]`` and a given ``G = A A^T``.
+
+    ``G`` comes from Grams computed anyway (its diagonal blocks ``K K^T``, ``Q Q^T`` sit in the
+    stacked Grams, ``K Q^T`` is needed for ``fro_sq``), so no (2d x n) product is redone here.
+    Where ``G`` has full rank its Cholesky factor ``L`` gives ``S``'s spectrum as that of
+    ``L^T J L``; where a pivot says it is rank-deficient (tied Q and K, ``n < 2 d``) the
+    eigen-decomposition route of :func:`symmetric_part_eigen` drops the null directions,
+    whose eigenvalues are then exactly 0.
+
+    Parameters
+    ----------
+    a_block : (..., 2d, n) float32 or float64
+        ``[K; Q]``; the eigenvectors are formed in its precision.
+    a_gram : (..., 2d, 2d) float64
+        ``A A^T``.
+    topk : int
+        ``<= n``.
+    rank_tol : float
+        ``G`` is rank-deficient where a squared Cholesky pivot (or an eigenvalue) is at most
+        ``rank_tol`` times the largest diagonal entry (eigenvalue): set it above the
+        relative rounding error of ``G``.
+    eigen_dtype : numpy float type
+        Precision of the 2d x 2d symmetric eigen-problem ``C^T J C`` (float32 halves its
+        cost, for a ``G`` that is itself only float32-accurate); the leading ``2 topk``
+        eigenpairs are then refined in float64.
+
+    Returns
+    -------
+    eigvals : (..., 2 d) float64, sorted by ``|lambda|`` descending
+    eigvecs : (..., topk, n) float64, orthonormal rows
+    """
+    g = np.asarray(a_gram, dtype=np.float64)
+    two_d = g.shape[-1]
+    batch = g.shape[:-2]
+    g = g.reshape((-1, two_d, two_d))
+    c = np.empty_like(g)
+    rank = np.full(len(g), two_d)
+    full = _cholesky_where_full_rank(g, rank_tol, c)
+    inverse_factor = {}  # rank-deficient items: U diag(1/sqrt s) on the kept directions, 0 elsewhere
+    for i in np.flatnonzero(~full):
+        s, u = np.linalg.eigh(g[i])
+        keep = s > rank_tol * s[-1]
+        c[i] = u * np.sqrt(np.where(keep, s, 0.0))
+        inverse_factor[i] = u * np.where(keep, 1.0 / np.sqrt(np.where(keep, s, 1.0)), 0.0)
+        rank[i] = keep.sum()
+    d = two_d // 2
+    half = np.swapaxes(c[:, :d], -1, -2) @ c[:, d:]  # C^T J C = (P + P^T)/2, P = C_K^T C_Q
+    m = min(topk, two_d)
+    j_form = 0.5 * (half + np.swapaxes(half, -1, -2))
+    lam, w = _by_magnitude(*_eigh(j_form, eigen_dtype))
+    if eigen_dtype != np.float64:
+        lam, w = _rayleigh_ritz(j_form, lam, w, min(2 * m, two_d))
+    coef = np.empty((len(g), two_d, m))
+    for i in range(len(g)):
+        if full[i]:
+            coef[i] = scipy.linalg.solve_triangular(c[i], w[i, :, :m], lower=True, trans="T")
+        else:
+            lam[i, rank[i]:] = 0.0  # S vanishes off span(A^T): these are exact zeros
+            coef[i] = inverse_factor[i] @ w[i, :, :m]
+    a = np.asarray(a_block).reshape((-1,) + a_block.shape[-2:])
+    vecs = (np.swapaxes(coef, -1, -2).astype(a.dtype) @ a).astype(np.float64)
+    lam = lam.reshape(batch + (two_d,))
+    vecs = vecs.reshape(batch + vecs.shape[-2:])
+    if topk > two_d or not full.all():
+        vecs = _complete_rows(vecs, lam, topk)
+    return lam, vecs
+
+
+def _eigh(m, dtype):
+    """``np.linalg.eigh`` of (b, k, k) ``m`` computed in ``dtype``, returned in float64."""
+    if dtype == np.float64:
+        return np.linalg.eigh(m)
+    import torch  # its LAPACK (MKL) has a float32 eigh twice as fast as float64; numpy's is not
+
+    lam, w = torch.linalg.eigh(torch.from_numpy(np.asarray(m, dtype=dtype)))
+    return lam.numpy().astype(np.float64), w.numpy().astype(np.float64)
+
+
+def _rayleigh_ritz(m, lam, w, block):
+    """Leading ``block`` eigenpairs of symmetric (b, k, k) ``m`` refined in float64 from rougher ones.
+
+    Rayleigh-Ritz on the span of ``w[..., :block]`` undoes the mixing of close eigenvectors
+    that a float32 eigen-decomposition leaves; ``lam``, ``w`` come sorted by ``|lambda|``
+    and are returned so.
+    """
+    basis, _ = np.linalg.qr(w[..., :block])
+    ritz_lam, ritz_w = np.linalg.eigh(np.swapaxes(basis, -1, -2) @ m @ basis)
+    lam, w = lam.copy(), w.copy()
+    lam[..., :block] = ritz_lam
+    w[..., :, :block] = basis @ ritz_w
+    return _by_magnitude(lam, w)
+
+
+def _cholesky_where_full_rank(g, rank_tol, out):
+    """Lower Cholesky factors of the (b, m, m) ``g`` into ``out``; False where ``g`` is (near) singular."""
+    full = np.ones(len(g), dtype=bool)
+    try:
+        out[:] = np.linalg.cholesky(g)
+    except np.linalg.LinAlgError:  # some item is not positive definite: factor one by one
+        for i in range(len(g)):
+            try:
+                out[i] = np.linalg.cholesky(g[i])
+            except np.linalg.LinAlgError:
+                full[i] = False
+    pivots_sq = np.einsum("bii->bi", out) ** 2
+    scale = np.einsum("bii->bi", g).max(axis=-1)
+    full &= pivots_sq.min(axis=-1) > rank_tol * scale
+    return full

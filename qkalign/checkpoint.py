@@ -1,0 +1,140 @@
+"""Lazy, checked access to a Hugging Face model folder: ``config.json`` and safetensors weights.
+
+Weights come from ``model.safetensors`` or from the shards listed in
+``model.safetensors.index.json`` (in any order). Files are memory-mapped by
+``safetensors.safe_open``; a read touches only the rows (or columns) asked for.
+Every problem (a missing file or tensor, a corrupt or truncated file, a wrong shape
+or dtype) is an :class:`~qkalign.errors.InputError` naming the file and the tensor.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .errors import InputError
+
+CONFIG_NAME = "config.json"
+SINGLE_FILE_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+# Checkpoint dtypes read (and widened exactly to float32/float64); quantised ones are refused.
+READABLE_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
+
+
+def _read_json(path, what):
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise InputError(path, "", f"an existing {what}", "no such file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(path, "", f"a {what} in JSON", f"malformed JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise InputError(path, "", f"a {what} holding a JSON object", type(doc).__name__)
+    return doc
+
+
+def read_config(model_dir):
+    """``MODEL_DIR/config.json`` as a dict."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise InputError(model_dir, "", "a model folder (config.json plus safetensors weights)",
+                         "no such directory" if not model_dir.exists() else "a file")
+    return _read_json(model_dir / CONFIG_NAME, "model config")
+
+
+class Checkpoint:
+    """The tensors of a model folder, opened lazily.
+
+    Parameters
+    ----------
+    model_dir : str or Path
+        Folder holding ``model.safetensors`` or ``model.safetensors.index.json`` and its shards.
+    """
+
+    def __init__(self, model_dir):
+        self.model_dir = Path(model_dir)
+        index_path = self.model_dir / INDEX_NAME
+        single_path = self.model_dir / SINGLE_FILE_NAME
+        self._handles = {}
+        if index_path.exists():
+            self.source = index_path
+            weight_map = _read_json(index_path, "safetensors index").get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise InputError(index_path, "weight_map", "an object mapping tensor names to shard files",
+                                 type(weight_map).__name__)
+            self._file_of = {name: self.model_dir / shard for name, shard in weight_map.items()}
+        elif single_path.exists():
+            self.source = single_path
+            self._file_of = {name: single_path for name in self._open(single_path).keys()}
+        else:
+            others = sorted(p.name for p in self.model_dir.glob("*") if p.suffix in (".bin", ".pt", ".safetensors",
+                                                                                       ".pth", ".gguf"))
+            raise InputError(self.model_dir, "", f"safetensors weights ({SINGLE_FILE_NAME} or {INDEX_NAME})",
+                             ", ".join(others) if others else "no weights file")
+
+    def _open(self, path):
+        handle = self._handles.get(path)
+        if handle is None:
+            try:
+                handle = safe_open(str(path), framework="pt")
+            except FileNotFoundError:
+                raise InputError(path, "", f"the safetensors shard listed in {INDEX_NAME}", "no such file") from None
+            except (SafetensorError, OSError) as exc:
+                raise InputError(path, "", "a readable safetensors file", f"a corrupt or truncated file ({exc})") from None
+            self._handles[path] = handle
+        return handle
+
+    def names(self):
+        """All tensor names of the checkpoint (from the index, without opening the shards)."""
+        return self._file_of.keys()
+
+    def _slice(self, name):
+        path = self._file_of.get(name)
+        if path is None:
+            raise InputError(self.source, name, "this tensor to be present", "it missing")
+        handle = self._open(path)
+        try:
+            return path, handle.get_slice(name)
+        except SafetensorError:
+            raise InputError(path, name, f"this tensor to be present (as {self.source.name} says)",
+                             "it missing") from None
+
+    def check(self, name, shape):
+        """Raise unless tensor ``name`` exists with ``shape`` and a readable float dtype; return the dtype."""
+        path, sl = self._slice(name)
+        found = tuple(sl.get_shape())
+        if found != tuple(shape):
+            raise InputError(path, name, f"shape {tuple(shape)} (from config.json)", f"{found}")
+        if sl.get_dtype() not in READABLE_DTYPES:
+            raise InputError(path, name, "dtype " + ", ".join(READABLE_DTYPES), sl.get_dtype())
+        return sl.get_dtype()
+
+    def shape_of(self, name):
+        """Shape of tensor ``name`` as stored."""
+        return tuple(self._slice(name)[1].get_shape())
+
+    def _read(self, name, index):
+        path, sl = self._slice(name)
+        try:
+            return sl[index]
+        except (SafetensorError, RuntimeError, OSError) as exc:
+            raise InputError(path, name, "readable tensor data", f"an unreadable slice ({exc})") from None
+
+    def read_block(self, source):
+        """The ``(d, n)`` block a :class:`~qkalign.layouts.BlockSource` names, in its stored dtype."""
+        rows = slice(source.start, source.stop)
+        if source.transposed:
+            return self._read(source.tensor, (slice(None), rows)).T
+        return self._read(source.tensor, rows)
+
+    def read_gain(self, source, dtype):
+        """``offset + w[start:stop]`` for a :class:`~qkalign.layouts.GainSource`, as a ``dtype`` tensor."""
+        # The offset is added in the compute precision: 1 + w in bfloat16 would round.
+        return self._read(source.tensor, slice(source.start, source.stop)).to(dtype) + source.offset
+
+
+def torch_dtype(precision):
+    """``"float32"`` / ``"float64"`` -> the torch dtype."""
+    return {"float32": torch.float32, "float64": torch.float64}[precision]

@@ -1,0 +1,238 @@
+"""``measure``: a Hugging Face model folder's safetensors weights -> :class:`QKData`, on CPU.
+
+For each kv head ``g`` and each query head ``h`` reading it, with ``K``, ``Q`` the
+``(L, d, n)`` stacks of that head's blocks over all layers:
+
+- ``KK = K K^T`` and ``QQ = Q Q^T``, ``(L d, L d)`` SYRKs (``KK`` shared by the group), give
+  ``gram[L, L', h] = sum of the (L, L') block of KK * QQ`` (summed in float64);
+- ``K_L Q_L^T`` (d x d per layer) gives ``fro_sq = ||K_L Q_L^T||_F^2`` and, with the diagonal
+  blocks of ``KK`` and ``QQ``, ``G = A A^T`` for ``A = [K_L; Q_L]``, from which
+  :func:`~qkalign.operators.symmetric_part_eigen_from_gram` gets the spectrum and
+  eigenvectors of ``(g + g^T)/2``.
+
+That is ``(H + H_kv) (L d)^2 n / 2`` multiply-adds in the SYRKs plus ``H L d^2 n`` for
+``K Q^T`` and ``H L 2 d topk n`` for the eigenvectors; no hidden x hidden matrix is formed.
+Weights are read one head slice at a time; in ``float32`` mode the products run in float32
+and every sum over blocks and every eigen-decomposition in float64.
+"""
+
+import os
+import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from threadpoolctl import ThreadpoolController
+from tqdm import tqdm
+
+from .checkpoint import Checkpoint, read_config, torch_dtype
+from .errors import InputError
+from .layouts import find_prefix, layout_for, text_config
+from .operators import layer_gram_accumulated, stacked_gram, symmetric_part_eigen_from_gram
+from .qkdata import QKData
+
+PRECISIONS = ("float32", "float64")
+# G = A A^T counts as rank-deficient (tied Q and K, hidden < 2 d) below this relative pivot:
+# a few hundred times the rounding of G in the compute precision.
+RANK_TOL = {"float32": 1e-5, "float64": 1e-12}
+# Precision of the 2d x 2d eigen-problems: no finer than G, which float32 products round at ~1e-7.
+EIGEN_DTYPE = {"float32": np.float32, "float64": np.float64}
+BIASES_NOTE = "left out: the operator is W_K^T W_Q of the weights alone"
+ROPE_NOTE = "left out: the operator at relative position 0 (no rotary embedding applied)"
+
+
+@dataclass(frozen=True)
+class _HeadReader:
+    """Reads a head's ``(L, d, n)`` stack of blocks, norm gains folded in when asked."""
+
+    layout: object
+    shape: object
+    checkpoint: Checkpoint
+    fold_norms: bool
+    dtype: torch.dtype
+
+    def query(self, head):
+        return self._stack(self.layout.q_block, self.layout.q_gain, head)
+
+    def key(self, kv_head):
+        return self._stack(self.layout.k_block, self.layout.k_gain, kv_head)
+
+    def _stack(self, block_of, row_gain_of, head):
+        shape = self.shape
+        out = torch.empty((shape.num_layers, shape.head_dim, shape.hidden_size), dtype=self.dtype)
+        for layer in range(shape.num_layers):
+            out[layer].copy_(self.checkpoint.read_block(block_of(shape, layer, head)))  # widening is exact
+            if self.fold_norms:
+                column_gain = self.layout.input_gain(shape, layer)
+                if column_gain is not None:  # W diag(gamma): the norm's output feeds W
+                    out[layer] *= self.checkpoint.read_gain(column_gain, self.dtype)
+                row_gain = row_gain_of(shape, layer, head)
+                if row_gain is not None:  # diag(gamma) W: a QK-norm scales W's output
+                    out[layer] *= self.checkpoint.read_gain(row_gain, self.dtype)[:, None]
+        return out.numpy()
+
+
+def _check_topk(topk, shape):
+    limit = min(2 * shape.head_dim, shape.hidden_size)
+    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or not 1 <= topk <= limit:
+        raise InputError("--topk", "", f"an integer in 1..{limit} (the spectrum of (g + g^T)/2 has at most "
+                         f"min(2*head_dim, hidden_size) = {limit} nonzero eigenvalues)", repr(topk))
+
+
+def _check_tensors(layout, shape, checkpoint, fold_norms):
+    """Every tensor that will be read exists with the shape config.json implies (before any compute)."""
+    dtypes = set()
+    for layer in range(shape.num_layers):
+        expected = layout.weight_shapes(shape, layer)
+        if fold_norms:
+            expected.update(layout.gain_shapes(shape, layer))
+        for name, tensor_shape in expected.items():
+            dtypes.add(checkpoint.check(name, tensor_shape))
+    return sorted(dtypes)
+
+
+def measure(model_dir, topk=16, fold_norms=False, precision="float32", progress=True):
+    """Grams and eigen-directions of the QK operators of a Hugging Face model's weights.
+
+    Parameters
+    ----------
+    model_dir : str or Path
+        Folder with ``config.json`` and ``model.safetensors`` (or ``model.safetensors.index.json``
+        and its shards).
+    topk : int
+        Eigenvectors kept per layer and head, ``1 <= topk <= min(2 d, n)``.
+    fold_norms : bool
+        Multiply the input norm's gain into the columns of W_Q and W_K, and QK-norm gains
+        (Qwen3, Gemma 3, OLMo2) into their rows (Gemma's gains are ``1 + w``).
+    precision : {"float32", "float64"}
+        Precision of the big products; sums over blocks and eigen-decompositions are float64.
+    progress : bool
+        Show a tqdm progress bar on stderr.
+
+    Returns
+    -------
+    QKData
+        ``gram`` (L, L, H), ``fro_sq`` (L, H), ``eig_dirs`` (L, H, topk, n), ``sym_eigs``
+        (L, H, 2 d); ``extra`` records the model, layout, precision, folded gains and what is
+        left out (biases, RoPE).
+
+    Raises
+    ------
+    InputError
+        Missing or malformed config/weights, a missing tensor, a shape that disagrees with
+        config.json, an unsupported layout or dtype, a bad ``topk`` or ``precision``.
+    """
+    if precision not in PRECISIONS:
+        raise InputError("--precision", "", " or ".join(PRECISIONS), repr(precision))
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    config = text_config(read_config(model_dir))
+    layout = layout_for(config, config_path)
+    shape = layout.shape(config, config_path)
+    _check_topk(topk, shape)
+    checkpoint = Checkpoint(model_dir)
+    find_prefix(layout, shape, checkpoint.names(), checkpoint.shape_of, checkpoint.source)
+    dtypes = _check_tensors(layout, shape, checkpoint, fold_norms)
+    reader = _HeadReader(layout, shape, checkpoint, fold_norms, torch_dtype(precision))
+    torch_threads = torch.get_num_threads()
+    # torch only widens slices and runs single-threaded eigen-problems in worker threads;
+    # its multithreaded copies of small slices are ten times slower on a busy machine.
+    torch.set_num_threads(1)
+    try:
+        arrays = _compute(reader, shape, topk, precision, progress)
+    finally:
+        torch.set_num_threads(torch_threads)
+    biases = [name[: -len("weight")] + "bias" for name in layout.weight_shapes(shape, 0)]
+    extra = {
+        "source": "qkalign measure",
+        "model_dir": str(model_dir),
+        "model_type": layout.model_type,
+        "layout": layout.name,
+        "weight_prefix": layout.prefix,
+        "num_kv_heads": shape.num_kv_heads,
+        "checkpoint_dtypes": dtypes,
+        "precision": precision,
+        "fold_norms": bool(fold_norms),
+        "folded_gains": layout.folded_gains() if fold_norms else [],
+        "biases": BIASES_NOTE + (" (the checkpoint has q/k biases)"
+                                 if any(b in checkpoint.names() for b in biases) else " (the checkpoint has none)"),
+        "rope": ROPE_NOTE if layout.rotary else "none: absolute position embeddings, not part of W_Q, W_K",
+    }
+    return QKData(shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size, **arrays,
+                  json_path=str(checkpoint.source), eigdirs_path=str(checkpoint.source), extra=extra)
+
+
+def _compute(reader, shape, topk, precision, progress):
+    """The arrays of :class:`QKData` from the heads' blocks (see the module docstring).
+
+    Work runs as tasks on one Python thread per core, each on single-threaded BLAS: one task
+    per kv head (read ``K``, ``K K^T``), then one per query head (read ``Q``, ``Q Q^T``,
+    its gram column, ``K Q^T`` and the 2d x 2d eigen-problems of every layer). Multithreaded
+    BLAS would spend its time synchronising on the many small matrices (up to a hundredfold
+    on a busy machine), while independent single-threaded SYRKs keep its full rate.
+    A kv head's task is queued one group ahead of the query heads that need it.
+    """
+    L, H, d, n = shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size
+    out = dict(gram=np.empty((L, L, H)), fro_sq=np.empty((L, H)), sym_eigs=np.empty((L, H, 2 * d)),
+               eig_dirs=np.empty((L, H, topk, n)))
+
+    def key_task(kv_head):
+        k = reader.key(kv_head)
+        return k, stacked_gram(k)
+
+    def query_task(head, key_job):
+        k, kk = key_job.result()
+        q = reader.query(head)
+        qq = stacked_gram(q)
+        out["gram"][:, :, head] = layer_gram_accumulated(qq, kk, L, d)
+        out["fro_sq"][:, head], out["sym_eigs"][:, head], out["eig_dirs"][:, head] = \
+            _layer_work(k, q, kk, qq, topk, precision)
+
+    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    key_jobs, running = {}, deque()
+    with ThreadpoolController().limit(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool, \
+            tqdm(total=H, desc="measure", unit="head", disable=not progress, file=sys.stderr) as bar:
+        try:
+            for kv_head in range(shape.num_kv_heads):
+                for ahead in (kv_head, kv_head + 1):
+                    if ahead < shape.num_kv_heads and ahead not in key_jobs:
+                        key_jobs[ahead] = pool.submit(key_task, ahead)
+                for head in range(kv_head * shape.group, (kv_head + 1) * shape.group):
+                    running.append(pool.submit(query_task, head, key_jobs[kv_head]))
+                    while len(running) > 2 * workers:  # bounds the memory held by queued heads
+                        running.popleft().result()
+                        bar.update()
+                del key_jobs[kv_head]  # its K K^T is freed once its query heads are done
+            while running:
+                running.popleft().result()
+                bar.update()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    return out
+
+
+def _layer_work(k, q, kk, qq, topk, precision):
+    """``fro_sq``, ``sym_eigs`` and ``eig_dirs`` of one head in every layer.
+
+    k, q: (L, d, n) blocks; kk, qq: their (L d, L d) stacked Grams.
+    """
+    d = k.shape[1]
+    kq = (k @ np.swapaxes(q, -1, -2)).astype(np.float64)  # (L, d, d): K_L Q_L^T
+    a_gram = np.empty((len(k), 2 * d, 2 * d))  # A A^T with A = [K_L; Q_L]
+    a_gram[:, :d, :d] = _diagonal_blocks(kk, d)
+    a_gram[:, :d, d:] = kq
+    a_gram[:, d:, :d] = np.swapaxes(kq, -1, -2)
+    a_gram[:, d:, d:] = _diagonal_blocks(qq, d)
+    sym_eigs, eig_dirs = symmetric_part_eigen_from_gram(np.concatenate([k, q], axis=1), a_gram, topk,
+                                                        RANK_TOL[precision], EIGEN_DTYPE[precision])
+    return np.einsum("lij,lij->l", kq, kq), sym_eigs, eig_dirs
+
+
+def _diagonal_blocks(gram, d):
+    """``gram[L d:(L+1) d, L d:(L+1) d]`` for every ``L``: (L, d, d)."""
+    layers = np.arange(gram.shape[0] // d)
+    return gram.reshape(len(layers), d, len(layers), d)[layers, :, layers]
