@@ -133,7 +133,7 @@ def flop_counts(spec):
 
 
 def test_measure_vs_sgemm(model_dir, benchmark):
-    from qkalign.measure import measure
+    from qkalign.measurement import measure
 
     spec = PRESETS[PRESET]
     load_before = os.getloadavg()

@@ -10,7 +10,6 @@ or dtype) is an :class:`~qkalign.errors.InputError` naming the file and the tens
 import json
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError, safe_open
 
 from .errors import InputError
@@ -126,15 +125,16 @@ class Checkpoint:
         """The ``(d, n)`` block a :class:`~qkalign.layouts.BlockSource` names, in its stored dtype."""
         rows = slice(source.start, source.stop)
         if source.transposed:
-            return self._read(source.tensor, (slice(None), rows)).T
-        return self._read(source.tensor, rows)
+            block = self._read(source.tensor, (slice(None), rows)).T
+        else:
+            block = self._read(source.tensor, rows)
+        if not block.isfinite().all():
+            where = "columns" if source.transposed else "rows"
+            raise InputError(self._file_of[source.tensor], source.tensor, "finite weights",
+                             f"NaN or Inf in {where} {source.start}:{source.stop}")
+        return block
 
     def read_gain(self, source, dtype):
         """``offset + w[start:stop]`` for a :class:`~qkalign.layouts.GainSource`, as a ``dtype`` tensor."""
         # The offset is added in the compute precision: 1 + w in bfloat16 would round.
         return self._read(source.tensor, slice(source.start, source.stop)).to(dtype) + source.offset
-
-
-def torch_dtype(precision):
-    """``"float32"`` / ``"float64"`` -> the torch dtype."""
-    return {"float32": torch.float32, "float64": torch.float64}[precision]

@@ -12,7 +12,8 @@ from .analysis import analyze
 from .backends import BACKEND_NAMES, DEFAULT_BACKEND
 from .chance import DEFAULT_SEED
 from .errors import InputError, QKAlignError
-from .io import load
+from .io import load, save
+from .measurement import measure
 from .report import format_report
 
 EXIT_INPUT_ERROR = 2
@@ -72,7 +73,7 @@ def _add_measure_options(parser, for_analyze):
 
 
 def _measure_options(args):
-    """The measure options of ``args`` as keyword arguments of :func:`qkalign.measure.measure`."""
+    """The measure options of ``args`` as keyword arguments of :func:`qkalign.measure`."""
     opts = {key: MEASURE_DEFAULTS[key] if getattr(args, key) is None else getattr(args, key)
             for key in MEASURE_DEFAULTS}
     return dict(topk=opts["topk"], fold_norms=opts["fold_norms"], precision=opts["precision"],
@@ -80,9 +81,6 @@ def _measure_options(args):
 
 
 def _measure(args):
-    from .io import save
-    from .measure import measure  # imports torch: only when measuring
-
     data = measure(args.model_dir, **_measure_options(args))
     try:
         json_path, pt_path = save(data, args.output)
@@ -95,8 +93,6 @@ def _measure(args):
 def _measured_input(args):
     """``(QKData, description)`` when ``analyze``'s input is a model folder, else None."""
     if args.grams is not None and Path(args.grams).is_dir():
-        from .measure import measure  # imports torch: only when measuring
-
         options = _measure_options(args)
         data = measure(args.grams, **options)
         folded = ", norms folded" if options["fold_norms"] else ""

@@ -130,6 +130,8 @@ class Layout:
         return AttentionShape(num_layers, num_heads, num_kv, self._head_dim(config, source, num_heads, hidden), hidden)
 
     def _head_dim(self, config, source, num_heads, hidden):
+        if config.get("head_dim") is not None:  # Qwen3, Gemma: H d need not equal n
+            return _config_int(config, ("head_dim",), source)
         if hidden % num_heads:
             raise InputError(source, self.hidden_keys[0], f"a multiple of {self.heads_keys[0]} = {num_heads}", hidden)
         return hidden // num_heads
@@ -219,11 +221,6 @@ class LlamaLayout(SeparateProjections):
         self.has_input_norm = model_type not in ("olmo", "olmo2")
         self.qk_norm = {"qwen3": "per_head", "gemma3": "per_head", "gemma3_text": "per_head",
                         "olmo2": "all_heads"}.get(model_type)
-
-    def _head_dim(self, config, source, num_heads, hidden):
-        if config.get("head_dim") is not None:
-            return _config_int(config, ("head_dim",), source)
-        return super()._head_dim(config, source, num_heads, hidden)
 
     def _attn(self, layer, what):
         return self.name_in(f"layers.{layer}.self_attn.{what}.weight")

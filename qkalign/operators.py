@@ -239,6 +239,7 @@ def _cholesky_where_full_rank(g, rank_tol, out):
             try:
                 out[i] = np.linalg.cholesky(g[i])
             except np.linalg.LinAlgError:
+                out[i] = 0.0
                 full[i] = False
     pivots_sq = np.einsum("bii->bi", out) ** 2
     scale = np.einsum("bii->bi", g).max(axis=-1)

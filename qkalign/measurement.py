@@ -13,7 +13,8 @@ For each kv head ``g`` and each query head ``h`` reading it, with ``K``, ``Q`` t
 That is ``(H + H_kv) (L d)^2 n / 2`` multiply-adds in the SYRKs plus ``H L d^2 n`` for
 ``K Q^T`` and ``H L 2 d topk n`` for the eigenvectors; no hidden x hidden matrix is formed.
 Weights are read one head slice at a time; in ``float32`` mode the products run in float32
-and every sum over blocks and every eigen-decomposition in float64.
+and every sum over blocks and every eigen-decomposition in float64. torch (for reading
+bfloat16) is imported on first use: ``import qkalign`` stays quick.
 """
 
 import os
@@ -24,11 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from threadpoolctl import ThreadpoolController
 from tqdm import tqdm
 
-from .checkpoint import Checkpoint, read_config, torch_dtype
+from .checkpoint import Checkpoint, read_config
 from .errors import InputError
 from .layouts import find_prefix, layout_for, text_config
 from .operators import layer_gram_accumulated, stacked_gram, symmetric_part_eigen_from_gram
@@ -52,7 +52,7 @@ class _HeadReader:
     shape: object
     checkpoint: Checkpoint
     fold_norms: bool
-    dtype: torch.dtype
+    dtype: object  # torch.float32 or torch.float64
 
     def query(self, head):
         return self._stack(self.layout.q_block, self.layout.q_gain, head)
@@ -61,6 +61,8 @@ class _HeadReader:
         return self._stack(self.layout.k_block, self.layout.k_gain, kv_head)
 
     def _stack(self, block_of, row_gain_of, head):
+        import torch
+
         shape = self.shape
         out = torch.empty((shape.num_layers, shape.head_dim, shape.hidden_size), dtype=self.dtype)
         for layer in range(shape.num_layers):
@@ -136,7 +138,9 @@ def measure(model_dir, topk=16, fold_norms=False, precision="float32", progress=
     checkpoint = Checkpoint(model_dir)
     find_prefix(layout, shape, checkpoint.names(), checkpoint.shape_of, checkpoint.source)
     dtypes = _check_tensors(layout, shape, checkpoint, fold_norms)
-    reader = _HeadReader(layout, shape, checkpoint, fold_norms, torch_dtype(precision))
+    import torch
+
+    reader = _HeadReader(layout, shape, checkpoint, fold_norms, getattr(torch, precision))
     torch_threads = torch.get_num_threads()
     # torch only widens slices and runs single-threaded eigen-problems in worker threads;
     # its multithreaded copies of small slices are ten times slower on a busy machine.
@@ -211,6 +215,7 @@ def _compute(reader, shape, topk, precision, progress):
                 bar.update()
         except BaseException:
             pool.shutdown(cancel_futures=True)
+            bar.leave = False  # the error line follows on a clean line
             raise
     return out
 
