@@ -232,8 +232,8 @@ def _layer_work(k, q, kk, qq, topk, precision):
     a_gram[:, :d, d:] = kq
     a_gram[:, d:, :d] = np.swapaxes(kq, -1, -2)
     a_gram[:, d:, d:] = _diagonal_blocks(qq, d)
-    sym_eigs, eig_dirs = symmetric_part_eigen_from_gram(np.concatenate([k, q], axis=1), a_gram, topk,
-                                                        RANK_TOL[precision], EIGEN_DTYPE[precision])
+    sym_eigs, eig_dirs = symmetric_part_eigen_from_gram(k, q, a_gram, topk, RANK_TOL[precision],
+                                                        EIGEN_DTYPE[precision])
     return np.einsum("lij,lij->l", kq, kq), sym_eigs, eig_dirs
 
 

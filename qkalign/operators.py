@@ -107,10 +107,13 @@ def symmetric_part_eigen(k_block, q_block, topk):
     return lam, vecs
 
 
-def _by_magnitude(lam, w):
-    """Eigenpairs (..., m), (..., m, m) reordered by ``|lambda|`` descending (stable)."""
+def _by_magnitude(lam, w, columns=None):
+    """Eigenpairs (..., m), (..., m, m) reordered by ``|lambda|`` descending (stable).
+
+    With ``columns``, only that many leading eigenvectors are returned.
+    """
     order = np.argsort(-np.abs(lam), axis=-1, kind="stable")
-    return np.take_along_axis(lam, order, axis=-1), np.take_along_axis(w, order[..., None, :], axis=-1)
+    return np.take_along_axis(lam, order, axis=-1), np.take_along_axis(w, order[..., None, :columns], axis=-1)
 
 
 def _complete_rows(vecs, lam, topk):
@@ -135,8 +138,8 @@ def _complete_rows(vecs, lam, topk):
     return out
 
 
-def symmetric_part_eigen_from_gram(a_block, a_gram, topk, rank_tol=_RANK_TOL, eigen_dtype=np.float64):
-    """:func:`symmetric_part_eigen` from ``A = [K; Q]`` and a given ``G = A A^T``.
+def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=_RANK_TOL, eigen_dtype=np.float64):
+    """:func:`symmetric_part_eigen` given ``G = A A^T`` for ``A = [K; Q]``.
 
     ``G`` comes from Grams computed anyway (its diagonal blocks ``K K^T``, ``Q Q^T`` sit in the
     stacked Grams, ``K Q^T`` is needed for ``fro_sq``), so no (2d x n) product is redone here.
@@ -147,8 +150,8 @@ def symmetric_part_eigen_from_gram(a_block, a_gram, topk, rank_tol=_RANK_TOL, ei
 
     Parameters
     ----------
-    a_block : (..., 2d, n) float32 or float64
-        ``[K; Q]``; the eigenvectors are formed in its precision.
+    k_block, q_block : (..., d, n) float32 or float64
+        ``K`` and ``Q``; the eigenvectors are formed in their precision.
     a_gram : (..., 2d, 2d) float64
         ``A A^T``.
     topk : int
@@ -185,9 +188,10 @@ def symmetric_part_eigen_from_gram(a_block, a_gram, topk, rank_tol=_RANK_TOL, ei
     half = np.swapaxes(c[:, :d], -1, -2) @ c[:, d:]  # C^T J C = (P + P^T)/2, P = C_K^T C_Q
     m = min(topk, two_d)
     j_form = 0.5 * (half + np.swapaxes(half, -1, -2))
-    lam, w = _by_magnitude(*_eigh(j_form, eigen_dtype))
-    if eigen_dtype != np.float64:
-        lam, w = _rayleigh_ritz(j_form, lam, w, min(2 * m, two_d))
+    if eigen_dtype == np.float64:
+        lam, w = _by_magnitude(*_eigh(j_form, eigen_dtype), columns=m)
+    else:
+        lam, w = _rayleigh_ritz(j_form, *_by_magnitude(*_eigh(j_form, eigen_dtype), columns=min(2 * m, two_d)))
     coef = np.empty((len(g), two_d, m))
     for i in range(len(g)):
         if full[i]:
@@ -195,8 +199,11 @@ def symmetric_part_eigen_from_gram(a_block, a_gram, topk, rank_tol=_RANK_TOL, ei
         else:
             lam[i, rank[i]:] = 0.0  # S vanishes off span(A^T): these are exact zeros
             coef[i] = inverse_factor[i] @ w[i, :, :m]
-    a = np.asarray(a_block).reshape((-1,) + a_block.shape[-2:])
-    vecs = (np.swapaxes(coef, -1, -2).astype(a.dtype) @ a).astype(np.float64)
+    k = np.asarray(k_block).reshape((-1,) + k_block.shape[-2:])
+    q = np.asarray(q_block).reshape((-1,) + q_block.shape[-2:])
+    coef_t = np.swapaxes(coef, -1, -2).astype(k.dtype)  # eigenvectors A^T coef = K^T coef_K + Q^T coef_Q
+    vecs = (coef_t[..., :d] @ k).astype(np.float64)
+    vecs += coef_t[..., d:] @ q
     lam = lam.reshape(batch + (two_d,))
     vecs = vecs.reshape(batch + vecs.shape[-2:])
     if topk > two_d or not full.all():
@@ -214,19 +221,18 @@ def _eigh(m, dtype):
     return lam.numpy().astype(np.float64), w.numpy().astype(np.float64)
 
 
-def _rayleigh_ritz(m, lam, w, block):
-    """Leading ``block`` eigenpairs of symmetric (b, k, k) ``m`` refined in float64 from rougher ones.
+def _rayleigh_ritz(m, lam, w):
+    """Leading eigenpairs of symmetric (b, k, k) ``m`` refined in float64 from rougher ones.
 
-    Rayleigh-Ritz on the span of ``w[..., :block]`` undoes the mixing of close eigenvectors
-    that a float32 eigen-decomposition leaves; ``lam``, ``w`` come sorted by ``|lambda|``
-    and are returned so.
+    Rayleigh-Ritz on the span of the columns of ``w`` (b, k, block), the leading eigenvectors
+    by ``|lambda|``, undoes the mixing of close eigenvectors that a float32 decomposition
+    leaves; ``lam[..., :block]`` is replaced by the Ritz values, still sorted by ``|lambda|``.
     """
-    basis, _ = np.linalg.qr(w[..., :block])
-    ritz_lam, ritz_w = np.linalg.eigh(np.swapaxes(basis, -1, -2) @ m @ basis)
-    lam, w = lam.copy(), w.copy()
-    lam[..., :block] = ritz_lam
-    w[..., :, :block] = basis @ ritz_w
-    return _by_magnitude(lam, w)
+    basis, _ = np.linalg.qr(w)
+    ritz_lam, ritz_w = _by_magnitude(*np.linalg.eigh(np.swapaxes(basis, -1, -2) @ m @ basis))
+    lam = lam.copy()
+    lam[..., : w.shape[-1]] = ritz_lam
+    return lam, basis @ ritz_w
 
 
 def _cholesky_where_full_rank(g, rank_tol, out):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from threadpoolctl import threadpool_limits
 
 LLAMA_STYLE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "granite")
 FUSED = ("phi3", "gpt2", "gpt_neox", "bert")
@@ -171,7 +172,13 @@ def dense_truth(w_q, w_k, topk):
     """gram, fro_sq, sym_eigs (L, H, 2 d, zero-padded) and the top-k eigenvectors, from dense float64 g.
 
     The eigenvectors come as (L, H, topk, n) rows, sorted by ``|lambda|`` descending.
+    Single-threaded BLAS: multithreaded eigh of many small matrices crawls on a busy machine.
     """
+    with threadpool_limits(1, user_api="blas"):
+        return _dense_truth(w_q, w_k, topk)
+
+
+def _dense_truth(w_q, w_k, topk):
     L, H, d, n = w_q.shape
     group = H // w_k.shape[1]
     k = np.repeat(w_k, group, axis=1)
