@@ -167,6 +167,9 @@ def measure(model_dir, topk=16, fold_norms=False, precision="float32", progress=
         "biases": BIASES_NOTE + (" (the checkpoint has q/k biases)"
                                  if any(b in checkpoint.names() for b in biases) else " (the checkpoint has none)"),
         "rope": ROPE_NOTE if layout.rotary else "none: absolute position embeddings, not part of W_Q, W_K",
+        # [K; Q] of numerical rank < 2 d in this precision (tied Q and K, n < 2 d, or ill-conditioned):
+        # their missing eigenvalues are exact zeros.
+        "rank_deficient_operators": int((arrays["sym_eigs"] == 0).any(axis=-1).sum()),
     }
     return QKData(shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size, **arrays,
                   json_path=str(checkpoint.source), eigdirs_path=str(checkpoint.source), extra=extra)

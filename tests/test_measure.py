@@ -104,6 +104,7 @@ def test_sylvester_half_the_spectrum_is_positive(tmp_path, precision):
     assert np.all((data.sym_eigs > 0).sum(axis=-1) == d)
     assert np.all((data.sym_eigs < 0).sum(axis=-1) == d)
     assert np.all(fraction_positive(data.sym_eigs) == 0.5)
+    assert data.extra["rank_deficient_operators"] == 0
 
 
 @pytest.mark.parametrize("precision", ["float32", "float64"])
@@ -116,6 +117,7 @@ def test_tied_query_and_key_take_the_eigen_route(tmp_path, precision):
     assert np.all((data.sym_eigs > 0).sum(axis=-1) == d)
     assert np.all(data.sym_eigs[..., d:] == 0.0)
     assert np.all(fraction_positive(data.sym_eigs) == 0.5)
+    assert data.extra["rank_deficient_operators"] == data.num_layers * data.num_heads
     assert_matches_dense(data, model.w_q, model.w_k, precision)
 
 
