@@ -2,7 +2,7 @@
 
 Plain vectorised float64 numpy, written to be read. The Numba kernels in
 ``qkalign.kernels`` must agree with these functions (the comparison table in
-``qkalign.backends`` pairs each kernel with its function here).
+``qkalign.comparison`` pairs each kernel with its function here).
 
 Notation: ``L`` layers, ``H`` query heads, ``k`` eigenvectors kept per head,
 ``n`` hidden size, ``g_L^h`` the QK operator of layer ``L``, head ``h``.
@@ -135,3 +135,39 @@ def principal_cosines_to_anchor(eig_dirs, anchor):
     """
     q = orthonormal_bases(eig_dirs)
     return principal_cosines(q, q[anchor][None])
+
+
+# All layer pairs: the same quantities with every layer as the reference layer.
+# ``result[..., i, j, h]`` compares layer ``i`` with layer ``j``, so the to-anchor
+# functions above are the slices ``[..., :, anchor, :]`` of these.
+
+
+def sign_agreement_all_pairs(sym_eigs, k_values):
+    """Top-k sign agreement between every pair of layers, per head.
+
+    ``agree[q, i, j, h] = mean_{m < k_q} [sign(lambda_m(i, h)) == sign(lambda_m(j, h))]``.
+    sym_eigs: (L, H, m) -> (len(k_values), L, L, H) float64.
+    """
+    signs = np.sign(sym_eigs)
+    same = signs[:, None] == signs[None, :]  # (L, L, H, m)
+    return np.stack([same[..., :k].mean(axis=-1) for k in k_values])
+
+
+def top1_overlap_all_pairs(eig_dirs):
+    """Squared cosine between the top eigenvectors of every pair of layers: (L, H, k, n) -> (L, L, H)."""
+    top = eig_dirs[:, :, 0, :]
+    dots = np.einsum("ihn,jhn->ijh", top, top)
+    norm_sq = np.einsum("lhn,lhn->lh", top, top)
+    return dots**2 / (norm_sq[:, None] * norm_sq[None])
+
+
+def principal_cosines_all_pairs(eig_dirs):
+    """Principal-angle cosines between the top-k spans of every pair of layers, per head.
+
+    ``cos[i, j, h]`` are the cosines between ``span(eig_dirs[i, h])`` and
+    ``span(eig_dirs[j, h])``, descending. One batched call per layer ``i`` keeps
+    the (L, H, n, k) residual of :func:`principal_cosines` in memory, not (L, L, H, n, k).
+    eig_dirs: (L, H, k, n) -> (L, L, H, k) float64.
+    """
+    q = orthonormal_bases(eig_dirs)
+    return np.stack([principal_cosines(q_i[None], q) for q_i in q])

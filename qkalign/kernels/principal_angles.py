@@ -1,0 +1,189 @@
+"""Principal angles between top-k eigenvector spans, in the Gram formulation.
+
+For two layers with eigenvector rows ``A``, ``B`` (k, n) the principal-angle cosines
+are the singular values of ``M = Qa^T Qb`` for orthonormal bases ``Qa``, ``Qb``. With
+the unit-diagonal Gram ``D A A^T D = R^T R`` (``D`` scales the rows to unit length,
+``R`` its Cholesky factor), ``Qa^T = P_A A`` with ``P_A = R^{-T} D`` lower triangular, so
+
+    M = P_A (A B^T) P_B^T,
+
+and everything of size n is one batched matrix product (BLAS, outside any
+``prange``): the self Grams ``A A^T`` and the cross Grams ``A B^T``. The kernels
+only see k x k matrices: Cholesky + triangular inverse per (layer, head), then
+``M`` and its singular values (one-sided Jacobi) per (pair, head). The same
+kernel serves the pairs (layer, anchor) and all (layer, layer) pairs.
+
+Cholesky-QR loses orthogonality like ``eps * cond(A)^2``, so it is used only when
+Gershgorin bounds the unit-diagonal Gram's eigenvalues to ``[1 - r, 1 + r]`` with
+``r <= 1/2`` (cond <= 3, true for eigenvectors stored in float16/bfloat16 and above).
+Other rows (nearly dependent, or a zero row) are replaced by their Householder QR
+basis, as the reference computes it, before the Grams are formed again.
+
+On accuracy for nearly coincident subspaces: the reference (Knyazev & Argentati)
+takes the cosines with ``cos^2 >= 1/2`` from the sines to get accurate *angles*.
+The reported *cosines* near 1 are determined to a few ulps either way (an error
+``e`` in ``M`` moves a singular value by ``e``), so the kernel takes all of them
+from ``M``; tests check cos = 1 - 1e-10 and identical layers against the reference.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from . import pairs
+from .checks import eig_dirs_array, layer_index
+from .grams import grams_all_pairs, grams_to_anchor
+from .small_linalg import cholesky_upper, invert_upper, lower_times, singular_values
+
+#: Cholesky-QR is trusted when every Gershgorin radius of the unit-diagonal Gram is at most this.
+GERSHGORIN_RADIUS_LIMIT = 0.5
+
+
+@njit(cache=True)
+def _orthonormalizer(gram, radius_limit, p):
+    """``P`` (k, k) lower triangular with orthonormal rows ``P A``, from ``gram = A A^T``.
+
+    Returns False (``p`` undefined) when the rows are too far from orthonormal for
+    Cholesky-QR (a Gershgorin radius above ``radius_limit``) or not positive definite.
+    """
+    k = gram.shape[0]
+    scale = np.empty(k)
+    for i in range(k):
+        if not gram[i, i] > 0.0:
+            return False
+        scale[i] = 1.0 / np.sqrt(gram[i, i])
+    unit = np.empty((k, k))
+    for i in range(k):
+        radius = 0.0
+        for j in range(k):
+            unit[i, j] = scale[i] * gram[i, j] * scale[j]
+            if j != i:
+                radius += abs(unit[i, j])
+        if not radius <= radius_limit:
+            return False
+    r = np.empty((k, k))
+    if not cholesky_upper(unit, r):
+        return False
+    inv = np.empty((k, k))
+    invert_upper(r, inv)
+    for i in range(k):
+        for j in range(k):
+            p[i, j] = inv[j, i] * scale[j]
+    return True
+
+
+@njit(parallel=True, cache=True)
+def _orthonormalizers(self_grams, radius_limit, p, ok):
+    """Run :func:`_orthonormalizer` on each of ``self_grams`` (B, k, k) into ``p`` (B, k, k), ``ok`` (B,)."""
+    for b in prange(self_grams.shape[0]):
+        ok[b] = _orthonormalizer(self_grams[b], radius_limit, p[b])
+
+
+@njit(cache=True)
+def _pair_cosines(cross, p_first, p_second, out):
+    """Singular values of ``M = p_first @ cross @ p_second^T`` (k, k) clipped to [0, 1], into ``out``."""
+    k = cross.shape[0]
+    half = np.empty((k, k))
+    lower_times(p_second, cross.T, half)  # (cross @ p_second^T)^T
+    m_mat = np.empty((k, k))
+    lower_times(p_first, half.T, m_mat)
+    singular_values(m_mat, out)
+    for i in range(k):
+        out[i] = min(max(out[i], 0.0), 1.0)
+
+
+@njit(parallel=True, cache=True)
+def _principal_cosines(cross, first, second, col_block, p, out):
+    """Principal-angle cosines of a list of layer pairs, every head.
+
+    cross: (H, R k, C k) float64, block ``(first[q], col_block[q])`` of ``cross[h]``
+    holds ``A B^T`` for pair ``q`` (``A`` = layer ``first[q]``, ``B`` = layer ``second[q]``);
+    p: (L, H, k, k) from :func:`_orthonormalizers`; out: (Q, H, k) float64.
+    """
+    num_heads = cross.shape[0]
+    k = p.shape[2]
+    for t in prange(first.shape[0] * num_heads):
+        q = t // num_heads
+        h = t % num_heads
+        rows = first[q] * k
+        cols = col_block[q] * k
+        _pair_cosines(cross[h, rows:rows + k, cols:cols + k], p[first[q], h], p[second[q], h], out[q, h])
+
+
+def _run_orthonormalizers(self_grams):
+    """``p`` (L, H, k, k) and ``ok`` (L, H) for self Grams (L, H, k, k); ValueError if not finite."""
+    if not np.isfinite(self_grams).all():
+        raise ValueError("eig_dirs holds non-finite values")
+    shape = self_grams.shape
+    p = np.empty(shape)
+    ok = np.empty(shape[0] * shape[1], dtype=np.bool_)
+    _orthonormalizers(self_grams.reshape(-1, shape[2], shape[3]), GERSHGORIN_RADIUS_LIMIT,
+                      p.reshape(-1, shape[2], shape[3]), ok)
+    return p, ok.reshape(shape[:2])
+
+
+def householder_rows(eig_dirs, where):
+    """A copy of ``eig_dirs`` (L, H, k, n) whose (layer, head) blocks at ``where`` (L, H) bool
+    are replaced by orthonormal rows spanning the same space (Householder QR, as the reference)."""
+    patched = eig_dirs.copy()
+    q, _ = np.linalg.qr(np.swapaxes(eig_dirs[where], -1, -2))
+    patched[where] = np.swapaxes(q, -1, -2)
+    return patched
+
+
+def orthonormalized(eig_dirs, grams_of):
+    """Grams and orthonormalizers of ``eig_dirs``, with the Householder fallback where needed.
+
+    grams_of: ``eig_dirs -> (self_grams, cross)``, self_grams (L, H, k, k).
+    Returns ``(cross, p, fallback)``: the cross Grams of the rows actually used,
+    ``p`` (L, H, k, k) and the (L, H) bool mask of blocks that took the Householder path.
+    """
+    self_grams, cross = grams_of(eig_dirs)
+    p, ok = _run_orthonormalizers(self_grams)
+    fallback = ~ok
+    if fallback.any():
+        self_grams, cross = grams_of(householder_rows(eig_dirs, fallback))
+        p, ok = _run_orthonormalizers(self_grams)
+    return cross, p, fallback
+
+
+def _anchor_grams(eig_dirs, anchor):
+    """``(self (L, H, k, k), cross (H, L k, k))``: the cross blocks in the layout of :func:`_principal_cosines`."""
+    self_grams, cross = grams_to_anchor(eig_dirs, anchor)
+    num_layers, num_heads, k, _ = cross.shape
+    return self_grams, np.ascontiguousarray(cross.transpose(1, 0, 2, 3)).reshape(num_heads, num_layers * k, k)
+
+
+def principal_cosines_to_anchor(eig_dirs, anchor):
+    """Principal-angle cosines between every layer's top-k span and the anchor's, per head.
+
+    Same as :func:`qkalign.reference.principal_cosines_to_anchor`.
+    eig_dirs: (L, H, k, n) -> (L, H, k) float64, descending along the last axis.
+    """
+    eig_dirs = eig_dirs_array(eig_dirs)
+    num_layers, num_heads, k, _ = eig_dirs.shape
+    anchor = layer_index(anchor, num_layers)
+    cross, p, _ = orthonormalized(eig_dirs, lambda e: _anchor_grams(e, anchor))
+    first, second = pairs.to_anchor(num_layers, anchor)
+    out = np.empty((num_layers, num_heads, k))
+    # cross holds only the anchor's column block: block column 0 for every pair
+    _principal_cosines(cross, first, second, np.zeros_like(second), p, out)
+    return out
+
+
+def principal_cosines_all_pairs(eig_dirs):
+    """Principal-angle cosines between the top-k spans of every pair of layers, per head.
+
+    Same as :func:`qkalign.reference.principal_cosines_all_pairs`; each unordered
+    pair is computed once and mirrored, so ``cos[i, j] == cos[j, i]`` exactly.
+    eig_dirs: (L, H, k, n) -> (L, L, H, k) float64.
+    """
+    eig_dirs = eig_dirs_array(eig_dirs)
+    num_layers, num_heads, k, _ = eig_dirs.shape
+    cross, p, _ = orthonormalized(eig_dirs, grams_all_pairs)
+    first, second = pairs.all_unordered(num_layers)
+    pair_cos = np.empty((first.size, num_heads, k))
+    _principal_cosines(cross, first, second, second, p, pair_cos)
+    out = np.empty((num_layers, num_layers, num_heads, k))
+    out[first, second] = pair_cos
+    out[second, first] = pair_cos
+    return out
