@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from qkalign import kernels, reference
 from qkalign.backends import BACKEND_FUNCTIONS
 from qkalign.comparison import COMPARISONS, EIG_DIRS_KINDS, RTOL, random_inputs
-from qkalign.kernels.principal_angles import GERSHGORIN_RADIUS_LIMIT, orthonormalized
-from qkalign.kernels.grams import grams_to_anchor
+from qkalign.kernels.principal_angles import _anchor_grams, orthonormalized
+from qkalign.kernels.small_linalg import GERSHGORIN_RADIUS_LIMIT
 
 # Interpreted kernels are slow: the NUMBA_DISABLE_JIT run covers the source with fewer examples.
 EXAMPLES = 4 if numba.config.DISABLE_JIT else 30
@@ -111,7 +111,7 @@ def test_equal_layers_give_cosines_of_one():
 
 def _fallback_mask(eig_dirs, anchor=0):
     """(L, H) bool: which blocks took the Householder path."""
-    return orthonormalized(eig_dirs, lambda e: grams_to_anchor(e, anchor))[2]
+    return orthonormalized(eig_dirs, lambda e: _anchor_grams(e, anchor))[2]
 
 
 @pytest.mark.parametrize("kind", ["orthonormal", "float16", "equal_layers"])

@@ -11,7 +11,8 @@ runs near the machine's peak, so that stays with numpy.
 import numpy as np
 from numba import njit, prange
 
-from .small_linalg import FASTMATH, dot
+from .small_linalg import FASTMATH, GERSHGORIN_RADIUS_LIMIT, cholesky_qr_factor, dot
+from .threads import threads_for
 
 
 @njit(fastmath=FASTMATH, cache=True)
@@ -77,23 +78,28 @@ def _block_grams(a, b, self_gram, cross):
 
 
 @njit(parallel=True, cache=True)
-def _grams_to_layer(eig_dirs, anchor, self_grams, cross):
+def _grams_to_layer(eig_dirs, anchor, radius_limit, self_grams, cross, p, ok):
     """Per (layer, head): ``self_grams[L, h] = A A^T``, ``cross[L, h] = A B^T`` with
-    ``A = eig_dirs[L, h]``, ``B = eig_dirs[anchor, h]``; eig_dirs: (L, H, k, n), outputs (L, H, k, k)."""
+    ``A = eig_dirs[L, h]``, ``B = eig_dirs[anchor, h]``, and the Cholesky-QR factor of
+    ``A A^T`` while it is in cache (``p``, ``ok``: see :func:`cholesky_qr_factor`).
+    eig_dirs: (L, H, k, n); self_grams, cross, p: (L, H, k, k); ok: (L, H) bool."""
     num_layers, num_heads = eig_dirs.shape[:2]
     for t in prange(num_layers * num_heads):
         layer = t // num_heads
         h = t % num_heads
         _block_grams(eig_dirs[layer, h], eig_dirs[anchor, h], self_grams[layer, h], cross[layer, h])
+        ok[layer, h] = cholesky_qr_factor(self_grams[layer, h], radius_limit, p[layer, h])
 
 
 def grams_to_anchor(eig_dirs, anchor):
-    """Self Grams (L, H, k, k) and cross Grams with the anchor (L, H, k, k) of eig_dirs (L, H, k, n)."""
-    num_layers, num_heads, k, _ = eig_dirs.shape
-    self_grams = np.empty((num_layers, num_heads, k, k))
-    cross = np.empty((num_layers, num_heads, k, k))
-    _grams_to_layer(eig_dirs, anchor, self_grams, cross)
-    return self_grams, cross
+    """Self Grams, cross Grams with the anchor, Cholesky-QR factors (each (L, H, k, k)) and
+    their ``ok`` flags (L, H) of eig_dirs (L, H, k, n)."""
+    num_layers, num_heads, k, hidden = eig_dirs.shape
+    self_grams, cross, p = (np.empty((num_layers, num_heads, k, k)) for _ in range(3))
+    ok = np.empty((num_layers, num_heads), dtype=np.bool_)
+    with threads_for(num_layers * num_heads * k * k * hidden):
+        _grams_to_layer(eig_dirs, anchor, GERSHGORIN_RADIUS_LIMIT, self_grams, cross, p, ok)
+    return self_grams, cross, p, ok
 
 
 def grams_all_pairs(eig_dirs):

@@ -31,61 +31,27 @@ from numba import njit, prange
 
 from . import pairs
 from .checks import eig_dirs_array, layer_index
+from .threads import threads_for
 from .grams import grams_all_pairs, grams_to_anchor
-from .small_linalg import cholesky_upper, invert_upper, lower_times, singular_values
-
-#: Cholesky-QR is trusted when every Gershgorin radius of the unit-diagonal Gram is at most this.
-GERSHGORIN_RADIUS_LIMIT = 0.5
-
-
-@njit(cache=True)
-def _orthonormalizer(gram, radius_limit, p):
-    """``P`` (k, k) lower triangular with orthonormal rows ``P A``, from ``gram = A A^T``.
-
-    Returns False (``p`` undefined) when the rows are too far from orthonormal for
-    Cholesky-QR (a Gershgorin radius above ``radius_limit``) or not positive definite.
-    """
-    k = gram.shape[0]
-    scale = np.empty(k)
-    for i in range(k):
-        if not gram[i, i] > 0.0:
-            return False
-        scale[i] = 1.0 / np.sqrt(gram[i, i])
-    unit = np.empty((k, k))
-    for i in range(k):
-        radius = 0.0
-        for j in range(k):
-            unit[i, j] = scale[i] * gram[i, j] * scale[j]
-            if j != i:
-                radius += abs(unit[i, j])
-        if not radius <= radius_limit:
-            return False
-    r = np.empty((k, k))
-    if not cholesky_upper(unit, r):
-        return False
-    inv = np.empty((k, k))
-    invert_upper(r, inv)
-    for i in range(k):
-        for j in range(k):
-            p[i, j] = inv[j, i] * scale[j]
-    return True
-
+from .small_linalg import GERSHGORIN_RADIUS_LIMIT, cholesky_qr_factor, lower_times_transpose, singular_values
 
 @njit(parallel=True, cache=True)
-def _orthonormalizers(self_grams, radius_limit, p, ok):
-    """Run :func:`_orthonormalizer` on each of ``self_grams`` (B, k, k) into ``p`` (B, k, k), ``ok`` (B,)."""
+def _cholesky_qr_factors(self_grams, radius_limit, p, ok):
+    """:func:`cholesky_qr_factor` of each of ``self_grams`` (B, k, k) into ``p`` (B, k, k), ``ok`` (B,)."""
     for b in prange(self_grams.shape[0]):
-        ok[b] = _orthonormalizer(self_grams[b], radius_limit, p[b])
+        ok[b] = cholesky_qr_factor(self_grams[b], radius_limit, p[b])
 
 
 @njit(cache=True)
 def _pair_cosines(cross, p_first, p_second, out):
     """Singular values of ``M = p_first @ cross @ p_second^T`` (k, k) clipped to [0, 1], into ``out``."""
     k = cross.shape[0]
-    half = np.empty((k, k))
-    lower_times(p_second, cross.T, half)  # (cross @ p_second^T)^T
+    block = np.empty((k, k))
+    block[:] = cross  # a C-contiguous copy: one compiled variant of the helpers below
+    right = np.empty((k, k))
+    lower_times_transpose(p_second, block, right)  # (cross @ p_second^T)^T
     m_mat = np.empty((k, k))
-    lower_times(p_first, half.T, m_mat)
+    lower_times_transpose(p_first, right, m_mat)
     singular_values(m_mat, out)
     for i in range(k):
         out[i] = min(max(out[i], 0.0), 1.0)
@@ -97,7 +63,7 @@ def _principal_cosines(cross, first, second, col_block, p, out):
 
     cross: (H, R k, C k) float64, block ``(first[q], col_block[q])`` of ``cross[h]``
     holds ``A B^T`` for pair ``q`` (``A`` = layer ``first[q]``, ``B`` = layer ``second[q]``);
-    p: (L, H, k, k) from :func:`_orthonormalizers`; out: (Q, H, k) float64.
+    p: (L, H, k, k) from :func:`cholesky_qr_factor`; out: (Q, H, k) float64.
     """
     num_heads = cross.shape[0]
     k = p.shape[2]
@@ -109,16 +75,31 @@ def _principal_cosines(cross, first, second, col_block, p, out):
         _pair_cosines(cross[h, rows:rows + k, cols:cols + k], p[first[q], h], p[second[q], h], out[q, h])
 
 
-def _run_orthonormalizers(self_grams):
-    """``p`` (L, H, k, k) and ``ok`` (L, H) for self Grams (L, H, k, k); ValueError if not finite."""
-    if not np.isfinite(self_grams).all():
-        raise ValueError("eig_dirs holds non-finite values")
-    shape = self_grams.shape
-    p = np.empty(shape)
-    ok = np.empty(shape[0] * shape[1], dtype=np.bool_)
-    _orthonormalizers(self_grams.reshape(-1, shape[2], shape[3]), GERSHGORIN_RADIUS_LIMIT,
-                      p.reshape(-1, shape[2], shape[3]), ok)
-    return p, ok.reshape(shape[:2])
+def _all_pairs_grams(eig_dirs):
+    """``(self_grams, cross (H, L k, L k), p, ok)`` for all layer pairs: BLAS SYRK, then the factors."""
+    self_grams, cross = grams_all_pairs(eig_dirs)
+    p = np.empty_like(self_grams)
+    ok = np.empty(self_grams.shape[:2], dtype=np.bool_)
+    num_blocks, k = self_grams.shape[0] * self_grams.shape[1], self_grams.shape[2]
+    with threads_for(num_blocks * k ** 3):
+        _cholesky_qr_factors(self_grams.reshape(num_blocks, k, k), GERSHGORIN_RADIUS_LIMIT,
+                             p.reshape(num_blocks, k, k), ok.reshape(num_blocks))
+    return self_grams, cross, p, ok
+
+
+def _anchor_grams(eig_dirs, anchor):
+    """``(self_grams, cross (H, L k, k), p, ok)`` for the pairs (layer, anchor), from one fused kernel;
+    the cross blocks in the layout of :func:`_principal_cosines`."""
+    self_grams, cross, p, ok = grams_to_anchor(eig_dirs, anchor)
+    num_layers, num_heads, k, _ = cross.shape
+    return self_grams, np.ascontiguousarray(cross.transpose(1, 0, 2, 3)).reshape(num_heads, num_layers * k, k), p, ok
+
+
+def _jacobi_work(out_shape):
+    """Rough flop count of :func:`_principal_cosines` for an output (Q, H, k): ~8 Jacobi
+    sweeps of k^2/2 rotations of two length-k rows per (pair, head)."""
+    num_pairs, num_heads, k = out_shape
+    return num_pairs * num_heads * 8 * k ** 3
 
 
 def householder_rows(eig_dirs, where):
@@ -131,26 +112,20 @@ def householder_rows(eig_dirs, where):
 
 
 def orthonormalized(eig_dirs, grams_of):
-    """Grams and orthonormalizers of ``eig_dirs``, with the Householder fallback where needed.
+    """Cross Grams and Cholesky-QR factors of ``eig_dirs``, with the Householder fallback where needed.
 
-    grams_of: ``eig_dirs -> (self_grams, cross)``, self_grams (L, H, k, k).
-    Returns ``(cross, p, fallback)``: the cross Grams of the rows actually used,
-    ``p`` (L, H, k, k) and the (L, H) bool mask of blocks that took the Householder path.
+    grams_of: ``eig_dirs -> (self_grams (L, H, k, k), cross, p (L, H, k, k), ok (L, H))``.
+    Returns ``(cross, p, fallback)``: the cross Grams of the rows actually used, their
+    factors, and the (L, H) bool mask of blocks that took the Householder path.
     """
-    self_grams, cross = grams_of(eig_dirs)
-    p, ok = _run_orthonormalizers(self_grams)
+    with np.errstate(invalid="ignore", over="ignore"):  # nan/inf rows: found just below
+        self_grams, cross, p, ok = grams_of(eig_dirs)
+    if not np.isfinite(self_grams).all():
+        raise ValueError("eig_dirs holds nan or inf")
     fallback = ~ok
     if fallback.any():
-        self_grams, cross = grams_of(householder_rows(eig_dirs, fallback))
-        p, ok = _run_orthonormalizers(self_grams)
+        _, cross, p, _ = grams_of(householder_rows(eig_dirs, fallback))
     return cross, p, fallback
-
-
-def _anchor_grams(eig_dirs, anchor):
-    """``(self (L, H, k, k), cross (H, L k, k))``: the cross blocks in the layout of :func:`_principal_cosines`."""
-    self_grams, cross = grams_to_anchor(eig_dirs, anchor)
-    num_layers, num_heads, k, _ = cross.shape
-    return self_grams, np.ascontiguousarray(cross.transpose(1, 0, 2, 3)).reshape(num_heads, num_layers * k, k)
 
 
 def principal_cosines_to_anchor(eig_dirs, anchor):
@@ -166,7 +141,8 @@ def principal_cosines_to_anchor(eig_dirs, anchor):
     first, second = pairs.to_anchor(num_layers, anchor)
     out = np.empty((num_layers, num_heads, k))
     # cross holds only the anchor's column block: block column 0 for every pair
-    _principal_cosines(cross, first, second, np.zeros_like(second), p, out)
+    with threads_for(_jacobi_work(out.shape)):
+        _principal_cosines(cross, first, second, np.zeros_like(second), p, out)
     return out
 
 
@@ -179,10 +155,11 @@ def principal_cosines_all_pairs(eig_dirs):
     """
     eig_dirs = eig_dirs_array(eig_dirs)
     num_layers, num_heads, k, _ = eig_dirs.shape
-    cross, p, _ = orthonormalized(eig_dirs, grams_all_pairs)
+    cross, p, _ = orthonormalized(eig_dirs, _all_pairs_grams)
     first, second = pairs.all_unordered(num_layers)
     pair_cos = np.empty((first.size, num_heads, k))
-    _principal_cosines(cross, first, second, second, p, pair_cos)
+    with threads_for(_jacobi_work(pair_cos.shape)):
+        _principal_cosines(cross, first, second, second, p, pair_cos)
     out = np.empty((num_layers, num_layers, num_heads, k))
     out[first, second] = pair_cos
     out[second, first] = pair_cos

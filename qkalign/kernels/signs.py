@@ -5,6 +5,7 @@ from numba import njit, prange
 
 from . import pairs
 from .checks import float_array, k_value_array, layer_index
+from .threads import threads_for
 
 
 @njit(cache=True)
@@ -37,10 +38,10 @@ def _sign_agreement(sym_eigs, first, second, k_values, out):
             out[i, q, h] = counts[k_values[i] - 1] / k_values[i]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def _count_positive(sym_eigs, out):
-    """``out[L]`` = number of positive entries of ``sym_eigs[L]`` (L, H, m)."""
-    for layer in prange(sym_eigs.shape[0]):
+    """``out[L]`` = number of positive entries of ``sym_eigs[L]`` (L, H, m); serial: one O(L H m) pass."""
+    for layer in range(sym_eigs.shape[0]):
         count = 0
         for h in range(sym_eigs.shape[1]):
             for m in range(sym_eigs.shape[2]):
@@ -52,7 +53,8 @@ def _pairs_sign_agreement(sym_eigs, pairs, k_values):
     ks = k_value_array(k_values, sym_eigs.shape[2])
     out = np.empty((ks.size, pairs[0].size, sym_eigs.shape[1]))
     if ks.size:
-        _sign_agreement(sym_eigs, pairs[0], pairs[1], ks, out)
+        with threads_for(pairs[0].size * sym_eigs.shape[1] * ks.max()):
+            _sign_agreement(sym_eigs, pairs[0], pairs[1], ks, out)
     return out
 
 

@@ -5,26 +5,40 @@ from numba import njit, prange
 
 from . import pairs
 from .checks import eig_dirs_array, layer_index
+from .small_linalg import FASTMATH
+from .threads import threads_for
+
+
+@njit(fastmath=FASTMATH, cache=True)
+def _overlap(a, b):
+    """``(a . b)^2 / (|a|^2 |b|^2)`` in one vectorised pass over a, b (n,)."""
+    ab = 0.0
+    aa = 0.0
+    bb = 0.0
+    for m in range(a.shape[0]):
+        ab += a[m] * b[m]
+        aa += a[m] * a[m]
+        bb += b[m] * b[m]
+    return ab * ab / (aa * bb)
 
 
 @njit(parallel=True, cache=True)
 def _top1_overlap(eig_dirs, first, second, out):
-    """``out[q, h] = (a . b)^2 / (|a|^2 |b|^2)`` with ``a = eig_dirs[first[q], h, 0]``,
-    ``b = eig_dirs[second[q], h, 0]``; eig_dirs: (L, H, k, n), out: (Q, H)."""
+    """``out[q, h]`` = overlap of ``eig_dirs[first[q], h, 0]`` and ``eig_dirs[second[q], h, 0]``;
+    eig_dirs: (L, H, k, n), out: (Q, H)."""
     num_heads = eig_dirs.shape[1]
     for t in prange(first.shape[0] * num_heads):
         q = t // num_heads
         h = t % num_heads
-        a = eig_dirs[first[q], h, 0]
-        b = eig_dirs[second[q], h, 0]
-        dot = 0.0
-        a_sq = 0.0
-        b_sq = 0.0
-        for m in range(a.shape[0]):
-            dot += a[m] * b[m]
-            a_sq += a[m] * a[m]
-            b_sq += b[m] * b[m]
-        out[q, h] = dot * dot / (a_sq * b_sq)
+        out[q, h] = _overlap(eig_dirs[first[q], h, 0], eig_dirs[second[q], h, 0])
+
+
+def _pairs_top1_overlap(eig_dirs, first, second):
+    """(Q, H) overlaps of the pairs (first[q], second[q]) of eig_dirs (L, H, k, n)."""
+    out = np.empty((first.size, eig_dirs.shape[1]))
+    with threads_for(out.size * eig_dirs.shape[3]):
+        _top1_overlap(eig_dirs, first, second, out)
+    return out
 
 
 def top1_overlap(eig_dirs, anchor):
@@ -33,11 +47,8 @@ def top1_overlap(eig_dirs, anchor):
     Same as :func:`qkalign.reference.top1_overlap`.
     """
     eig_dirs = eig_dirs_array(eig_dirs)
-    num_layers, num_heads = eig_dirs.shape[:2]
-    first, second = pairs.to_anchor(num_layers, layer_index(anchor, num_layers))
-    out = np.empty((num_layers, num_heads))
-    _top1_overlap(eig_dirs, first, second, out)
-    return out
+    num_layers = eig_dirs.shape[0]
+    return _pairs_top1_overlap(eig_dirs, *pairs.to_anchor(num_layers, layer_index(anchor, num_layers)))
 
 
 def top1_overlap_all_pairs(eig_dirs):
@@ -47,7 +58,5 @@ def top1_overlap_all_pairs(eig_dirs):
     """
     eig_dirs = eig_dirs_array(eig_dirs)
     num_layers, num_heads = eig_dirs.shape[:2]
-    first, second = pairs.all_ordered(num_layers)
-    out = np.empty((first.size, num_heads))
-    _top1_overlap(eig_dirs, first, second, out)
+    out = _pairs_top1_overlap(eig_dirs, *pairs.all_ordered(num_layers))
     return out.reshape(num_layers, num_layers, num_heads)
