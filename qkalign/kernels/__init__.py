@@ -3,7 +3,7 @@
 Each public function has the signature and the result of its namesake in
 :mod:`qkalign.reference` (to rounding; ``qkalign.comparison`` pairs them and the
 tests hold them to it). The wrappers check and prepare the input in Python; the
-``@njit(parallel=True, cache=True)`` kernels behind them never raise, call no
+``@njit(parallel=True, cache=True, error_model="numpy")`` kernels behind them never raise, call no
 BLAS, and write only to output slots owned by their ``prange`` iteration, so the
 results are bit-identical for any ``NUMBA_NUM_THREADS``.
 """

@@ -15,7 +15,7 @@ from .small_linalg import FASTMATH, GERSHGORIN_RADIUS_LIMIT, cholesky_qr_factor,
 from .threads import threads_for
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, cache=True, error_model="numpy")
 def _dots_2x4(x0, x1, y0, y1, y2, y3):
     """The 8 dot products of rows ``x0, x1`` with ``y0..y3``: one pass, 8 vector accumulators."""
     s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = 0.0
@@ -37,7 +37,7 @@ def _dots_2x4(x0, x1, y0, y1, y2, y3):
     return s00, s01, s02, s03, s10, s11, s12, s13
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _tile(x, y, out, i0, j0):
     """``out[i0:i0+2, j0:j0+4] = x[i0:i0+2] @ y[j0:j0+4].T``."""
     s = _dots_2x4(x[i0], x[i0 + 1], y[j0], y[j0 + 1], y[j0 + 2], y[j0 + 3])
@@ -46,7 +46,7 @@ def _tile(x, y, out, i0, j0):
         out[i0 + 1, j0 + q] = s[4 + q]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _block_grams(a, b, self_gram, cross):
     """``self_gram = a a^T`` and ``cross = a b^T`` for rows a, b: (k, n).
 
@@ -77,7 +77,7 @@ def _block_grams(a, b, self_gram, cross):
             _tile(a, b, cross, min(i, k - 2), j0)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _grams_to_layer(eig_dirs, anchor, radius_limit, self_grams, cross, p, ok):
     """Per (layer, head): ``self_grams[L, h] = A A^T``, ``cross[L, h] = A B^T`` with
     ``A = eig_dirs[L, h]``, ``B = eig_dirs[anchor, h]``, and the Cholesky-QR factor of
@@ -85,8 +85,9 @@ def _grams_to_layer(eig_dirs, anchor, radius_limit, self_grams, cross, p, ok):
     eig_dirs: (L, H, k, n); self_grams, cross, p: (L, H, k, k); ok: (L, H) bool."""
     num_layers, num_heads = eig_dirs.shape[:2]
     for t in prange(num_layers * num_heads):
-        layer = t // num_heads
-        h = t % num_heads
+        # head-major: a thread's consecutive tasks share the anchor's rows B (~10 % faster)
+        h = t // num_layers
+        layer = t % num_layers
         _block_grams(eig_dirs[layer, h], eig_dirs[anchor, h], self_grams[layer, h], cross[layer, h])
         ok[layer, h] = cholesky_qr_factor(self_grams[layer, h], radius_limit, p[layer, h])
 

@@ -10,27 +10,50 @@ from numba import njit
 from .checks import float_array, layer_index
 
 
-@njit(cache=True)
-def _operator_cos_per_head(gram, inverse_norms, out):
-    """``out[i, j, h] = gram[i, j, h] inverse_norms[i, h] inverse_norms[j, h]``; gram, out: (L, L, H).
+@njit(cache=True, error_model="numpy")
+def _norms(gram, out):
+    """``out[L, h] = sqrt(gram[L, L, h])`` (L, H); returns how many diagonal entries are not > 0."""
+    bad = 0
+    for layer in range(gram.shape[0]):
+        for h in range(gram.shape[2]):
+            diagonal = gram[layer, layer, h]
+            bad += not diagonal > 0.0
+            out[layer, h] = np.sqrt(diagonal)
+    return bad
 
-    Multiplying by precomputed reciprocals (within 2 ulps of the reference's division)
-    keeps the loop off the divider, whose throughput bounds it otherwise.
+
+@njit(cache=True, error_model="numpy")
+def _operator_cos_per_head(gram, out):
+    """``out[i, j, h] = gram[i, j, h] / (||g_i^h|| ||g_j^h||)``; gram, out: (L, L, H).
+
+    The same operations as the reference, so the same bits: ``1 - cos^2`` downstream
+    amplifies any ulp of a cosine near 1. Returns the number of diagonal entries
+    that are not > 0 (``out`` is then undefined).
     """
-    num_layers = gram.shape[0]
+    num_layers, _, num_heads = gram.shape
+    norms = np.empty((num_layers, num_heads))
+    bad = _norms(gram, norms)
+    if bad:
+        return bad
     for i in range(num_layers):
         for j in range(num_layers):
             # 1-d rows over heads: contiguous, so the loop vectorises
-            gram_row, out_row, inv_i, inv_j = gram[i, j], out[i, j], inverse_norms[i], inverse_norms[j]
-            for h in range(gram_row.shape[0]):
-                out_row[h] = gram_row[h] * (inv_i[h] * inv_j[h])
+            gram_row, out_row, norms_i, norms_j = gram[i, j], out[i, j], norms[i], norms[j]
+            for h in range(num_heads):
+                out_row[h] = gram_row[h] / (norms_i[h] * norms_j[h])
+    return 0
 
 
-@njit(cache=True)
-def _rescale_to_anchor(gram, norms, anchor, t_opt, mean_cos, mean_resid, resid_of_mean_cos):
-    """Per layer ``L``: head means of ``gram[L, a] / gram[a, a]``,
-    of ``cos[L, a]`` and of ``sqrt(1 - cos^2)``; then ``sqrt(1 - mean_cos^2)``."""
+@njit(cache=True, error_model="numpy")
+def _rescale_to_anchor(gram, anchor, t_opt, mean_cos, mean_resid, resid_of_mean_cos):
+    """Per layer ``L``: head means of ``gram[L, a] / gram[a, a]``, of ``cos[L, a]`` and of
+    ``sqrt(1 - cos^2)``; then ``sqrt(1 - mean_cos^2)``. Returns the number of diagonal
+    entries that are not > 0 (the outputs are then undefined)."""
     num_layers, _, num_heads = gram.shape
+    norms = np.empty((num_layers, num_heads))
+    bad = _norms(gram, norms)
+    if bad:
+        return bad
     for layer in range(num_layers):
         t_sum = 0.0
         cos_sum = 0.0
@@ -44,19 +67,20 @@ def _rescale_to_anchor(gram, norms, anchor, t_opt, mean_cos, mean_resid, resid_o
         mean_cos[layer] = cos_sum / num_heads
         mean_resid[layer] = resid_sum / num_heads
         resid_of_mean_cos[layer] = np.sqrt(max(1.0 - mean_cos[layer] ** 2, 0.0))
+    return 0
 
 
-def _gram_and_norms(gram):
-    """``gram`` as (L, L, H) float64 and the operator norms ``sqrt(gram[L, L, h])`` (L, H),
-    checking that the diagonal is positive (the cosines divide by it). Other nan/inf
-    entries propagate to the result, as in the reference."""
+def _gram_array(gram):
+    """``gram`` as a C-contiguous (L, L, H) float64 array."""
     gram = float_array(gram, 3, "gram", check_finite=False)
     if gram.shape[0] != gram.shape[1]:
         raise ValueError(f"gram must have shape (L, L, H), got {gram.shape}")
-    diagonal = np.diagonal(gram, axis1=0, axis2=1).T
-    if not (diagonal > 0).all():
-        raise ValueError("gram has a diagonal entry gram[L, L, h] <= 0 (a zero-norm head) or nan")
-    return gram, np.sqrt(diagonal)
+    return gram
+
+
+def _check_diagonal(bad):
+    if bad:
+        raise ValueError(f"gram has {bad} diagonal entries gram[L, L, h] <= 0 (zero-norm heads) or nan")
 
 
 def operator_cos_per_head(gram):
@@ -64,9 +88,9 @@ def operator_cos_per_head(gram):
 
     Same as :func:`qkalign.reference.operator_cos_per_head`. gram: (L, L, H) -> (L, L, H) float64.
     """
-    gram, norms = _gram_and_norms(gram)
+    gram = _gram_array(gram)
     out = np.empty_like(gram)
-    _operator_cos_per_head(gram, 1.0 / norms, out)
+    _check_diagonal(_operator_cos_per_head(gram, out))
     return out
 
 
@@ -75,8 +99,8 @@ def rescale_to_anchor(gram, anchor):
 
     Same as :func:`qkalign.reference.rescale_to_anchor`.
     """
-    gram, norms = _gram_and_norms(gram)
+    gram = _gram_array(gram)
     num_layers = gram.shape[0]
     outs = tuple(np.empty(num_layers) for _ in range(4))
-    _rescale_to_anchor(gram, norms, layer_index(anchor, num_layers), *outs)
+    _check_diagonal(_rescale_to_anchor(gram, layer_index(anchor, num_layers), *outs))
     return outs

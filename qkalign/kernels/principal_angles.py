@@ -35,14 +35,14 @@ from .threads import threads_for
 from .grams import grams_all_pairs, grams_to_anchor
 from .small_linalg import GERSHGORIN_RADIUS_LIMIT, cholesky_qr_factor, lower_times_transpose, singular_values
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _cholesky_qr_factors(self_grams, radius_limit, p, ok):
     """:func:`cholesky_qr_factor` of each of ``self_grams`` (B, k, k) into ``p`` (B, k, k), ``ok`` (B,)."""
     for b in prange(self_grams.shape[0]):
         ok[b] = cholesky_qr_factor(self_grams[b], radius_limit, p[b])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _pair_cosines(cross, p_first, p_second, out):
     """Singular values of ``M = p_first @ cross @ p_second^T`` (k, k) clipped to [0, 1], into ``out``."""
     k = cross.shape[0]
@@ -57,7 +57,7 @@ def _pair_cosines(cross, p_first, p_second, out):
         out[i] = min(max(out[i], 0.0), 1.0)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _principal_cosines(cross, first, second, col_block, p, out):
     """Principal-angle cosines of a list of layer pairs, every head.
 

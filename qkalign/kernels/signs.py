@@ -8,54 +8,57 @@ from .checks import float_array, k_value_array, layer_index
 from .threads import threads_for
 
 
-@njit(cache=True)
-def _sign(x):
-    """-1, 0 or 1 (as numpy's ``sign``, for finite x)."""
-    return int(x > 0.0) - int(x < 0.0)
+@njit(cache=True, error_model="numpy")
+def _count_same_sign(a, b, start, stop):
+    """Number of ``m`` in ``[start, stop)`` with ``sign(a[m]) == sign(b[m])`` (numpy's sign, finite input)."""
+    count = 0
+    for m in range(start, stop):
+        count += ((a[m] > 0.0) == (b[m] > 0.0)) & ((a[m] < 0.0) == (b[m] < 0.0))
+    return count
 
 
-@njit(parallel=True, cache=True)
-def _sign_agreement(sym_eigs, first, second, k_values, out):
+@njit(parallel=True, cache=True, error_model="numpy")
+def _sign_agreement(sym_eigs, first, second, k_sorted, out):
     """Agreement fractions of pairs of layers, every head, all k at once.
 
-    For pair ``q`` and head ``h``, a running count of equal signs over the stored order
-    gives every ``k`` from one pass: ``out[:, q, h] = count[k - 1] / k``.
-    sym_eigs: (L, H, m); first, second: (Q,) layers; k_values: (K,) in 1..m; out: (K, Q, H).
+    For pair ``q`` and head ``h`` one pass over the stored order counts equal signs
+    segment by segment between the k values: ``out[i, q, h] = count(k_sorted[i]) / k_sorted[i]``.
+    sym_eigs: (L, H, m); first, second: (Q,) layers; k_sorted: (K,) increasing in 1..m; out: (K, Q, H).
     """
     num_heads = sym_eigs.shape[1]
-    max_k = 0
-    for k in k_values:
-        max_k = max(max_k, k)
     for t in prange(first.shape[0] * num_heads):
         q = t // num_heads
         h = t % num_heads
-        counts = np.empty(max_k, dtype=np.int64)
+        a = sym_eigs[first[q], h]
+        b = sym_eigs[second[q], h]
         count = 0
-        for m in range(max_k):
-            count += _sign(sym_eigs[first[q], h, m]) == _sign(sym_eigs[second[q], h, m])
-            counts[m] = count
-        for i in range(k_values.shape[0]):
-            out[i, q, h] = counts[k_values[i] - 1] / k_values[i]
+        start = 0
+        for i in range(k_sorted.shape[0]):
+            count += _count_same_sign(a, b, start, k_sorted[i])
+            start = k_sorted[i]
+            out[i, q, h] = count / start
 
 
-@njit(cache=True)
-def _count_positive(sym_eigs, out):
-    """``out[L]`` = number of positive entries of ``sym_eigs[L]`` (L, H, m); serial: one O(L H m) pass."""
-    for layer in range(sym_eigs.shape[0]):
+@njit(cache=True, error_model="numpy")
+def _count_positive(rows, out):
+    """``out[L]`` = number of positive entries of ``rows[L]`` (L, H m); serial: one O(L H m) pass."""
+    for layer in range(rows.shape[0]):
+        row = rows[layer]
         count = 0
-        for h in range(sym_eigs.shape[1]):
-            for m in range(sym_eigs.shape[2]):
-                count += sym_eigs[layer, h, m] > 0.0
+        for m in range(row.shape[0]):
+            count += row[m] > 0.0
         out[layer] = count
 
 
 def _pairs_sign_agreement(sym_eigs, pairs, k_values):
+    """(len(k_values), Q, H) agreement of the layer pairs ``pairs`` = (first, second)."""
     ks = k_value_array(k_values, sym_eigs.shape[2])
-    out = np.empty((ks.size, pairs[0].size, sym_eigs.shape[1]))
+    k_sorted, position = np.unique(ks, return_inverse=True)
+    out = np.empty((k_sorted.size, pairs[0].size, sym_eigs.shape[1]))
     if ks.size:
-        with threads_for(pairs[0].size * sym_eigs.shape[1] * ks.max()):
-            _sign_agreement(sym_eigs, pairs[0], pairs[1], ks, out)
-    return out
+        with threads_for(out[0].size * k_sorted[-1] * 4):
+            _sign_agreement(sym_eigs, pairs[0], pairs[1], k_sorted, out)
+    return out[position]
 
 
 def sign_agreement(sym_eigs, anchor, k_values):
@@ -85,7 +88,7 @@ def fraction_positive(sym_eigs):
 
     Same as :func:`qkalign.reference.fraction_positive`.
     """
-    sym_eigs = float_array(sym_eigs, 3, "sym_eigs")
+    sym_eigs = float_array(sym_eigs, 3, "sym_eigs", check_finite=False)  # nan > 0 is False, as in numpy
     counts = np.empty(sym_eigs.shape[0], dtype=np.int64)
-    _count_positive(sym_eigs, counts)
+    _count_positive(sym_eigs.reshape(sym_eigs.shape[0], -1), counts)
     return counts / (sym_eigs.shape[1] * sym_eigs.shape[2])

@@ -21,7 +21,7 @@ JACOBI_TOLERANCE = 1e-15
 JACOBI_MAX_SWEEPS = 60
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cholesky_upper(gram, r):
     """Upper-triangular ``R`` with ``R^T R = gram``; False if a pivot is not positive.
 
@@ -46,7 +46,7 @@ def cholesky_upper(gram, r):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def invert_upper(r, inv):
     """Inverse of a nonsingular upper-triangular ``r`` (k, k) into ``inv``, by back substitution."""
     k = r.shape[0]
@@ -67,7 +67,7 @@ def invert_upper(r, inv):
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, cache=True, error_model="numpy")
 def dot(x, y):
     """``x . y`` for 1-d arrays, vectorised."""
     total = 0.0
@@ -76,7 +76,7 @@ def dot(x, y):
     return total
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, cache=True, error_model="numpy")
 def singular_values(a, out):
     """Singular values of ``a`` (k, n), descending, into ``out`` (k,); ``a`` is overwritten.
 
@@ -137,7 +137,7 @@ def singular_values(a, out):
     sort_descending(out)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def cholesky_qr_factor(gram, radius_limit, p):
     """``P`` (k, k) lower triangular with orthonormal rows ``P A``, from ``gram = A A^T``.
 
@@ -172,7 +172,7 @@ def cholesky_qr_factor(gram, radius_limit, p):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def lower_times_transpose(lower, x, out):
     """``out = lower @ x^T`` for a lower-triangular ``lower`` (k, k) and ``x`` (c, k).
 
@@ -186,7 +186,7 @@ def lower_times_transpose(lower, x, out):
             out[i, j] = value
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def sort_descending(values):
     """In-place insertion sort, largest first (k is small)."""
     for i in range(1, values.shape[0]):

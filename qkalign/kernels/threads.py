@@ -1,8 +1,8 @@
 """How many threads a kernel call gets: all of numba's, unless the work is too small to share.
 
-Waking the worker threads of a ``prange`` costs ~0.1 ms on an idle machine and
-several ms when other processes hold the cores (measured: 4-8 ms per call on this
-project's 2-core machine under load, against 0.1 ms of work for a 36-layer gram).
+Waking the worker threads of a ``prange`` costs ~0.05-0.4 ms on an idle machine and
+several ms when other processes hold the cores (measured on this project's shared
+2-core machine: 4-8 ms per call under load, for kernels doing 0.1-2 ms of work).
 Below :data:`PARALLEL_MIN_WORK` the kernel runs on the calling thread alone; the
 result does not change (kernels are bit-identical for any number of threads).
 """
@@ -11,8 +11,8 @@ from contextlib import contextmanager
 
 import numba
 
-#: Inner-loop iterations (roughly flops) below which a call stays on one thread (~0.1 ms of work).
-PARALLEL_MIN_WORK = 200_000
+#: Inner-loop iterations (roughly flops) below which a call stays on one thread (~2 ms of work).
+PARALLEL_MIN_WORK = 5_000_000
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from .small_linalg import FASTMATH
 from .threads import threads_for
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, cache=True, error_model="numpy")
 def _overlap(a, b):
     """``(a . b)^2 / (|a|^2 |b|^2)`` in one vectorised pass over a, b (n,)."""
     ab = 0.0
@@ -22,7 +22,7 @@ def _overlap(a, b):
     return ab * ab / (aa * bb)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def _top1_overlap(eig_dirs, first, second, out):
     """``out[q, h]`` = overlap of ``eig_dirs[first[q], h, 0]`` and ``eig_dirs[second[q], h, 0]``;
     eig_dirs: (L, H, k, n), out: (Q, H)."""
