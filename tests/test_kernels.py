@@ -153,7 +153,7 @@ def test_all_pairs_slices_are_the_to_anchor_results():
                                    rtol=RTOL, atol=1e-14)
         np.testing.assert_array_equal(signs[:, :, anchor],
                                       kernels.sign_agreement(inputs.sym_eigs, anchor, inputs.k_values))
-        np.testing.assert_array_equal(top1[:, anchor], kernels.top1_overlap(inputs.eig_dirs, anchor))
+        np.testing.assert_allclose(top1[:, anchor], kernels.top1_overlap(inputs.eig_dirs, anchor), rtol=RTOL, atol=1e-14)
     np.testing.assert_array_equal(pairs, pairs.transpose(1, 0, 2, 3))
 
 

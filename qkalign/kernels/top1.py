@@ -54,9 +54,13 @@ def top1_overlap(eig_dirs, anchor):
 def top1_overlap_all_pairs(eig_dirs):
     """Squared cosine between the top eigenvectors of every pair of layers: (L, H, k, n) -> (L, L, H).
 
-    Same as :func:`qkalign.reference.top1_overlap_all_pairs`.
+    Same as :func:`qkalign.reference.top1_overlap_all_pairs`. All pairs of a head are
+    one (L x n) @ (n x L) product, so BLAS takes the dot products (one call per head,
+    outside any prange); the normalisation is elementwise.
     """
     eig_dirs = eig_dirs_array(eig_dirs)
-    num_layers, num_heads = eig_dirs.shape[:2]
-    out = _pairs_top1_overlap(eig_dirs, *pairs.all_ordered(num_layers))
-    return out.reshape(num_layers, num_layers, num_heads)
+    top = np.swapaxes(eig_dirs[:, :, 0, :], 0, 1)  # (H, L, n), a strided view: no copy
+    dots = np.matmul(top, np.swapaxes(top, 1, 2))  # (H, L, L)
+    norm_sq = np.diagonal(dots, axis1=1, axis2=2)  # (H, L)
+    overlap = dots**2 / (norm_sq[:, :, None] * norm_sq[:, None, :])
+    return np.ascontiguousarray(overlap.transpose(1, 2, 0))
