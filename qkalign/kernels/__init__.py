@@ -1,11 +1,13 @@
-"""The Numba backend: the reference's functions, computed by parallel, cached Numba kernels.
+"""The Numba backend: the reference's functions, computed by cached Numba kernels.
 
 Each public function has the signature and the result of its namesake in
 :mod:`qkalign.reference` (to rounding; ``qkalign.comparison`` pairs them and the
-tests hold them to it). The wrappers check and prepare the input in Python; the
-``@njit(parallel=True, cache=True, error_model="numpy")`` kernels behind them never raise, call no
-BLAS, and write only to output slots owned by their ``prange`` iteration, so the
-results are bit-identical for any ``NUMBA_NUM_THREADS``.
+tests hold them to it). The wrappers check and prepare the input in Python (and
+run the O(n) products that BLAS does best); the ``@njit(cache=True)`` kernels
+behind them never raise and call no BLAS. The heavy ones are ``parallel=True``
+and write only to output slots owned by their ``prange`` iteration, so results
+are bit-identical for any ``NUMBA_NUM_THREADS``; kernels whose whole work is a
+fraction of a millisecond are serial (see ``threads``).
 """
 
 from .operator_cos import operator_cos_per_head, rescale_to_anchor

@@ -7,11 +7,12 @@ the unit-diagonal Gram ``D A A^T D = R^T R`` (``D`` scales the rows to unit leng
 
     M = P_A (A B^T) P_B^T,
 
-and everything of size n is one batched matrix product (BLAS, outside any
-``prange``): the self Grams ``A A^T`` and the cross Grams ``A B^T``. The kernels
-only see k x k matrices: Cholesky + triangular inverse per (layer, head), then
-``M`` and its singular values (one-sided Jacobi) per (pair, head). The same
-kernel serves the pairs (layer, anchor) and all (layer, layer) pairs.
+and everything of size n is in the Grams: the self Grams ``A A^T`` and the cross
+Grams ``A B^T`` (``grams``: a fused Numba pass for the pairs (layer, anchor), one
+BLAS SYRK per head outside any ``prange`` for all pairs). The rest sees only k x k
+matrices: Cholesky + triangular inverse per (layer, head), then ``M`` and its
+singular values (one-sided Jacobi) per (pair, head); the same pair kernel serves
+the pairs (layer, anchor) and all (layer, layer) pairs.
 
 Cholesky-QR loses orthogonality like ``eps * cond(A)^2``, so it is used only when
 Gershgorin bounds the unit-diagonal Gram's eigenvalues to ``[1 - r, 1 + r]`` with
