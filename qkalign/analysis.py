@@ -186,7 +186,7 @@ def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None, pairs=True,
     cos_per_head = impl.operator_cos_per_head(data.gram)
     cos = cos_per_head.mean(axis=2)
     adjacent = reference.adjacent_cos(cos)
-    t_opt, mean_cos, mean_resid, resid_of_mean_cos = reference.rescale_to_anchor(data.gram, anchor)
+    t_opt, mean_cos, mean_resid, resid_of_mean_cos = impl.rescale_to_anchor(data.gram, anchor)
 
     agree = impl.sign_agreement(data.sym_eigs, anchor, k_values)
     sign = {"k": list(k_values), "mean": [float(a.mean()) for a in agree]}
@@ -240,7 +240,7 @@ def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None, pairs=True,
         to_anchor={"cos": to_anchor_cos, "t_opt": t_opt, "resid_frac": resid_of_mean_cos},
         rescale={"mean_cos": mean_cos, "mean_resid": mean_resid},
         sign_agreement=sign,
-        frac_positive=reference.fraction_positive(data.sym_eigs),
+        frac_positive=impl.fraction_positive(data.sym_eigs),
         principal_angles={"mean_cos": pa_cos.mean(axis=2).mean(axis=1),
                           "min_cos": pa_cos.min(axis=2).mean(axis=1),
                           "top1_overlap": top1.mean(axis=1),

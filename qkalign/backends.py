@@ -1,8 +1,9 @@
 """Compute backends: the numpy reference and (where available) the Numba kernels.
 
-A backend is a module with the same four functions as ``qkalign.reference``
-(:data:`BACKEND_FUNCTIONS`); :func:`analyze` calls them and nothing else, so the
-numbers of a backend differ from the reference only by what its kernels compute.
+A backend is a module with the functions :data:`BACKEND_FUNCTIONS` of
+``qkalign.reference``, with the same signatures; :func:`analyze` calls them for
+all heavy work, so the numbers of a backend differ from the reference only by
+what its kernels compute. ``qkalign.comparison`` pairs each with its reference.
 """
 
 from . import reference
@@ -11,15 +12,21 @@ from .errors import InputError
 #: The functions every backend provides, with the reference's signatures.
 BACKEND_FUNCTIONS = (
     "operator_cos_per_head",
+    "rescale_to_anchor",
     "sign_agreement",
+    "fraction_positive",
     "principal_cosines_to_anchor",
     "top1_overlap",
+    # All layer pairs (``qkalign.layer_pairs``).
+    "sign_agreement_all_pairs",
+    "top1_overlap_all_pairs",
+    "principal_cosines_all_pairs",
 )
 
 BACKEND_NAMES = ("numpy", "numba")
 
 #: What ``analyze`` and the CLI use when no backend is named.
-DEFAULT_BACKEND = "numpy"
+DEFAULT_BACKEND = "numba"
 
 
 def get_backend(name):
@@ -27,5 +34,7 @@ def get_backend(name):
     if name == "numpy":
         return reference
     if name == "numba":
-        raise InputError("--backend", "", "'numpy' (the numba kernels arrive with the kernel issue)", repr(name))
+        from . import kernels  # imports numba: only when asked for
+
+        return kernels
     raise InputError("--backend", "", "one of " + ", ".join(repr(n) for n in BACKEND_NAMES), repr(name))

@@ -2,7 +2,7 @@
 
 Plain vectorised float64 numpy, written to be read. The Numba kernels in
 ``qkalign.kernels`` must agree with these functions (the comparison table in
-``qkalign.backends`` pairs each kernel with its function here).
+``qkalign.comparison`` pairs each kernel with its function here).
 
 Notation: ``L`` layers, ``H`` query heads, ``k`` eigenvectors kept per head,
 ``n`` hidden size, ``g_L^h`` the QK operator of layer ``L``, head ``h``.

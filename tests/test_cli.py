@@ -34,7 +34,7 @@ def test_report_labels_the_middle_layer_by_index(cli, written36):
 
 def test_json_output_has_every_key_and_the_api_numbers(cli, written36, tmp_path, data36):
     out_path = tmp_path / "result.json"
-    proc = cli("analyze", written36[0], "--anchor", "-2", "--json", out_path)
+    proc = cli("analyze", written36[0], "--anchor", "-2", "--backend", "numpy", "--json", out_path)
     assert proc.returncode == 0
     doc = json.loads(out_path.read_text())
     assert JSON_KEYS <= set(doc)

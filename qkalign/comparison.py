@@ -1,0 +1,136 @@
+"""The comparison table: every Numba kernel next to its numpy reference and its inputs.
+
+One row per backend function; the tests check each row's kernel against its
+reference, and the benchmarks time both, so adding a kernel means adding a row.
+Inputs come from :class:`Inputs`, either random (:func:`random_inputs`) or a
+model's :class:`~qkalign.QKData` (:meth:`Inputs.from_qkdata`).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import reference
+from .backends import get_backend
+
+#: Kinds of eigenvector rows :func:`random_inputs` makes.
+EIG_DIRS_KINDS = (
+    "orthonormal",  # exact orthonormal rows: the Cholesky-QR path
+    "float16",  # orthonormal rows rounded to float16 (not orthonormal any more), as stored by some tools
+    "gaussian",  # independent Gaussian rows: far from orthonormal, mostly the Householder path
+    "near_anchor",  # every layer a tiny rotation of the anchor's span: cosines ~ 1 - 1e-10
+    "equal_layers",  # every layer the same rows: all cosines 1
+)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The arrays and parameters a backend function can take.
+
+    gram: (L, L, H); sym_eigs: (L, H, m); eig_dirs: (L, H, k, n); anchor: int; k_values: tuple of int.
+    """
+
+    gram: np.ndarray
+    sym_eigs: np.ndarray
+    eig_dirs: np.ndarray
+    anchor: int
+    k_values: tuple
+
+    @classmethod
+    def from_qkdata(cls, data, anchor=-1):
+        """A model's arrays, with the seed's k values for its spectrum length."""
+        return cls(data.gram, data.sym_eigs, data.eig_dirs, anchor % data.num_layers,
+                   reference.sign_k_values(data.sym_eigs.shape[2]))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One backend function: ``name`` in both modules, and the :class:`Inputs` fields it takes.
+
+    ``atol`` is an absolute floor under the relative tolerance for results that are
+    squared cosines or cosines computed from dot products of length n: near 0 those
+    are defined only to about ``n * eps`` absolute, in the reference as in the kernel.
+    """
+
+    name: str
+    arguments: tuple
+    atol: float = 0.0
+
+    @property
+    def reference(self):
+        return getattr(reference, self.name)
+
+    @property
+    def kernel(self):
+        return getattr(get_backend("numba"), self.name)
+
+    def args(self, inputs):
+        """The positional arguments of this function for ``inputs``."""
+        return tuple(getattr(inputs, field) for field in self.arguments)
+
+
+#: Relative tolerance of every kernel against its reference (float64).
+RTOL = 1e-12
+#: Absolute floor for cosines from dot products (see :class:`Comparison`).
+DOT_ATOL = 1e-14
+
+COMPARISONS = (
+    Comparison("operator_cos_per_head", ("gram",)),
+    Comparison("rescale_to_anchor", ("gram", "anchor")),
+    Comparison("sign_agreement", ("sym_eigs", "anchor", "k_values")),
+    Comparison("fraction_positive", ("sym_eigs",)),
+    Comparison("principal_cosines_to_anchor", ("eig_dirs", "anchor"), atol=DOT_ATOL),
+    Comparison("top1_overlap", ("eig_dirs", "anchor"), atol=DOT_ATOL),
+    Comparison("sign_agreement_all_pairs", ("sym_eigs", "k_values")),
+    Comparison("top1_overlap_all_pairs", ("eig_dirs",), atol=DOT_ATOL),
+    Comparison("principal_cosines_all_pairs", ("eig_dirs",), atol=DOT_ATOL),
+)
+
+
+def random_inputs(num_layers, num_heads, topk, hidden, spectrum, seed, eig_dirs_kind="orthonormal",
+                  head_scale_exponent=0.0):
+    """Random valid inputs of the given shape (values from ``numpy.random`` seeded with ``seed``).
+
+    gram is a true Gram tensor (``gram[:, :, h] = V_h V_h^T``) with each head scaled by
+    ``10**head_scale_exponent``; sym_eigs has random signs, some exact zeros and is
+    sorted by ``|lambda|`` descending; eig_dirs is of ``eig_dirs_kind`` (see :data:`EIG_DIRS_KINDS`).
+    """
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((num_heads, num_layers, num_layers + 2)) * 10.0 ** head_scale_exponent
+    gram = np.einsum("hli,hmi->lmh", vectors, vectors)
+    eigs = rng.standard_normal((num_layers, num_heads, spectrum))
+    eigs[rng.random(eigs.shape) < 0.05] = 0.0
+    sym_eigs = np.take_along_axis(eigs, np.argsort(-np.abs(eigs), axis=-1, kind="stable"), axis=-1)
+    anchor = int(rng.integers(-num_layers, num_layers))
+    k_values = tuple(sorted(set(int(k) for k in rng.integers(1, spectrum + 1, size=3))))
+    return Inputs(gram, sym_eigs, _random_eig_dirs(rng, num_layers, num_heads, topk, hidden, anchor, eig_dirs_kind),
+                  anchor, k_values)
+
+
+def _orthonormal_rows(rng, shape):
+    """Random orthonormal rows: (..., k, n) with k <= n."""
+    return _orthonormal_rows_of(rng.standard_normal(shape))
+
+
+def _random_eig_dirs(rng, num_layers, num_heads, topk, hidden, anchor, kind):
+    shape = (num_layers, num_heads, topk, hidden)
+    if kind == "gaussian":
+        return rng.standard_normal(shape)
+    if kind == "equal_layers":
+        return np.broadcast_to(_orthonormal_rows(rng, shape[1:]), shape).copy()
+    rows = _orthonormal_rows(rng, shape)
+    if kind == "float16":
+        return rows.astype(np.float16).astype(np.float64)
+    if kind == "near_anchor":
+        # Rotate the anchor's rows by ~1e-5 rad towards random directions: principal
+        # angles ~1e-5, cosines ~1 - 5e-11 (exactly 1 when topk == hidden).
+        base = rows[anchor]
+        tilt = rng.standard_normal(shape) * 1e-5 / np.sqrt(hidden)
+        return _orthonormal_rows_of(base[None] + tilt)
+    return rows
+
+
+def _orthonormal_rows_of(rows):
+    """Orthonormal rows spanning the same space as ``rows`` (..., k, n)."""
+    q, _ = np.linalg.qr(np.swapaxes(rows, -1, -2))
+    return np.swapaxes(q, -1, -2)

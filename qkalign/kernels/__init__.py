@@ -1,0 +1,28 @@
+"""The Numba backend: the reference's functions, computed by cached Numba kernels.
+
+Each public function has the signature and the result of its namesake in
+:mod:`qkalign.reference` (to rounding; ``qkalign.comparison`` pairs them and the
+tests hold them to it). The wrappers check and prepare the input in Python (and
+run the O(n) products that BLAS does best); the ``@njit(cache=True)`` kernels
+behind them never raise and call no BLAS. The heavy ones are ``parallel=True``
+and write only to output slots owned by their ``prange`` iteration, so results
+are bit-identical for any ``NUMBA_NUM_THREADS``; kernels whose whole work is a
+fraction of a millisecond are serial (see ``threads``).
+"""
+
+from .operator_cos import operator_cos_per_head, rescale_to_anchor
+from .principal_angles import principal_cosines_all_pairs, principal_cosines_to_anchor
+from .signs import fraction_positive, sign_agreement, sign_agreement_all_pairs
+from .top1 import top1_overlap, top1_overlap_all_pairs
+
+__all__ = [
+    "fraction_positive",
+    "operator_cos_per_head",
+    "principal_cosines_all_pairs",
+    "principal_cosines_to_anchor",
+    "rescale_to_anchor",
+    "sign_agreement",
+    "sign_agreement_all_pairs",
+    "top1_overlap",
+    "top1_overlap_all_pairs",
+]

@@ -1,0 +1,50 @@
+"""Input checks of the public kernel functions: the kernels themselves never raise."""
+
+import operator
+
+import numpy as np
+
+
+def float_array(value, ndim, name, check_finite=True):
+    """``value`` as a C-contiguous float64 array with ``ndim`` axes, each non-empty, all finite.
+
+    ``check_finite=False`` skips the scan for large arrays whose kernels detect
+    non-finite values on their own (from the Grams).
+    """
+    arr = np.ascontiguousarray(value, dtype=np.float64)
+    if arr.ndim != ndim or 0 in arr.shape:
+        raise ValueError(f"{name} must be a non-empty {ndim}-d array, got shape {arr.shape}")
+    if check_finite and not np.isfinite(arr).all():
+        raise ValueError(f"{name} holds nan or inf")
+    return arr
+
+
+def eig_dirs_array(value):
+    """``eig_dirs`` as a C-contiguous float64 (L, H, k, n) array with ``k <= n``.
+
+    Not scanned for nan/inf (it is the largest input): the principal-angle
+    functions find them in the Grams.
+    """
+    arr = float_array(value, 4, "eig_dirs", check_finite=False)
+    if arr.shape[2] > arr.shape[3]:
+        raise ValueError(f"eig_dirs (L, H, k, n) needs k <= n, got shape {arr.shape}")
+    return arr
+
+
+def layer_index(anchor, num_layers):
+    """Python-style layer index (-1 = last) to ``0..num_layers-1``; IndexError out of range."""
+    try:
+        index = operator.index(anchor)
+    except TypeError:
+        raise TypeError(f"anchor must be an integer, got {anchor!r}") from None
+    if not -num_layers <= index < num_layers:
+        raise IndexError(f"anchor {index} is out of range for {num_layers} layers")
+    return index % num_layers
+
+
+def k_value_array(k_values, spectrum_length):
+    """The sign-agreement k values as an int64 array, each in ``1..spectrum_length``."""
+    ks = np.array([operator.index(k) for k in k_values], dtype=np.int64)
+    if ks.size and not ((ks >= 1) & (ks <= spectrum_length)).all():
+        raise ValueError(f"k values must lie in 1..{spectrum_length} (the spectrum length), got {ks.tolist()}")
+    return ks

@@ -1,0 +1,167 @@
+"""Principal angles between top-k eigenvector spans, in the Gram formulation.
+
+For two layers with eigenvector rows ``A``, ``B`` (k, n) the principal-angle cosines
+are the singular values of ``M = Qa^T Qb`` for orthonormal bases ``Qa``, ``Qb``. With
+the unit-diagonal Gram ``D A A^T D = R^T R`` (``D`` scales the rows to unit length,
+``R`` its Cholesky factor), ``Qa^T = P_A A`` with ``P_A = R^{-T} D`` lower triangular, so
+
+    M = P_A (A B^T) P_B^T,
+
+and everything of size n is in the Grams: the self Grams ``A A^T`` and the cross
+Grams ``A B^T`` (``grams``: a fused Numba pass for the pairs (layer, anchor), one
+BLAS SYRK per head outside any ``prange`` for all pairs). The rest sees only k x k
+matrices: Cholesky + triangular inverse per (layer, head), then ``M`` and its
+singular values (one-sided Jacobi) per (pair, head); the same pair kernel serves
+the pairs (layer, anchor) and all (layer, layer) pairs.
+
+Cholesky-QR loses orthogonality like ``eps * cond(A)^2``, so it is used only when
+Gershgorin bounds the unit-diagonal Gram's eigenvalues to ``[1 - r, 1 + r]`` with
+``r <= 1/2`` (cond <= 3, true for eigenvectors stored in float16/bfloat16 and above).
+Other rows (nearly dependent, or a zero row) are replaced by their Householder QR
+basis, as the reference computes it, before the Grams are formed again.
+
+On accuracy for nearly coincident subspaces: the reference (Knyazev & Argentati)
+takes the cosines with ``cos^2 >= 1/2`` from the sines to get accurate *angles*.
+The reported *cosines* near 1 are determined to a few ulps either way (an error
+``e`` in ``M`` moves a singular value by ``e``), so the kernel takes all of them
+from ``M``; tests check cos = 1 - 1e-10 and identical layers against the reference.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from . import pairs
+from .checks import eig_dirs_array, layer_index
+from .threads import threads_for
+from .grams import grams_all_pairs, grams_to_anchor
+from .small_linalg import GERSHGORIN_RADIUS_LIMIT, cholesky_qr_factor, lower_times_transpose, singular_values
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _cholesky_qr_factors(self_grams, radius_limit, p, ok):
+    """:func:`cholesky_qr_factor` of each of ``self_grams`` (B, k, k) into ``p`` (B, k, k), ``ok`` (B,)."""
+    for b in prange(self_grams.shape[0]):
+        ok[b] = cholesky_qr_factor(self_grams[b], radius_limit, p[b])
+
+
+@njit(cache=True, error_model="numpy")
+def _pair_cosines(cross, p_first, p_second, out):
+    """Singular values of ``M = p_first @ cross @ p_second^T`` (k, k) clipped to [0, 1], into ``out``."""
+    k = cross.shape[0]
+    block = np.empty((k, k))
+    block[:] = cross  # a C-contiguous copy: one compiled variant of the helpers below
+    right = np.empty((k, k))
+    lower_times_transpose(p_second, block, right)  # (cross @ p_second^T)^T
+    m_mat = np.empty((k, k))
+    lower_times_transpose(p_first, right, m_mat)
+    singular_values(m_mat, out)
+    for i in range(k):
+        out[i] = min(max(out[i], 0.0), 1.0)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def _principal_cosines(cross, first, second, col_block, p, out):
+    """Principal-angle cosines of a list of layer pairs, every head.
+
+    cross: (H, R k, C k) float64, block ``(first[q], col_block[q])`` of ``cross[h]``
+    holds ``A B^T`` for pair ``q`` (``A`` = layer ``first[q]``, ``B`` = layer ``second[q]``);
+    p: (L, H, k, k) from :func:`cholesky_qr_factor`; out: (Q, H, k) float64.
+    """
+    num_heads = cross.shape[0]
+    k = p.shape[2]
+    for t in prange(first.shape[0] * num_heads):
+        q = t // num_heads
+        h = t % num_heads
+        rows = first[q] * k
+        cols = col_block[q] * k
+        _pair_cosines(cross[h, rows:rows + k, cols:cols + k], p[first[q], h], p[second[q], h], out[q, h])
+
+
+def _all_pairs_grams(eig_dirs):
+    """``(self_grams, cross (H, L k, L k), p, ok)`` for all layer pairs: BLAS SYRK, then the factors."""
+    self_grams, cross = grams_all_pairs(eig_dirs)
+    p = np.empty_like(self_grams)
+    ok = np.empty(self_grams.shape[:2], dtype=np.bool_)
+    num_blocks, k = self_grams.shape[0] * self_grams.shape[1], self_grams.shape[2]
+    with threads_for(num_blocks * k ** 3):
+        _cholesky_qr_factors(self_grams.reshape(num_blocks, k, k), GERSHGORIN_RADIUS_LIMIT,
+                             p.reshape(num_blocks, k, k), ok.reshape(num_blocks))
+    return self_grams, cross, p, ok
+
+
+def _anchor_grams(eig_dirs, anchor):
+    """``(self_grams, cross (H, L k, k), p, ok)`` for the pairs (layer, anchor), from one fused kernel;
+    the cross blocks in the layout of :func:`_principal_cosines`."""
+    self_grams, cross, p, ok = grams_to_anchor(eig_dirs, anchor)
+    num_layers, num_heads, k, _ = cross.shape
+    return self_grams, np.ascontiguousarray(cross.transpose(1, 0, 2, 3)).reshape(num_heads, num_layers * k, k), p, ok
+
+
+def _jacobi_work(out_shape):
+    """Rough flop count of :func:`_principal_cosines` for an output (Q, H, k): ~8 Jacobi
+    sweeps of k^2/2 rotations of two length-k rows per (pair, head)."""
+    num_pairs, num_heads, k = out_shape
+    return num_pairs * num_heads * 8 * k ** 3
+
+
+def householder_rows(eig_dirs, where):
+    """A copy of ``eig_dirs`` (L, H, k, n) whose (layer, head) blocks at ``where`` (L, H) bool
+    are replaced by orthonormal rows spanning the same space (Householder QR, as the reference)."""
+    patched = eig_dirs.copy()
+    q, _ = np.linalg.qr(np.swapaxes(eig_dirs[where], -1, -2))
+    patched[where] = np.swapaxes(q, -1, -2)
+    return patched
+
+
+def orthonormalized(eig_dirs, grams_of):
+    """Cross Grams and Cholesky-QR factors of ``eig_dirs``, with the Householder fallback where needed.
+
+    grams_of: ``eig_dirs -> (self_grams (L, H, k, k), cross, p (L, H, k, k), ok (L, H))``.
+    Returns ``(cross, p, fallback)``: the cross Grams of the rows actually used, their
+    factors, and the (L, H) bool mask of blocks that took the Householder path.
+    """
+    with np.errstate(invalid="ignore", over="ignore"):  # nan/inf rows: found just below
+        self_grams, cross, p, ok = grams_of(eig_dirs)
+    if not np.isfinite(self_grams).all():
+        raise ValueError("eig_dirs holds nan or inf")
+    fallback = ~ok
+    if fallback.any():
+        _, cross, p, _ = grams_of(householder_rows(eig_dirs, fallback))
+    return cross, p, fallback
+
+
+def principal_cosines_to_anchor(eig_dirs, anchor):
+    """Principal-angle cosines between every layer's top-k span and the anchor's, per head.
+
+    Same as :func:`qkalign.reference.principal_cosines_to_anchor`.
+    eig_dirs: (L, H, k, n) -> (L, H, k) float64, descending along the last axis.
+    """
+    eig_dirs = eig_dirs_array(eig_dirs)
+    num_layers, num_heads, k, _ = eig_dirs.shape
+    anchor = layer_index(anchor, num_layers)
+    cross, p, _ = orthonormalized(eig_dirs, lambda e: _anchor_grams(e, anchor))
+    first, second = pairs.to_anchor(num_layers, anchor)
+    out = np.empty((num_layers, num_heads, k))
+    # cross holds only the anchor's column block: block column 0 for every pair
+    with threads_for(_jacobi_work(out.shape)):
+        _principal_cosines(cross, first, second, np.zeros_like(second), p, out)
+    return out
+
+
+def principal_cosines_all_pairs(eig_dirs):
+    """Principal-angle cosines between the top-k spans of every pair of layers, per head.
+
+    Same as :func:`qkalign.reference.principal_cosines_all_pairs`; each unordered
+    pair is computed once and mirrored, so ``cos[i, j] == cos[j, i]`` exactly.
+    eig_dirs: (L, H, k, n) -> (L, L, H, k) float64.
+    """
+    eig_dirs = eig_dirs_array(eig_dirs)
+    num_layers, num_heads, k, _ = eig_dirs.shape
+    cross, p, _ = orthonormalized(eig_dirs, _all_pairs_grams)
+    first, second = pairs.all_unordered(num_layers)
+    pair_cos = np.empty((first.size, num_heads, k))
+    with threads_for(_jacobi_work(pair_cos.shape)):
+        _principal_cosines(cross, first, second, second, p, pair_cos)
+    out = np.empty((num_layers, num_layers, num_heads, k))
+    out[first, second] = pair_cos
+    out[second, first] = pair_cos
+    return out

@@ -1,0 +1,61 @@
+"""``analyze(backend="numba")`` gives the numpy backend's result, and is the default."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import qkalign
+from qkalign import kernels
+from qkalign.backends import BACKEND_FUNCTIONS, DEFAULT_BACKEND, get_backend
+from qkalign.comparison import DOT_ATOL, RTOL
+from qkalign.synthetic import PRESETS, make_qkdata
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_numba_is_the_default_backend():
+    assert DEFAULT_BACKEND == "numba"
+    assert get_backend("numba") is kernels
+    assert all(callable(getattr(kernels, name)) for name in BACKEND_FUNCTIONS)
+
+
+def _assert_same(numba_value, numpy_value, path="result"):
+    if isinstance(numpy_value, dict):
+        assert numba_value.keys() == numpy_value.keys(), path
+        for key in numpy_value:
+            _assert_same(numba_value[key], numpy_value[key], f"{path}.{key}")
+    elif isinstance(numpy_value, list) and numpy_value and not isinstance(numpy_value[0], (int, float, list)):
+        assert numba_value == numpy_value, path
+    elif isinstance(numpy_value, (list, float)):
+        np.testing.assert_allclose(np.array(numba_value, dtype=float), np.array(numpy_value, dtype=float),
+                                   rtol=RTOL, atol=DOT_ATOL, err_msg=path)
+    else:
+        assert numba_value == numpy_value, path
+
+
+@pytest.mark.parametrize("preset, anchor", [("small", -1), ("small", 3), ("example", -2)])
+def test_analyze_numba_equals_numpy(preset, anchor):
+    data = make_qkdata(PRESETS[preset])
+    with_numba = qkalign.analyze(data, anchor=anchor, backend="numba").to_dict()
+    with_numpy = qkalign.analyze(data, anchor=anchor, backend="numpy").to_dict()
+    assert with_numba["meta"].pop("backend") == "numba"
+    assert with_numpy["meta"].pop("backend") == "numpy"
+    _assert_same(with_numba, with_numpy)
+
+
+def test_cli_backends_print_the_same_report():
+    reports = {}
+    for backend in ("numba", "numpy"):
+        proc = subprocess.run([sys.executable, "-m", "qkalign", "analyze", "--backend", backend],
+                              cwd=REPO, capture_output=True, text=True, timeout=300,
+                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+        assert proc.returncode == 0, proc.stderr
+        first, _, rest = proc.stdout.partition("\n")
+        assert first.endswith(f"(backend {backend})")
+        reports[backend] = rest
+    assert reports["numba"] == reports["numpy"]
+    assert reports["numba"].count("\n") > 100
