@@ -15,6 +15,7 @@ level that selection alone reaches for random subspaces.
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from threadpoolctl import threadpool_limits
 
 from . import reference
 
@@ -24,8 +25,12 @@ def head_similarity(bases_a, bases_b):
 
     bases_a, bases_b: (H, n, k) orthonormal columns -> (H, H) float64 in [0, 1].
     """
-    cross = np.einsum("hnk,gnj->hgkj", bases_a, bases_b)
-    return np.einsum("hgkj,hgkj->hg", cross, cross) / bases_a.shape[-1]
+    num_heads, hidden, k = bases_a.shape
+    # One GEMM over all head pairs: (H k, n) x (n, H k), then the k x k blocks' squared norms.
+    flat_a = np.swapaxes(bases_a, -1, -2).reshape(num_heads * k, hidden)
+    flat_b = np.swapaxes(bases_b, -1, -2).reshape(-1, hidden)
+    cross = (flat_a @ flat_b.T).reshape(num_heads, k, -1, k)
+    return np.einsum("hkgj,hkgj->hg", cross, cross) / k
 
 
 def best_assignment(similarity):
@@ -68,6 +73,11 @@ def match_heads(data, anchor, k_values):
         (n_pairs,), sign_agreement (n_pairs, len(k_values)) and heads_moved (n_pairs,).
         ``adjacent`` pairs are (L, L+1).
     """
+    with threadpool_limits(1):  # thousands of small LAPACK calls: threads only oversubscribe the cores
+        return _match_heads(data, anchor, k_values)
+
+
+def _match_heads(data, anchor, k_values):
     bases = reference.orthonormal_bases(data.eig_dirs)
     out = {}
     for name, pairs in (("to_anchor", [(layer, anchor) for layer in range(data.num_layers)]),
