@@ -133,9 +133,9 @@ def _pairs_section(result):
     for key in ("operator_cos", "resid_frac", "pa_mean_cos", "pa_min_cos", "top1_overlap", "spectral_cos",
                 "spectral_abs_cos", "sign_agreement"):
         if key == "sign_agreement":
-            matrix = pairs[key]["mean"][pairs[key]["k"].index(k)]
-            level = chance.get(key)
-            level = level and {"mean": level["mean"][pairs[key]["k"].index(k)], "sd": level["sd"][pairs[key]["k"].index(k)]}
+            i = pairs[key]["k"].index(k)
+            matrix, level = pairs[key]["mean"][i], chance.get(key)
+            level = level and {"mean": level["mean"][i], "sd": level["sd"][i]}
             name = f"sign_agree@top{k}"
         else:
             matrix, level, name = pairs[key]["mean"], chance.get(key), key
@@ -209,7 +209,7 @@ def _chance_section(result):
         mean, sd = level["mean"], level["sd"]
         if isinstance(mean, list):
             mean, sd = mean[-1], sd[-1]
-            name = f"{name}@top{result.pairs['sign_agreement']['k'][-1] if result.pairs else ''}"
+            name = f"{name}@top{result.sign_agreement['k'][-1]}"
         sd_text = f"{sd:>9.4g}" if sd is not None else f"{'-':>9}"
         how = level["method"] + (f" (seed {level['seed']}, {level['samples']} samples)" if level.get("seed") is not None else "")
         out.append(f"    {name:<22} {mean:>9.4g} {sd_text}  {how}")
