@@ -57,7 +57,26 @@ def test_section_d_to_anchor(benchmark, inputs, approach):
     _timed(benchmark, function, inputs.eig_dirs, inputs.anchor, blas_threads=None if approach == "numba" else 1)
 
 
+def _analyze(**options):
+    """``qkalign.analyze(data, anchor, backend)`` with ``options``."""
+    def run(data, anchor, backend):
+        return qkalign.analyze(data, anchor, backend, **options)
+    return run
+
+
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 def test_analyze(benchmark, data, backend):
-    benchmark.group = "analyze: all of (a)-(d)"
-    _timed(benchmark, qkalign.analyze, data, -1, backend, blas_threads=None if backend == "numba" else 1)
+    benchmark.group = "analyze: the seed's (a)-(d) (pairs=False, chance=False)"
+    _timed(benchmark, _analyze(pairs=False, chance=False), data, -1, backend,
+           blas_threads=None if backend == "numba" else 1)
+
+
+def test_analyze_everything(benchmark, data):
+    """The default ``analyze``: (a)-(d), all layer pairs, spectral and sign statistics, chance levels."""
+    benchmark.group = "analyze: everything (default)"
+    _timed(benchmark, _analyze(), data, -1, "numba")
+
+
+def test_analyze_match_heads(benchmark, data):
+    benchmark.group = "analyze: everything + --match-heads"
+    _timed(benchmark, _analyze(match_heads=True), data, -1, "numba", budget=20.0)

@@ -1,5 +1,7 @@
 """Costs that need a fresh process: the first call (JIT compile or cache load) and the thread count."""
 
+import json
+
 import pytest
 from conftest import SMOKE, preset_json
 from timing import run_timed
@@ -12,9 +14,10 @@ start = time.perf_counter()
 import qkalign
 data = qkalign.load(sys.argv[1])
 loaded = time.perf_counter()
-qkalign.analyze(data, backend="numba")
+options = json.loads(sys.argv[2])
+qkalign.analyze(data, backend="numba", **options)
 first = time.perf_counter()
-qkalign.analyze(data, backend="numba")
+qkalign.analyze(data, backend="numba", **options)
 second = time.perf_counter()
 print(json.dumps({"import_and_load_s": loaded - start, "first_analyze_s": first - loaded,
                   "second_analyze_s": second - first, "jit_overhead_s": (first - loaded) - (second - first)}))
@@ -46,20 +49,26 @@ print(json.dumps({"threads": numba.get_num_threads(), "all_pairs_s": total,
 pytestmark = pytest.mark.skipif(SMOKE, reason="subprocess timings only at the benchmark preset")
 
 
+#: ``analyze`` options of the first-call runs: the default (everything), and the seed's (a)-(d) only.
+ANALYZE_OPTIONS = {"default": {}, "seed-part": {"pairs": False, "chance": False}}
+
+
+@pytest.mark.parametrize("options", list(ANALYZE_OPTIONS))
 @pytest.mark.parametrize("cache", ["empty", "warm"])
-def test_first_call_in_a_new_process(benchmark, tmp_path_factory, cache):
+def test_first_call_in_a_new_process(benchmark, tmp_path_factory, cache, options):
     benchmark.group = "first analyze in a new process (numba)"
     json_path = preset_json()
+    arguments = json.dumps(ANALYZE_OPTIONS[options])
     cache_dir = tmp_path_factory.mktemp(f"numba-cache-{cache}")
     if cache == "warm":
-        run_timed(_FIRST_CALL, json_path, NUMBA_CACHE_DIR=cache_dir)  # fills the cache
+        run_timed(_FIRST_CALL, json_path, arguments, NUMBA_CACHE_DIR=cache_dir)  # fills the cache
     rounds = 1 if cache == "empty" else 3
     results = []
 
     def run():
         # an empty cache must stay empty for every round
         directory = tmp_path_factory.mktemp("numba-cache-empty") if cache == "empty" else cache_dir
-        results.append(run_timed(_FIRST_CALL, json_path, NUMBA_CACHE_DIR=directory))
+        results.append(run_timed(_FIRST_CALL, json_path, arguments, NUMBA_CACHE_DIR=directory))
     benchmark.pedantic(run, rounds=rounds, iterations=1)
     for key in results[0]:
         benchmark.extra_info[key] = min(r[key] for r in results)

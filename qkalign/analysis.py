@@ -10,7 +10,7 @@ from . import reference
 from .backends import DEFAULT_BACKEND, get_backend
 from .chance import DEFAULT_SEED, chance_levels
 from .errors import InputError
-from .layer_pairs import distance_profile, layer_pair_statistics
+from .layer_pairs import all_pair_arrays, distance_profile, layer_pair_statistics
 
 #: The seed's verdict thresholds on the mean operator cosine to the anchor.
 VERDICTS = (
@@ -163,7 +163,9 @@ def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None, pairs=True,
         up to the spectrum length.
     pairs : bool
         Also compare all layer pairs (``pairs``, ``by_distance``, ``signed_mass``,
-        ``frac_positive_topk``).
+        ``frac_positive_topk``). The to-anchor sign agreement, principal angles and
+        top-1 overlap are then the anchor's column of the pair results (equal to the
+        to-anchor functions to rounding: ~1e-16).
     chance : bool
         Also compute the chance levels (Monte Carlo seeded by ``chance_seed``).
     match_heads : bool
@@ -188,14 +190,21 @@ def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None, pairs=True,
     adjacent = reference.adjacent_cos(cos)
     t_opt, mean_cos, mean_resid, resid_of_mean_cos = impl.rescale_to_anchor(data.gram, anchor)
 
-    agree = impl.sign_agreement(data.sym_eigs, anchor, k_values)
+    if pairs:
+        # The anchor's column of the all-pairs results: no second pass over eig_dirs, and the
+        # to-anchor numbers are exactly those of the pair matrices.
+        pair_arrays = all_pair_arrays(data, impl, k_values)
+        agree = np.ascontiguousarray(pair_arrays["sign_agreement"][:, :, anchor])
+        pa_cos = np.ascontiguousarray(pair_arrays["principal_cosines"][:, anchor])
+        top1 = np.ascontiguousarray(pair_arrays["top1_overlap"][:, anchor])
+    else:
+        agree = impl.sign_agreement(data.sym_eigs, anchor, k_values)
+        pa_cos = impl.principal_cosines_to_anchor(data.eig_dirs, anchor)
+        top1 = impl.top1_overlap(data.eig_dirs, anchor)
     sign = {"k": list(k_values), "mean": [float(a.mean()) for a in agree]}
     for name, (start, stop) in ranges.items():
         sign[name] = [_mean_or_nan(a[start:stop]) for a in agree]
     sign["per_layer_head"] = agree
-
-    pa_cos = impl.principal_cosines_to_anchor(data.eig_dirs, anchor)
-    top1 = impl.top1_overlap(data.eig_dirs, anchor)
 
     to_anchor_cos = cos[:, anchor]
     label, text = verdict_label(float(mean_cos.mean()))
@@ -214,7 +223,7 @@ def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None, pairs=True,
     }
     extras = {}
     if pairs:
-        extras["pairs"] = layer_pair_statistics(data, impl, cos_per_head, k_values)
+        extras["pairs"] = layer_pair_statistics(data, pair_arrays, cos_per_head, k_values)
         extras["by_distance"] = distance_profile(extras["pairs"], data.topk)
         extras["signed_mass"] = reference.signed_mass(data.sym_eigs)
         extras["frac_positive_topk"] = reference.fraction_positive_topk(data.sym_eigs, data.topk)

@@ -18,13 +18,30 @@ PAIR_KEYS = ("operator_cos", "resid_frac", "sign_agreement", "pa_mean_cos", "pa_
 DISTANCE_KEYS = ("operator_cos", "spectral_cos", "spectral_abs_cos", "pa_mean_cos", "top1_overlap", "sign_agreement")
 
 
-def layer_pair_statistics(data, impl, cos_per_head, k_values):
+def all_pair_arrays(data, impl, k_values):
+    """The per-head all-pairs results of the backend that need eigen-data.
+
+    Returns
+    -------
+    dict
+        principal_cosines (L, L, H, k), top1_overlap (L, L, H) and sign_agreement
+        (len(k_values), L, L, H), all float64 and symmetric in the two layer axes.
+    """
+    return {
+        "principal_cosines": impl.principal_cosines_all_pairs(data.eig_dirs),
+        "top1_overlap": impl.top1_overlap_all_pairs(data.eig_dirs),
+        "sign_agreement": impl.sign_agreement_all_pairs(data.sym_eigs, k_values),
+    }
+
+
+def layer_pair_statistics(data, arrays, cos_per_head, k_values):
     """Every pair statistic of ``data``.
 
     Parameters
     ----------
     data : QKData
-    impl : backend module (see ``qkalign.backends``)
+    arrays : dict
+        :func:`all_pair_arrays` of ``data``.
     cos_per_head : (L, L, H) float64
         The operator cosine, already computed for the to-anchor analysis.
     k_values : tuple of int
@@ -34,19 +51,19 @@ def layer_pair_statistics(data, impl, cos_per_head, k_values):
     dict
         ``{key: {"mean": ..., "per_head": ...}}`` for every key of :data:`PAIR_KEYS`.
     """
-    pa = impl.principal_cosines_all_pairs(data.eig_dirs)  # (L, L, H, k)
+    pa = arrays["principal_cosines"]
     per_head = {
         "operator_cos": cos_per_head,
         "resid_frac": np.sqrt(np.clip(1.0 - cos_per_head**2, 0.0, 1.0)),
         "pa_mean_cos": pa.mean(axis=-1),
         "pa_min_cos": pa.min(axis=-1),
-        "top1_overlap": impl.top1_overlap_all_pairs(data.eig_dirs),
+        "top1_overlap": arrays["top1_overlap"],
         # One batched GEMM over (L, m) x (m, L) per head: BLAS work, the same on every backend.
         "spectral_cos": reference.spectral_cos_all_pairs(data.sym_eigs, False),
         "spectral_abs_cos": reference.spectral_cos_all_pairs(data.sym_eigs, True),
     }
     pairs = {key: {"mean": value.mean(axis=-1), "per_head": value} for key, value in per_head.items()}
-    sign = impl.sign_agreement_all_pairs(data.sym_eigs, k_values)
+    sign = arrays["sign_agreement"]
     pairs["sign_agreement"] = {"k": list(k_values), "mean": sign.mean(axis=-1), "per_head": sign}
     return {key: pairs[key] for key in PAIR_KEYS}
 

@@ -59,3 +59,30 @@ def test_cli_backends_print_the_same_report():
         reports[backend] = rest
     assert reports["numba"] == reports["numpy"]
     assert reports["numba"].count("\n") > 100
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_to_anchor_numbers_without_pairs_equal_the_pair_columns(backend):
+    # analyze(pairs=True) takes the to-anchor statistics from the all-pairs results;
+    # pairs=False computes them with the to-anchor functions. Same numbers to rounding.
+    data = make_qkdata(PRESETS["small"])
+    with_pairs = qkalign.analyze(data, anchor=2, backend=backend).to_dict()
+    alone = qkalign.analyze(data, anchor=2, backend=backend, pairs=False, chance=False).to_dict()
+    for key in ("pairs", "by_distance", "signed_mass", "frac_positive_topk", "chance"):
+        assert key in with_pairs and key not in alone
+        del with_pairs[key]
+    _assert_same(alone, with_pairs)
+    pairs = qkalign.analyze(data, anchor=2, backend=backend).pairs
+    cosines = np.array(with_pairs["principal_angles"]["cosines"])  # (L, H, k)
+    np.testing.assert_allclose(pairs["pa_mean_cos"]["per_head"][:, 2], cosines.mean(axis=-1), rtol=1e-15)
+    np.testing.assert_allclose(pairs["top1_overlap"]["per_head"][:, 2].mean(axis=1),
+                               with_pairs["principal_angles"]["top1_overlap"], rtol=1e-15)
+
+
+def test_analyze_without_pairs_numba_equals_numpy():
+    data = make_qkdata(PRESETS["example"])
+    with_numba = qkalign.analyze(data, backend="numba", pairs=False, chance=False).to_dict()
+    with_numpy = qkalign.analyze(data, backend="numpy", pairs=False, chance=False).to_dict()
+    assert with_numba["meta"].pop("backend") == "numba"
+    assert with_numpy["meta"].pop("backend") == "numpy"
+    _assert_same(with_numba, with_numpy)

@@ -5,11 +5,18 @@ Numba kernel reads each layer's rows once and forms both products from cache;
 measured on the Qwen3-4B shape it is ~3x faster than numpy's batched ``matmul``,
 which calls BLAS once per 16 x 2560 block and packs its operands every time.
 For all layer pairs one BLAS SYRK per head (``X X^T``, X = all layers' rows)
-runs near the machine's peak, so that stays with numpy.
+runs near the machine's peak, so that stays with numpy: the heads are shared out
+to numba's thread count of worker threads, each calling single-threaded BLAS
+(measured on 2 cores at the Qwen3-4B shape: 0.42 s, against 0.55 s for one
+two-threaded SYRK after another; a head's SYRK is the same bits either way).
 """
 
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
 import numpy as np
 from numba import njit, prange
+from threadpoolctl import threadpool_limits
 
 from .small_linalg import FASTMATH, GERSHGORIN_RADIUS_LIMIT, cholesky_qr_factor, dot
 from .threads import threads_for
@@ -108,9 +115,14 @@ def grams_all_pairs(eig_dirs):
     ``X_h`` the rows of all layers of head h stacked (the self Grams are its diagonal blocks)."""
     num_layers, num_heads, k, n = eig_dirs.shape
     grams = np.empty((num_heads, num_layers * k, num_layers * k))
-    for h in range(num_heads):
+
+    def head_gram(h):
         rows = np.ascontiguousarray(eig_dirs[:, h]).reshape(num_layers * k, n)
         np.matmul(rows, rows.T, out=grams[h])  # numpy takes the SYRK path for x @ x.T
+
+    workers = min(numba.get_num_threads(), num_heads)
+    with threadpool_limits(1), ThreadPoolExecutor(workers) as pool:
+        list(pool.map(head_gram, range(num_heads)))  # numpy releases the GIL inside BLAS
     layers = np.arange(num_layers)
     blocks = grams.reshape(num_heads, num_layers, k, num_layers, k)
     return np.ascontiguousarray(blocks[:, layers, :, layers, :]), grams

@@ -36,26 +36,15 @@ from .threads import threads_for
 from .grams import grams_all_pairs, grams_to_anchor
 from .small_linalg import GERSHGORIN_RADIUS_LIMIT, cholesky_qr_factor, lower_times_transpose, singular_values
 
-@njit(parallel=True, cache=True, error_model="numpy")
-def _cholesky_qr_factors(self_grams, radius_limit, p, ok):
-    """:func:`cholesky_qr_factor` of each of ``self_grams`` (B, k, k) into ``p`` (B, k, k), ``ok`` (B,)."""
-    for b in prange(self_grams.shape[0]):
-        ok[b] = cholesky_qr_factor(self_grams[b], radius_limit, p[b])
-
-
 @njit(cache=True, error_model="numpy")
-def _pair_cosines(cross, p_first, p_second, out):
-    """Singular values of ``M = p_first @ cross @ p_second^T`` (k, k) clipped to [0, 1], into ``out``."""
-    k = cross.shape[0]
-    block = np.empty((k, k))
-    block[:] = cross  # a C-contiguous copy: one compiled variant of the helpers below
-    right = np.empty((k, k))
-    lower_times_transpose(p_second, block, right)  # (cross @ p_second^T)^T
-    m_mat = np.empty((k, k))
-    lower_times_transpose(p_first, right, m_mat)
-    singular_values(m_mat, out)
-    for i in range(k):
-        out[i] = min(max(out[i], 0.0), 1.0)
+def _cholesky_qr_factors(self_grams, radius_limit, p, ok):
+    """:func:`cholesky_qr_factor` of each of ``self_grams`` (B, k, k) into ``p`` (B, k, k), ``ok`` (B,).
+
+    Serial: ~1 us per block, so the whole call takes a few ms, less than
+    compiling a ``prange`` loop costs in every fresh numba cache (~1 s).
+    """
+    for b in range(self_grams.shape[0]):
+        ok[b] = cholesky_qr_factor(self_grams[b], radius_limit, p[b])
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -63,8 +52,11 @@ def _principal_cosines(cross, first, second, col_block, p, out):
     """Principal-angle cosines of a list of layer pairs, every head.
 
     cross: (H, R k, C k) float64, block ``(first[q], col_block[q])`` of ``cross[h]``
-    holds ``A B^T`` for pair ``q`` (``A`` = layer ``first[q]``, ``B`` = layer ``second[q]``);
-    p: (L, H, k, k) from :func:`cholesky_qr_factor`; out: (Q, H, k) float64.
+    holds ``C = A B^T`` for pair ``q`` (``A`` = layer ``first[q]``, ``B`` = layer ``second[q]``);
+    p: (L, H, k, k) from :func:`cholesky_qr_factor`; out: (Q, H, k) float64, the singular
+    values of ``M = p[first[q], h] @ C @ p[second[q], h]^T`` clipped to [0, 1].
+    The pair's work is written out here rather than in a helper: every compiled
+    function is compiled again inside each caller, and a fresh numba cache pays for each.
     """
     num_heads = cross.shape[0]
     k = p.shape[2]
@@ -73,7 +65,20 @@ def _principal_cosines(cross, first, second, col_block, p, out):
         h = t % num_heads
         rows = first[q] * k
         cols = col_block[q] * k
-        _pair_cosines(cross[h, rows:rows + k, cols:cols + k], p[first[q], h], p[second[q], h], out[q, h])
+        # An element-wise copy into a C-contiguous block: a slice assignment would compile
+        # numba's broadcasting machinery (~5 s), a strided view a second variant of the helpers.
+        block = np.empty((k, k))
+        for i in range(k):
+            for j in range(k):
+                block[i, j] = cross[h, rows + i, cols + j]
+        right = np.empty((k, k))
+        lower_times_transpose(p[second[q], h], block, right)  # (C @ p_second^T)^T
+        m_mat = np.empty((k, k))
+        lower_times_transpose(p[first[q], h], right, m_mat)
+        cosines = out[q, h]
+        singular_values(m_mat, cosines)
+        for i in range(k):
+            cosines[i] = min(max(cosines[i], 0.0), 1.0)
 
 
 def _all_pairs_grams(eig_dirs):
@@ -82,9 +87,8 @@ def _all_pairs_grams(eig_dirs):
     p = np.empty_like(self_grams)
     ok = np.empty(self_grams.shape[:2], dtype=np.bool_)
     num_blocks, k = self_grams.shape[0] * self_grams.shape[1], self_grams.shape[2]
-    with threads_for(num_blocks * k ** 3):
-        _cholesky_qr_factors(self_grams.reshape(num_blocks, k, k), GERSHGORIN_RADIUS_LIMIT,
-                             p.reshape(num_blocks, k, k), ok.reshape(num_blocks))
+    _cholesky_qr_factors(self_grams.reshape(num_blocks, k, k), GERSHGORIN_RADIUS_LIMIT,
+                         p.reshape(num_blocks, k, k), ok.reshape(num_blocks))
     return self_grams, cross, p, ok
 
 

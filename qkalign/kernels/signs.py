@@ -10,10 +10,13 @@ from .threads import threads_for
 
 @njit(cache=True, error_model="numpy")
 def _count_same_sign(a, b, start, stop):
-    """Number of ``m`` in ``[start, stop)`` with ``sign(a[m]) == sign(b[m])`` (numpy's sign, finite input)."""
+    """Number of ``m`` in ``[start, stop)`` with ``sign(a[m]) == sign(b[m])``, as numpy counts it:
+    ``sign(0) = 0``, and a nan never equals anything (so no input needs checking first)."""
     count = 0
     for m in range(start, stop):
-        count += ((a[m] > 0.0) == (b[m] > 0.0)) & ((a[m] < 0.0) == (b[m] < 0.0))
+        x = a[m]
+        y = b[m]
+        count += ((x > 0.0) == (y > 0.0)) & ((x < 0.0) == (y < 0.0)) & (x == x) & (y == y)
     return count
 
 
@@ -66,7 +69,7 @@ def sign_agreement(sym_eigs, anchor, k_values):
 
     Same as :func:`qkalign.reference.sign_agreement`. sym_eigs: (L, H, m) -> (len(k_values), L, H).
     """
-    sym_eigs = float_array(sym_eigs, 3, "sym_eigs")
+    sym_eigs = float_array(sym_eigs, 3, "sym_eigs", check_finite=False)  # nan: counted as numpy does
     anchor = layer_index(anchor, sym_eigs.shape[0])
     return _pairs_sign_agreement(sym_eigs, pairs.to_anchor(sym_eigs.shape[0], anchor), k_values)
 
@@ -77,7 +80,7 @@ def sign_agreement_all_pairs(sym_eigs, k_values):
     Same as :func:`qkalign.reference.sign_agreement_all_pairs`.
     sym_eigs: (L, H, m) -> (len(k_values), L, L, H) float64.
     """
-    sym_eigs = float_array(sym_eigs, 3, "sym_eigs")
+    sym_eigs = float_array(sym_eigs, 3, "sym_eigs", check_finite=False)  # nan: counted as numpy does
     num_layers = sym_eigs.shape[0]
     out = _pairs_sign_agreement(sym_eigs, pairs.all_ordered(num_layers), k_values)
     return out.reshape(out.shape[0], num_layers, num_layers, out.shape[2])

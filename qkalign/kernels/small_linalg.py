@@ -21,7 +21,7 @@ JACOBI_TOLERANCE = 1e-15
 JACOBI_MAX_SWEEPS = 60
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def cholesky_upper(gram, r):
     """Upper-triangular ``R`` with ``R^T R = gram``; False if a pivot is not positive.
 
@@ -46,7 +46,7 @@ def cholesky_upper(gram, r):
     return True
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def invert_upper(r, inv):
     """Inverse of a nonsingular upper-triangular ``r`` (k, k) into ``inv``, by back substitution."""
     k = r.shape[0]
@@ -67,7 +67,7 @@ def invert_upper(r, inv):
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
-@njit(fastmath=FASTMATH, cache=True, error_model="numpy")
+@njit(fastmath=FASTMATH, cache=True, error_model="numpy", inline="always")
 def dot(x, y):
     """``x . y`` for 1-d arrays, vectorised."""
     total = 0.0
@@ -89,7 +89,9 @@ def singular_values(a, out):
     """
     k = a.shape[0]
     players = k + k % 2  # an odd k gets a bye each round
-    order = np.arange(players)
+    order = np.empty(players, dtype=np.int64)
+    for slot in range(players):
+        order[slot] = slot
     norm_sq = np.empty(k)
     for sweep in range(JACOBI_MAX_SWEEPS):
         for i in range(k):
@@ -172,7 +174,7 @@ def cholesky_qr_factor(gram, radius_limit, p):
     return True
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def lower_times_transpose(lower, x, out):
     """``out = lower @ x^T`` for a lower-triangular ``lower`` (k, k) and ``x`` (c, k).
 
@@ -186,7 +188,7 @@ def lower_times_transpose(lower, x, out):
             out[i, j] = value
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def sort_descending(values):
     """In-place insertion sort, largest first (k is small)."""
     for i in range(1, values.shape[0]):

@@ -36,7 +36,7 @@ def _top1_overlap(eig_dirs, first, second, out):
 def _pairs_top1_overlap(eig_dirs, first, second):
     """(Q, H) overlaps of the pairs (first[q], second[q]) of eig_dirs (L, H, k, n)."""
     out = np.empty((first.size, eig_dirs.shape[1]))
-    with threads_for(out.size * eig_dirs.shape[3]):
+    with threads_for(3 * out.size * eig_dirs.shape[3]):  # three dot products of length n per pair
         _top1_overlap(eig_dirs, first, second, out)
     return out
 
