@@ -15,6 +15,6 @@ def all_ordered(num_layers):
 
 
 def all_unordered(num_layers):
-    """Pairs ``(i, j)`` with ``i <= j``: two (L (L + 1) / 2,) int64 arrays."""
-    first, second = np.triu_indices(num_layers)
+    """Pairs ``(i, j)`` with ``i < j``: two (L (L - 1) / 2,) int64 arrays."""
+    first, second = np.triu_indices(num_layers, k=1)
     return first.astype(np.int64), second.astype(np.int64)

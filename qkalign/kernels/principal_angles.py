@@ -155,7 +155,8 @@ def principal_cosines_all_pairs(eig_dirs):
     """Principal-angle cosines between the top-k spans of every pair of layers, per head.
 
     Same as :func:`qkalign.reference.principal_cosines_all_pairs`; each unordered
-    pair is computed once and mirrored, so ``cos[i, j] == cos[j, i]`` exactly.
+    pair is computed once and mirrored, so ``cos[i, j] == cos[j, i]`` exactly, and a
+    layer's span with itself has all cosines exactly 1 (as the reference's sines give).
     eig_dirs: (L, H, k, n) -> (L, L, H, k) float64.
     """
     eig_dirs = eig_dirs_array(eig_dirs)
@@ -165,7 +166,7 @@ def principal_cosines_all_pairs(eig_dirs):
     pair_cos = np.empty((first.size, num_heads, k))
     with threads_for(_jacobi_work(pair_cos.shape)):
         _principal_cosines(cross, first, second, second, p, pair_cos)
-    out = np.empty((num_layers, num_layers, num_heads, k))
+    out = np.ones((num_layers, num_layers, num_heads, k))
     out[first, second] = pair_cos
     out[second, first] = pair_cos
     return out
