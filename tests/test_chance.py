@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qkalign.chance import chance_levels, random_principal_cosines, random_symmetric_spectra, z_score
+from qkalign.chance import chance_levels, on_cores, random_principal_cosines, random_symmetric_spectra, z_score
 
 N, D, K = 48, 4, 5
 
@@ -31,16 +31,92 @@ def test_operator_cos_sd_is_one_over_n(levels, gaussian_operators):
     assert cos.std() == pytest.approx(levels["operator_cos"].sd, rel=0.15)
 
 
-def test_spectra_from_bartlett_match_dense_eigh(levels, gaussian_operators):
-    sym = (gaussian_operators + np.swapaxes(gaussian_operators, -1, -2)) / 2
-    lam = np.linalg.eigvalsh(sym)
-    lam = np.take_along_axis(lam, np.argsort(-np.abs(lam), axis=-1), axis=-1)[:, : 2 * D]
+def dense_spectra(operators, length):
+    """Nonzero spectra of the symmetric parts by dense eigh, |lambda|-sorted: (s, n, n) -> (s, length)."""
+    lam = np.linalg.eigvalsh((operators + np.swapaxes(operators, -1, -2)) / 2)
+    return np.take_along_axis(lam, np.argsort(-np.abs(lam), axis=-1), axis=-1)[:, :length]
+
+
+@pytest.fixture(scope="module")
+def dense_lam(gaussian_operators):
+    return dense_spectra(gaussian_operators, 2 * D)
+
+
+def test_spectra_from_bidiagonal_factors_match_dense_eigh(levels, dense_lam):
+    lam = dense_lam
     sampled = random_symmetric_spectra(D, N, 4000, np.random.default_rng(3))
-    # Same distribution: compare the mean |lambda| profile (standard error ~ 2% here).
+    # Same distribution: compare the mean |lambda| profile (standard error ~ 2% here) and the
+    # sorted signed spectrum, which sees the positive (U) and negative (V) sides apart.
     np.testing.assert_allclose(np.abs(sampled).mean(0), np.abs(lam).mean(0), rtol=0.06)
+    np.testing.assert_allclose(np.sort(sampled, axis=1).mean(0), np.sort(lam, axis=1).mean(0), rtol=0.06)
+    np.testing.assert_allclose(np.sort(sampled, axis=1).std(0), np.sort(lam, axis=1).std(0), rtol=0.1)
     # Sylvester: d positive and d negative in every sample.
     assert np.all((sampled > 0).sum(axis=1) == D) and np.all((lam > 0).sum(axis=1) == D)
     assert levels["frac_positive"].mean == 0.5 and levels["frac_positive"].method == "analytic"
+
+
+@pytest.mark.parametrize("d, n", [(3, 6), (4, 9), (4, 6)])
+def test_spectra_at_and_below_n_equal_2d_match_dense_eigh(d, n):
+    """n = 2d leaves B_V with d degrees of freedom; n < 2d takes the dense path."""
+    rng = np.random.default_rng(8)
+    g = np.einsum("sdi,sdj->sij", rng.standard_normal((4000, d, n)), rng.standard_normal((4000, d, n)))
+    lam = dense_spectra(g, 2 * d)
+    sampled = random_symmetric_spectra(d, n, 4000, np.random.default_rng(9))
+    assert sampled.shape == lam.shape == (4000, min(2 * d, n))
+    np.testing.assert_allclose(np.sort(sampled, axis=1).mean(0), np.sort(lam, axis=1).mean(0), rtol=0.1, atol=0.05)
+
+
+def test_spectral_levels_match_dense_sampling(levels, dense_lam):
+    """Every spectrum-based level against the same statistic over pairs of densely formed operators."""
+    lam = dense_lam
+    i, j = np.triu_indices(len(lam), k=1)
+    a, b = lam[i], lam[j]
+    for q, kk in enumerate((2, 4, 8)):
+        agree = (np.sign(a[:, :kk]) == np.sign(b[:, :kk])).mean(axis=1)
+        assert levels["sign_agreement"].sd[q] == pytest.approx(agree.std(), rel=0.1)
+    for name, x, y in (("spectral_cos", a, b), ("spectral_abs_cos", np.abs(a), np.abs(b))):
+        c = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
+        assert levels[name].mean == pytest.approx(c.mean(), abs=0.3 * c.std()), name
+        # A pair statistic's sd from 400 (600) draws scatters by ~6% (|lambda| cosine, heavy-tailed).
+        assert levels[name].sd == pytest.approx(c.std(), rel=0.2), name
+    mass = lam.sum(1) / np.abs(lam).sum(1)
+    assert levels["signed_mass"].sd == pytest.approx(mass.std(), rel=0.1)
+    pos = (lam[:, :K] > 0).mean(1)
+    assert levels["frac_positive_topk"].sd == pytest.approx(pos.std(), rel=0.1)
+
+
+def test_mirrored_pair_statistics_are_those_of_all_pairs_of_draws_and_mirrors():
+    """The Gram-matrix shortcut against the definition: every pair of distinct draws among
+    the spectra and their mirror images, a draw never paired with its own mirror."""
+    seed, samples, kv = 2, 30, (2, 4, 8)
+    got = chance_levels(D, N, K, kv, seed=seed, spectra_samples=samples, subspace_samples=10)
+    rng = np.random.default_rng(seed)
+    random_principal_cosines(N, K, 10, rng)  # the draws chance_levels makes first
+    spectra = random_symmetric_spectra(D, N, samples, rng)
+    both = np.concatenate([spectra, -spectra])
+    i, j = np.triu_indices(2 * samples, k=1)
+    keep = j != i + samples
+    a, b = both[i[keep]], both[j[keep]]
+    for q, kk in enumerate(kv):
+        agree = (np.sign(a[:, :kk]) == np.sign(b[:, :kk])).mean(axis=1)
+        assert got["sign_agreement"].mean[q] == pytest.approx(agree.mean(), abs=1e-14)
+        assert got["sign_agreement"].sd[q] == pytest.approx(agree.std(), abs=1e-14)
+    for name, x, y in (("spectral_cos", a, b), ("spectral_abs_cos", np.abs(a), np.abs(b))):
+        c = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
+        assert got[name].mean == pytest.approx(c.mean(), abs=1e-14)
+        assert got[name].sd == pytest.approx(c.std(), rel=1e-10)
+    mass = both.sum(1) / np.abs(both).sum(1)
+    assert got["signed_mass"].sd == pytest.approx(mass.std(), rel=1e-12) and abs(got["signed_mass"].mean) < 1e-15
+
+
+def test_on_cores_gives_the_single_call_result():
+    m = np.random.default_rng(1).standard_normal((7, 30, 30))
+    m = m + np.swapaxes(m, -1, -2)
+    chunked = on_cores(np.linalg.eigvalsh, m)
+    # Bit for bit what each matrix gives alone (single-threaded BLAS either way), in order.
+    one_by_one = on_cores(lambda x: np.concatenate([np.linalg.eigvalsh(y[None]) for y in x]), m)
+    np.testing.assert_array_equal(chunked, one_by_one)
+    np.testing.assert_allclose(chunked, np.linalg.eigvalsh(m), rtol=0, atol=1e-12)
 
 
 def test_principal_cosines_mc_matches_direct_haar_sampling(levels):
