@@ -25,7 +25,8 @@ level that selection alone reaches for random subspaces.
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .chance import bartlett_wishart_factor, one_blas_thread
+from .blas_threads import one_blas_thread
+from .chance import bartlett_wishart_factor
 
 #: Cholesky-QR is used for a head's rows when every Gershgorin radius of their unit-diagonal
 #: Gram is at most this (eigenvalues in [1/2, 3/2], cond <= 3: a few ulps lost), as in

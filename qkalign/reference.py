@@ -9,7 +9,8 @@ Notation: ``L`` layers, ``H`` query heads, ``k`` eigenvectors kept per head,
 """
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+
+from .blas_threads import one_blas_thread
 
 #: The seed's list of top-k values for the sign agreement (only those <= spectrum length are used).
 SIGN_K_VALUES = (2, 4, 8, 16, 32, 64, 128, 256)
@@ -97,14 +98,14 @@ def orthonormal_bases(eig_dirs):
     """
     # Thousands of small LAPACK calls: BLAS threads only oversubscribe the cores
     # (measured on 2 busy cores: 60 s with two OpenBLAS threads, 3.8 s with one).
-    with threadpool_limits(1):
+    with one_blas_thread():
         q, _ = np.linalg.qr(np.swapaxes(eig_dirs, -1, -2))
     return q
 
 
 def _cosines_and_sines(qa, qb):
     """Singular values of ``qa^T qb`` (cosines, descending) and of ``qb - qa qa^T qb`` (sines, ascending)."""
-    with threadpool_limits(1):  # batched small products and SVDs, as in orthonormal_bases
+    with one_blas_thread():  # batched small products and SVDs, as in orthonormal_bases
         m = np.swapaxes(qa, -1, -2) @ qb
         cos = np.linalg.svd(m, compute_uv=False)
         sin_ascending = np.linalg.svd(qb - qa @ m, compute_uv=False)[..., ::-1]

@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 import numpy as np
 from numba import njit, prange
-from threadpoolctl import threadpool_limits
 
+from ..blas_threads import one_blas_thread
 from .small_linalg import FASTMATH, GERSHGORIN_RADIUS_LIMIT, cholesky_qr_factor, dot
 from .threads import threads_for
 
@@ -121,7 +121,7 @@ def grams_all_pairs(eig_dirs):
         np.matmul(rows, rows.T, out=grams[h])  # numpy takes the SYRK path for x @ x.T
 
     workers = min(numba.get_num_threads(), num_heads)
-    with threadpool_limits(1), ThreadPoolExecutor(workers) as pool:
+    with one_blas_thread(), ThreadPoolExecutor(workers) as pool:
         list(pool.map(head_gram, range(num_heads)))  # numpy releases the GIL inside BLAS
     layers = np.arange(num_layers)
     blocks = grams.reshape(num_heads, num_layers, k, num_layers, k)
