@@ -32,9 +32,9 @@ def _timed(benchmark, function, *args, blas_threads=None, budget=3.0):
 
 
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
-@pytest.mark.parametrize("comparison", COMPARISONS, ids=lambda c: c.name)
+@pytest.mark.parametrize("comparison", COMPARISONS, ids=lambda c: c.label)
 def test_function(benchmark, inputs, comparison, backend):
-    benchmark.group = comparison.name
+    benchmark.group = comparison.label
     if backend == "numpy" and comparison.name in SLOW_REFERENCES and not (SLOW or SMOKE):
         pytest.skip("numpy all-pairs reference takes minutes: set QKALIGN_BENCH_SLOW=1")
     function = comparison.kernel if backend == "numba" else comparison.reference

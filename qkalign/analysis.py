@@ -225,8 +225,8 @@ def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None, pairs=True,
     if pairs:
         extras["pairs"] = layer_pair_statistics(data, pair_arrays, cos_per_head, k_values)
         extras["by_distance"] = distance_profile(extras["pairs"], data.topk)
-        extras["signed_mass"] = reference.signed_mass(data.sym_eigs)
-        extras["frac_positive_topk"] = reference.fraction_positive_topk(data.sym_eigs, data.topk)
+        extras["signed_mass"] = impl.signed_mass(data.sym_eigs)
+        extras["frac_positive_topk"] = impl.fraction_positive_topk(data.sym_eigs, data.topk)
     if chance:
         levels = chance_levels(data.head_dim, data.hidden_size, data.topk, k_values, seed=chance_seed)
         extras["chance"] = {name: level.to_dict() for name, level in levels.items()}

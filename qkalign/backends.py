@@ -21,6 +21,10 @@ BACKEND_FUNCTIONS = (
     "sign_agreement_all_pairs",
     "top1_overlap_all_pairs",
     "principal_cosines_all_pairs",
+    "spectral_cos_all_pairs",
+    # Signs of one spectrum (``AnalysisResult.signed_mass``, ``frac_positive_topk``).
+    "signed_mass",
+    "fraction_positive_topk",
 )
 
 BACKEND_NAMES = ("numpy", "numba")

@@ -36,6 +36,14 @@ class Inputs:
     anchor: int
     k_values: tuple
 
+    #: The ``absolute`` flag of the magnitude variant of ``spectral_cos_all_pairs``.
+    absolute = True
+
+    @property
+    def topk(self):
+        """The top-k of ``fraction_positive_topk``: k of eig_dirs (L, H, k, n), at most the spectrum length."""
+        return min(self.eig_dirs.shape[2], self.sym_eigs.shape[2])
+
     @classmethod
     def from_qkdata(cls, data, anchor=-1):
         """A model's arrays, with the seed's k values for its spectrum length."""
@@ -55,6 +63,7 @@ class Comparison:
     name: str
     arguments: tuple
     atol: float = 0.0
+    variant: str = ""
 
     @property
     def reference(self):
@@ -63,6 +72,11 @@ class Comparison:
     @property
     def kernel(self):
         return getattr(get_backend("numba"), self.name)
+
+    @property
+    def label(self):
+        """The row's name in tests and benchmarks: the function's, plus its variant."""
+        return f"{self.name}-{self.variant}" if self.variant else self.name
 
     def args(self, inputs):
         """The positional arguments of this function for ``inputs``."""
@@ -84,6 +98,11 @@ COMPARISONS = (
     Comparison("sign_agreement_all_pairs", ("sym_eigs", "k_values")),
     Comparison("top1_overlap_all_pairs", ("eig_dirs",), atol=DOT_ATOL),
     Comparison("principal_cosines_all_pairs", ("eig_dirs",), atol=DOT_ATOL),
+    Comparison("spectral_cos_all_pairs", ("sym_eigs",), atol=DOT_ATOL),
+    Comparison("spectral_cos_all_pairs", ("sym_eigs", "absolute"), atol=DOT_ATOL, variant="abs"),
+    # a ratio of sums of length m: near 0 its value is defined to ~m eps absolute
+    Comparison("signed_mass", ("sym_eigs",), atol=DOT_ATOL),
+    Comparison("fraction_positive_topk", ("sym_eigs", "topk")),
 )
 
 
@@ -92,14 +111,16 @@ def random_inputs(num_layers, num_heads, topk, hidden, spectrum, seed, eig_dirs_
     """Random valid inputs of the given shape (values from ``numpy.random`` seeded with ``seed``).
 
     gram is a true Gram tensor (``gram[:, :, h] = V_h V_h^T``) with each head scaled by
-    ``10**head_scale_exponent``; sym_eigs has random signs, some exact zeros and is
-    sorted by ``|lambda|`` descending; eig_dirs is of ``eig_dirs_kind`` (see :data:`EIG_DIRS_KINDS`).
+    ``10**head_scale_exponent``; sym_eigs has random signs, some exact zeros (never a
+    whole spectrum) and is sorted by ``|lambda|`` descending; eig_dirs is of ``eig_dirs_kind`` (see :data:`EIG_DIRS_KINDS`).
     """
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((num_heads, num_layers, num_layers + 2)) * 10.0 ** head_scale_exponent
     gram = np.einsum("hli,hmi->lmh", vectors, vectors)
     eigs = rng.standard_normal((num_layers, num_heads, spectrum))
-    eigs[rng.random(eigs.shape) < 0.05] = 0.0
+    zeros = rng.random(eigs.shape) < 0.05
+    zeros[..., 0] = False  # no all-zero spectrum (QKData rejects them: no direction, no spectral cosine)
+    eigs[zeros] = 0.0
     sym_eigs = np.take_along_axis(eigs, np.argsort(-np.abs(eigs), axis=-1, kind="stable"), axis=-1)
     anchor = int(rng.integers(-num_layers, num_layers))
     k_values = tuple(sorted(set(int(k) for k in rng.integers(1, spectrum + 1, size=3))))

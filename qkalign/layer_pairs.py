@@ -7,8 +7,6 @@ come from a backend (the numpy reference or the Numba kernels).
 
 import numpy as np
 
-from . import reference
-
 #: The keys of ``AnalysisResult.pairs``; each holds {"mean": (L, L), "per_head": (L, L, H)}
 #: except sign_agreement: {"k": [...], "mean": (len k, L, L), "per_head": (len k, L, L, H)}.
 PAIR_KEYS = ("operator_cos", "resid_frac", "sign_agreement", "pa_mean_cos", "pa_min_cos", "top1_overlap",
@@ -24,12 +22,15 @@ def all_pair_arrays(data, impl, k_values):
     Returns
     -------
     dict
-        principal_cosines (L, L, H, k), top1_overlap (L, L, H) and sign_agreement
-        (len(k_values), L, L, H), all float64 and symmetric in the two layer axes.
+        principal_cosines (L, L, H, k), top1_overlap, spectral_cos, spectral_abs_cos (each
+        (L, L, H)) and sign_agreement (len(k_values), L, L, H), all float64 and symmetric
+        in the two layer axes.
     """
     return {
         "principal_cosines": impl.principal_cosines_all_pairs(data.eig_dirs),
         "top1_overlap": impl.top1_overlap_all_pairs(data.eig_dirs),
+        "spectral_cos": impl.spectral_cos_all_pairs(data.sym_eigs, False),
+        "spectral_abs_cos": impl.spectral_cos_all_pairs(data.sym_eigs, True),
         "sign_agreement": impl.sign_agreement_all_pairs(data.sym_eigs, k_values),
     }
 
@@ -58,9 +59,8 @@ def layer_pair_statistics(data, arrays, cos_per_head, k_values):
         "pa_mean_cos": pa.mean(axis=-1),
         "pa_min_cos": pa.min(axis=-1),
         "top1_overlap": arrays["top1_overlap"],
-        # One batched GEMM over (L, m) x (m, L) per head: BLAS work, the same on every backend.
-        "spectral_cos": reference.spectral_cos_all_pairs(data.sym_eigs, False),
-        "spectral_abs_cos": reference.spectral_cos_all_pairs(data.sym_eigs, True),
+        "spectral_cos": arrays["spectral_cos"],
+        "spectral_abs_cos": arrays["spectral_abs_cos"],
     }
     pairs = {key: {"mean": value.mean(axis=-1), "per_head": value} for key, value in per_head.items()}
     sign = arrays["sign_agreement"]

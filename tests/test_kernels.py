@@ -69,12 +69,12 @@ EDGE_CASES = [
 
 
 def test_table_covers_every_backend_function():
-    assert sorted(c.name for c in COMPARISONS) == sorted(BACKEND_FUNCTIONS)
+    assert sorted({c.name for c in COMPARISONS}) == sorted(BACKEND_FUNCTIONS)
     for name in BACKEND_FUNCTIONS:
         assert callable(getattr(kernels, name)) and callable(getattr(reference, name))
 
 
-@pytest.mark.parametrize("comparison", COMPARISONS, ids=lambda c: c.name)
+@pytest.mark.parametrize("comparison", COMPARISONS, ids=lambda c: c.label)
 @pytest.mark.parametrize("case", EDGE_CASES, ids=lambda c: f"L{c['num_layers']}-H{c['num_heads']}-k{c['topk']}"
                          f"-n{c['hidden']}-{c['eig_dirs_kind']}")
 def test_kernel_equals_reference_edge_cases(comparison, case):
@@ -83,7 +83,7 @@ def test_kernel_equals_reference_edge_cases(comparison, case):
                    comparison.atol)
 
 
-@pytest.mark.parametrize("comparison", COMPARISONS, ids=lambda c: c.name)
+@pytest.mark.parametrize("comparison", COMPARISONS, ids=lambda c: c.label)
 @SETTINGS
 @given(shape=shapes())
 def test_kernel_equals_reference(comparison, shape):

@@ -23,7 +23,7 @@ results = {}
 for c in COMPARISONS:
     out = c.kernel(*c.args(inputs))
     for i, arr in enumerate(out if isinstance(out, tuple) else (out,)):
-        results[f"{c.name}.{i}"] = arr
+        results[f"{c.label}.{i}"] = arr
 np.savez(sys.argv[1], num_threads=numba.get_num_threads(), **results)
 """
 

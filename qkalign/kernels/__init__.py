@@ -12,17 +12,21 @@ fraction of a millisecond are serial (see ``threads``).
 
 from .operator_cos import operator_cos_per_head, rescale_to_anchor
 from .principal_angles import principal_cosines_all_pairs, principal_cosines_to_anchor
-from .signs import fraction_positive, sign_agreement, sign_agreement_all_pairs
+from .signs import fraction_positive, fraction_positive_topk, sign_agreement, sign_agreement_all_pairs, signed_mass
+from .spectral import spectral_cos_all_pairs
 from .top1 import top1_overlap, top1_overlap_all_pairs
 
 __all__ = [
     "fraction_positive",
+    "fraction_positive_topk",
     "operator_cos_per_head",
     "principal_cosines_all_pairs",
     "principal_cosines_to_anchor",
     "rescale_to_anchor",
     "sign_agreement",
     "sign_agreement_all_pairs",
+    "signed_mass",
+    "spectral_cos_all_pairs",
     "top1_overlap",
     "top1_overlap_all_pairs",
 ]

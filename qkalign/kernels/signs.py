@@ -1,4 +1,7 @@
-"""Eigenvalue-sign statistics: top-k sign agreement between layers, fraction of positive eigenvalues."""
+"""Eigenvalue-sign statistics: top-k sign agreement between layers, fractions of positive
+eigenvalues, and the signed spectral mass."""
+
+import operator
 
 import numpy as np
 from numba import njit, prange
@@ -51,6 +54,61 @@ def _count_positive(rows, out):
         for m in range(row.shape[0]):
             count += row[m] > 0.0
         out[layer] = count
+
+
+@njit(fastmath={"reassoc", "nsz"}, cache=True, error_model="numpy")
+def _signed_spectra(sym_eigs, k, with_mass, mass, positive_topk):
+    """Per (layer, head) of sym_eigs (L, H, m): ``positive_topk`` = the number of positive
+    eigenvalues among the first ``k`` and, if ``with_mass``, ``mass = sum(lambda) / sum(|lambda|)``;
+    both (L, H).
+
+    Serial: one O(L H m) pass. Reassociation vectorises the two sums (their rounding then
+    differs from numpy's pairwise sums by ~m eps of ``sum(|lambda|)``, an absolute error of
+    the mass).
+    """
+    for layer in range(sym_eigs.shape[0]):
+        for h in range(sym_eigs.shape[1]):
+            row = sym_eigs[layer, h]
+            if with_mass:
+                total = 0.0
+                total_abs = 0.0
+                for m in range(row.shape[0]):
+                    total += row[m]
+                    total_abs += abs(row[m])
+                mass[layer, h] = total / total_abs
+            count = 0
+            for m in range(k):
+                count += row[m] > 0.0
+            positive_topk[layer, h] = count
+
+
+def _signed_spectra_of(sym_eigs, k, with_mass):
+    """``(mass, positive_topk counts)`` of :func:`_signed_spectra`, each (L, H) (mass undefined
+    unless ``with_mass``)."""
+    sym_eigs = float_array(sym_eigs, 3, "sym_eigs", check_finite=False)  # nan/inf propagate as in numpy
+    k = operator.index(k)
+    if not 1 <= k <= sym_eigs.shape[2]:
+        raise ValueError(f"k must lie in 1..{sym_eigs.shape[2]} (the spectrum length), got {k}")
+    mass = np.empty(sym_eigs.shape[:2])
+    positive = np.empty(sym_eigs.shape[:2], dtype=np.int64)
+    _signed_spectra(sym_eigs, k, with_mass, mass, positive)
+    return mass, positive
+
+
+def signed_mass(sym_eigs):
+    """Signed spectral mass ``sum(lambda) / sum(|lambda|) = tr(g) / ||spectrum||_1``: (L, H, m) -> (L, H).
+
+    Same as :func:`qkalign.reference.signed_mass`.
+    """
+    return _signed_spectra_of(sym_eigs, 1, True)[0]
+
+
+def fraction_positive_topk(sym_eigs, k):
+    """Fraction of positive eigenvalues among the top-k (|lambda| order): (L, H, m) -> (L, H).
+
+    Same as :func:`qkalign.reference.fraction_positive_topk`.
+    """
+    return _signed_spectra_of(sym_eigs, k, False)[1] / operator.index(k)
 
 
 def _pairs_sign_agreement(sym_eigs, pairs, k_values):
