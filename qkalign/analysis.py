@@ -231,14 +231,15 @@ def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None, pairs=True,
         levels = chance_levels(data.head_dim, data.hidden_size, data.topk, k_values, seed=chance_seed)
         extras["chance"] = {name: level.to_dict() for name, level in levels.items()}
     if match_heads:
-        from .matching import match_heads as match, matched_chance
+        from .matching import MATCHED_CHANCE_TRIALS, matched_chance
+        from .matching import match_heads as match
 
         extras["matched"] = match(data, anchor, k_values)
         if chance:
             mean, sd = matched_chance(H, data.hidden_size, data.topk, seed=chance_seed)
             extras["chance"]["matched_pa_mean_cos"] = {
-                "mean": mean, "sd": sd, "method": "monte-carlo", "seed": chance_seed, "samples": 20,
-                "note": "best-matched heads of two layers of random subspaces: selection bias alone"}
+                "mean": mean, "sd": sd, "method": "monte-carlo", "seed": chance_seed,
+                "samples": MATCHED_CHANCE_TRIALS, "note": "best-matched heads of two layers of random subspaces: selection bias alone"}
     return AnalysisResult(
         meta=meta,
         operator_cos=cos,

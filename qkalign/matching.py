@@ -173,7 +173,11 @@ def match_heads(data, anchor, k_values):
     return out
 
 
-def matched_chance(num_heads, hidden, k, trials=20, seed=0):
+#: Layer pairs of random heads drawn by :func:`matched_chance` (recorded in the result's chance levels).
+MATCHED_CHANCE_TRIALS = 20
+
+
+def matched_chance(num_heads, hidden, k, trials=MATCHED_CHANCE_TRIALS, seed=0):
     """Mean principal cosine of best-matched pairs of *random* heads (selection bias alone).
 
     Draws ``trials`` pairs of layers of ``num_heads`` Haar-random k-subspaces of R^hidden,
