@@ -17,6 +17,11 @@ from threadpoolctl import ThreadpoolController
 CHUNKS_PER_CORE = 2
 
 
+def core_count():
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 @functools.cache
 def _blas_controller():
     # Built once: inspecting the loaded libraries costs ~0.5-4 ms, a limit from it ~35 us.
@@ -42,7 +47,7 @@ def on_cores(function, *batches):
     GIL). ``function`` must treat the rows independently: each matrix is then computed as
     in one single-threaded call, whatever the number of cores.
     """
-    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = core_count()
     chunks = min(CHUNKS_PER_CORE * workers, len(batches[0]))
     with one_blas_thread():
         if workers <= 1 or chunks <= 1:

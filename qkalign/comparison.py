@@ -36,9 +36,6 @@ class Inputs:
     anchor: int
     k_values: tuple
 
-    #: The ``absolute`` flag of the magnitude variant of ``spectral_cos_all_pairs``.
-    absolute = True
-
     @property
     def topk(self):
         """The top-k of ``fraction_positive_topk``: k of eig_dirs (L, H, k, n), at most the spectrum length."""
@@ -58,12 +55,15 @@ class Comparison:
     ``atol`` is an absolute floor under the relative tolerance for results that are
     squared cosines or cosines computed from dot products of length n: near 0 those
     are defined only to about ``n * eps`` absolute, in the reference as in the kernel.
+    ``constants`` follow the fields as further positional arguments (a flag that selects
+    a variant of the function, named by ``variant`` in test and benchmark ids).
     """
 
     name: str
     arguments: tuple
     atol: float = 0.0
     variant: str = ""
+    constants: tuple = ()
 
     @property
     def reference(self):
@@ -79,8 +79,8 @@ class Comparison:
         return f"{self.name}-{self.variant}" if self.variant else self.name
 
     def args(self, inputs):
-        """The positional arguments of this function for ``inputs``."""
-        return tuple(getattr(inputs, field) for field in self.arguments)
+        """The positional arguments of this function for ``inputs``: its fields, then ``constants``."""
+        return tuple(getattr(inputs, field) for field in self.arguments) + self.constants
 
 
 #: Relative tolerance of every kernel against its reference (float64).
@@ -99,7 +99,7 @@ COMPARISONS = (
     Comparison("top1_overlap_all_pairs", ("eig_dirs",), atol=DOT_ATOL),
     Comparison("principal_cosines_all_pairs", ("eig_dirs",), atol=DOT_ATOL),
     Comparison("spectral_cos_all_pairs", ("sym_eigs",), atol=DOT_ATOL),
-    Comparison("spectral_cos_all_pairs", ("sym_eigs", "absolute"), atol=DOT_ATOL, variant="abs"),
+    Comparison("spectral_cos_all_pairs", ("sym_eigs",), atol=DOT_ATOL, variant="abs", constants=(True,)),
     # a ratio of sums of length m: near 0 its value is defined to ~m eps absolute
     Comparison("signed_mass", ("sym_eigs",), atol=DOT_ATOL),
     Comparison("fraction_positive_topk", ("sym_eigs", "topk")),

@@ -25,6 +25,7 @@ level that selection alone reaches for random subspaces.
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from . import reference
 from .blas_threads import one_blas_thread
 from .chance import bartlett_wishart_factor
 
@@ -61,10 +62,8 @@ def row_factors(rows):
 
 
 def householder_rows(rows):
-    """Orthonormal rows by Householder QR of each block's transpose, as :func:`qkalign.reference.orthonormal_bases`."""
-    with one_blas_thread():
-        q, _ = np.linalg.qr(np.swapaxes(rows, -1, -2))
-    return np.swapaxes(q, -1, -2)
+    """Orthonormal rows by Householder QR of each block's transpose: :func:`qkalign.reference.orthonormal_bases` as rows."""
+    return np.swapaxes(reference.orthonormal_bases(rows), -1, -2)
 
 
 def orthonormal_rows(rows, factors, ok):

@@ -19,7 +19,6 @@ factor and a Rayleigh-Ritz refinement of the leading eigenpairs are float64;
 use: ``import qkalign`` stays quick.
 """
 
-import os
 import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 from tqdm import tqdm
 
+from .blas_threads import core_count, one_blas_thread
 from .checkpoint import Checkpoint, read_config
 from .errors import InputError
 from .layouts import find_prefix, layout_for, text_config
@@ -202,9 +201,9 @@ def _compute(reader, shape, topk, precision, progress):
         out["fro_sq"][:, head], out["sym_eigs"][:, head], out["eig_dirs"][:, head] = \
             _layer_work(k, q, kk, qq, topk, precision)
 
-    workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = core_count()
     key_jobs, running = {}, deque()
-    with ThreadpoolController().limit(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool, \
+    with one_blas_thread(), ThreadPoolExecutor(workers) as pool, \
             tqdm(total=H, desc="measure", unit="head", disable=not progress, file=sys.stderr) as bar:
         try:
             for kv_head in range(shape.num_kv_heads):

@@ -92,19 +92,28 @@ def symmetric_part_eigen(k_block, q_block, topk):
     """
     d = k_block.shape[-2]
     a = np.concatenate([k_block, q_block], axis=-2)  # (..., 2d, n)
-    s, u = np.linalg.eigh(a @ np.swapaxes(a, -1, -2))
-    keep = s > _RANK_TOL * s[..., -1:]
-    inv_sqrt = np.where(keep, 1.0 / np.sqrt(np.where(keep, s, 1.0)), 0.0)
-    c = u * np.sqrt(np.where(keep, s, 0.0))[..., None, :]  # A A^T = C C^T
+    c, inverse_factor, keep = _factor_from_eigh(*np.linalg.eigh(a @ np.swapaxes(a, -1, -2)), _RANK_TOL)
     j = np.zeros((2 * d, 2 * d))
     j[:d, d:] = j[d:, :d] = 0.5 * np.eye(d)
     lam, w = _by_magnitude(*np.linalg.eigh(np.swapaxes(c, -1, -2) @ j @ c))
     # Eigenvectors A^T U diag(1/sqrt s) W; columns of W on dropped directions give zero vectors.
-    basis = np.swapaxes(a, -1, -2) @ (u * inv_sqrt[..., None, :])  # (..., n, 2d), orthonormal kept columns
+    basis = np.swapaxes(a, -1, -2) @ inverse_factor  # (..., n, 2d), orthonormal kept columns
     vecs = np.swapaxes(basis @ w[..., :, : min(topk, 2 * d)], -1, -2)
     if topk > 2 * d or not keep.all():
         vecs = _complete_rows(vecs, lam, topk)
     return lam, vecs
+
+
+def _factor_from_eigh(s, u, rank_tol):
+    """Factors of ``G = A A^T = U diag(s) U^T`` (..., m, m), dropping ``s <= rank_tol * max(s)``.
+
+    Returns ``C = U diag(sqrt s)`` with ``G = C C^T``, ``U diag(1/sqrt s)`` on the kept
+    directions (0 on the dropped ones), and the kept mask (..., m).
+    """
+    keep = s > rank_tol * s[..., -1:]
+    c = u * np.sqrt(np.where(keep, s, 0.0))[..., None, :]
+    inverse_factor = u * np.where(keep, 1.0 / np.sqrt(np.where(keep, s, 1.0)), 0.0)[..., None, :]
+    return c, inverse_factor, keep
 
 
 def _by_magnitude(lam, w, columns=None):
@@ -179,10 +188,7 @@ def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=_RAN
     full = _cholesky_where_full_rank(g, rank_tol, c)
     inverse_factor = {}  # rank-deficient items: U diag(1/sqrt s) on the kept directions, 0 elsewhere
     for i in np.flatnonzero(~full):
-        s, u = np.linalg.eigh(g[i])
-        keep = s > rank_tol * s[-1]
-        c[i] = u * np.sqrt(np.where(keep, s, 0.0))
-        inverse_factor[i] = u * np.where(keep, 1.0 / np.sqrt(np.where(keep, s, 1.0)), 0.0)
+        c[i], inverse_factor[i], keep = _factor_from_eigh(*np.linalg.eigh(g[i]), rank_tol)
         rank[i] = keep.sum()
     d = two_d // 2
     half = np.swapaxes(c[:, :d], -1, -2) @ c[:, d:]  # C^T J C = (P + P^T)/2, P = C_K^T C_Q

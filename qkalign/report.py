@@ -8,6 +8,8 @@ the middle layer's index instead of ``L=midish``.
 
 import numpy as np
 
+from .chance import ChanceLevel, z_score
+
 
 def format_report(result, input_description=None):
     """The report of an :class:`~qkalign.analysis.AnalysisResult` as one string (ends in a newline).
@@ -87,8 +89,8 @@ def _se(level, count):
 
 
 def _z(observed, level, count):
-    se = _se(level, count)
-    return (observed - level["mean"]) / se if se == se else float("nan")
+    """:func:`qkalign.chance.z_score` of a mean of ``count`` heads, for a level as stored in the result (a dict)."""
+    return float(z_score(observed, ChanceLevel(**level), count))
 
 
 def _chance_verdict_lines(result):

@@ -1,8 +1,6 @@
 """Eigenvalue-sign statistics: top-k sign agreement between layers, fractions of positive
 eigenvalues, and the signed spectral mass."""
 
-import operator
-
 import numpy as np
 from numba import njit, prange
 
@@ -86,9 +84,7 @@ def _signed_spectra_of(sym_eigs, k, with_mass):
     """``(mass, positive_topk counts)`` of :func:`_signed_spectra`, each (L, H) (mass undefined
     unless ``with_mass``)."""
     sym_eigs = float_array(sym_eigs, 3, "sym_eigs", check_finite=False)  # nan/inf propagate as in numpy
-    k = operator.index(k)
-    if not 1 <= k <= sym_eigs.shape[2]:
-        raise ValueError(f"k must lie in 1..{sym_eigs.shape[2]} (the spectrum length), got {k}")
+    (k,) = k_value_array((k,), sym_eigs.shape[2])
     mass = np.empty(sym_eigs.shape[:2])
     positive = np.empty(sym_eigs.shape[:2], dtype=np.int64)
     _signed_spectra(sym_eigs, k, with_mass, mass, positive)
@@ -108,7 +104,7 @@ def fraction_positive_topk(sym_eigs, k):
 
     Same as :func:`qkalign.reference.fraction_positive_topk`.
     """
-    return _signed_spectra_of(sym_eigs, k, False)[1] / operator.index(k)
+    return _signed_spectra_of(sym_eigs, k, False)[1] / k
 
 
 def _pairs_sign_agreement(sym_eigs, pairs, k_values):
