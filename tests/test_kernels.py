@@ -176,13 +176,17 @@ def test_wrappers_reject_bad_input_with_a_clear_error(call, error):
         call()
 
 
-def test_sign_kernels_count_nan_and_inf_as_numpy_does():
+@pytest.mark.parametrize("spectrum, k_values", [
+    (8, (1, 3, 8)),
+    # signs are packed 64 to a word: k on, next to and across word boundaries, unsorted, repeated
+    (200, (200, 1, 63, 64, 65, 127, 128, 129, 64)),
+])
+def test_sign_kernels_count_nan_and_inf_as_numpy_does(spectrum, k_values):
     # No finiteness scan in the wrappers: the kernels themselves follow np.sign (sign(nan) = nan,
     # never equal; sign(+-inf) = +-1; sign(0) = 0).
     values = np.array([np.nan, np.inf, -np.inf, 0.0, 1.0, -1.0, -0.0, np.nan])
     rng = np.random.default_rng(5)
-    sym_eigs = rng.choice(values, size=(4, 3, 8))
-    k_values = (1, 3, 8)
+    sym_eigs = rng.choice(values, size=(4, 3, spectrum))
     np.testing.assert_array_equal(kernels.sign_agreement(sym_eigs, 1, k_values),
                                   reference.sign_agreement(sym_eigs, 1, k_values))
     np.testing.assert_array_equal(kernels.sign_agreement_all_pairs(sym_eigs, k_values),

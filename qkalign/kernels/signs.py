@@ -2,45 +2,98 @@
 eigenvalues, and the signed spectral mass."""
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
 
 from . import pairs
 from .checks import float_array, k_value_array, layer_index
 from .threads import threads_for
 
 
+#: Signs are packed 64 to a word: a pair's agreement is a few bitwise operations a word.
+_WORD_BITS = 64
+
+
 @njit(cache=True, error_model="numpy")
-def _count_same_sign(a, b, start, stop):
-    """Number of ``m`` in ``[start, stop)`` with ``sign(a[m]) == sign(b[m])``, as numpy counts it:
-    ``sign(0) = 0``, and a nan never equals anything (so no input needs checking first)."""
-    count = 0
-    for m in range(start, stop):
-        x = a[m]
-        y = b[m]
-        count += ((x > 0.0) == (y > 0.0)) & ((x < 0.0) == (y < 0.0)) & (x == x) & (y == y)
-    return count
+def _pack_signs(sym_eigs, length, positive, negative):
+    """Bit ``b`` of word ``w`` of ``positive[L, h]`` / ``negative[L, h]`` is set when
+    ``lambda_m > 0`` / ``lambda_m < 0``, ``m = 64 w + b < length``; a nan sets both bits
+    (it then agrees with nothing, as ``np.sign(nan) == x`` is False); 0 and -0.0 set neither.
+
+    sym_eigs: (L, H, m) float64; positive, negative: (L, H, ceil(length / 64)) uint64.
+    """
+    for layer in range(sym_eigs.shape[0]):
+        for h in range(sym_eigs.shape[1]):
+            row = sym_eigs[layer, h]
+            for w in range(positive.shape[2]):
+                base = w * _WORD_BITS
+                pos = np.uint64(0)
+                neg = np.uint64(0)
+                for b in range(min(_WORD_BITS, length - base)):
+                    x = row[base + b]
+                    bit = np.uint64(1) << np.uint64(b)
+                    if not x <= 0.0:  # positive or nan
+                        pos |= bit
+                    if not x >= 0.0:  # negative or nan
+                        neg |= bit
+                positive[layer, h, w] = pos
+                negative[layer, h, w] = neg
+
+
+def _popcount(x):
+    """Number of set bits of a uint64, as int64 (this Python body runs under NUMBA_DISABLE_JIT)."""
+    return np.int64(int(x).bit_count())
+
+
+@intrinsic
+def _llvm_ctpop(typingctx, x):
+    """LLVM's ``ctpop`` on a uint64: one ``popcnt`` instruction."""
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return types.int64(types.uint64), codegen
+
+
+@overload(_popcount)
+def _popcount_compiled(x):
+    return lambda x: _llvm_ctpop(x)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _agreeing(pos_a, neg_a, pos_b, neg_b, w):
+    """Bits of word ``w`` where the two packed sign rows agree and neither is nan."""
+    return ~((pos_a[w] ^ pos_b[w]) | (neg_a[w] ^ neg_b[w]) | (pos_a[w] & neg_a[w]) | (pos_b[w] & neg_b[w]))
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _sign_agreement(sym_eigs, first, second, k_sorted, out):
+def _sign_agreement(positive, negative, first, second, k_sorted, out):
     """Agreement fractions of pairs of layers, every head, all k at once.
 
-    For pair ``q`` and head ``h`` one pass over the stored order counts equal signs
-    segment by segment between the k values: ``out[i, q, h] = count(k_sorted[i]) / k_sorted[i]``.
-    sym_eigs: (L, H, m); first, second: (Q,) layers; k_sorted: (K,) increasing in 1..m; out: (K, Q, H).
+    ``out[i, q, h] = count(k_sorted[i]) / k_sorted[i]``, the count of equal signs among
+    the first k eigenvalues of layers ``first[q]`` and ``second[q]``, head h: popcounts of
+    whole words, then of the last word masked to the k's remaining bits.
+    positive, negative: (L, H, words) from :func:`_pack_signs`; first, second: (Q,) layers;
+    k_sorted: (K,) increasing in 1..64 words; out: (K, Q, H).
     """
-    num_heads = sym_eigs.shape[1]
+    num_heads = positive.shape[1]
     for t in prange(first.shape[0] * num_heads):
         q = t // num_heads
         h = t % num_heads
-        a = sym_eigs[first[q], h]
-        b = sym_eigs[second[q], h]
-        count = 0
-        start = 0
+        pos_a, neg_a = positive[first[q], h], negative[first[q], h]
+        pos_b, neg_b = positive[second[q], h], negative[second[q], h]
+        whole_words = 0
+        count = 0  # over the whole words counted so far
         for i in range(k_sorted.shape[0]):
-            count += _count_same_sign(a, b, start, k_sorted[i])
-            start = k_sorted[i]
-            out[i, q, h] = count / start
+            k = k_sorted[i]
+            while (whole_words + 1) * _WORD_BITS <= k:
+                count += _popcount(_agreeing(pos_a, neg_a, pos_b, neg_b, whole_words))
+                whole_words += 1
+            rest = k - whole_words * _WORD_BITS
+            total = count
+            if rest > 0:
+                mask = (np.uint64(1) << np.uint64(rest)) - np.uint64(1)
+                total += _popcount(_agreeing(pos_a, neg_a, pos_b, neg_b, whole_words) & mask)
+            out[i, q, h] = total / k
 
 
 @njit(cache=True, error_model="numpy")
@@ -113,8 +166,15 @@ def _pairs_sign_agreement(sym_eigs, pairs, k_values):
     k_sorted, position = np.unique(ks, return_inverse=True)
     out = np.empty((k_sorted.size, pairs[0].size, sym_eigs.shape[1]))
     if ks.size:
-        with threads_for(out[0].size * k_sorted[-1] * 4):
-            _sign_agreement(sym_eigs, pairs[0], pairs[1], k_sorted, out)
+        words = -(-int(k_sorted[-1]) // _WORD_BITS)
+        positive = np.empty(sym_eigs.shape[:2] + (words,), dtype=np.uint64)
+        negative = np.empty_like(positive)
+        _pack_signs(sym_eigs, k_sorted[-1], positive, negative)
+        # ~20 operations per word's agreement and popcount, once per word and once per k
+        with threads_for(out[0].size * (words + k_sorted.size) * 20):
+            _sign_agreement(positive, negative, pairs[0], pairs[1], k_sorted, out)
+    if k_sorted.size == ks.size and (np.diff(ks) > 0).all():
+        return out  # already in the caller's order: no copy of (K, Q, H)
     return out[position]
 
 
