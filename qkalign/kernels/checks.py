@@ -42,6 +42,14 @@ def layer_index(anchor, num_layers):
     return index % num_layers
 
 
+def k_value(k, spectrum_length):
+    """One k as an int in ``1..spectrum_length`` (as :func:`k_value_array`, without an array)."""
+    value = operator.index(k)
+    if not 1 <= value <= spectrum_length:
+        raise ValueError(f"k values must lie in 1..{spectrum_length} (the spectrum length), got [{value}]")
+    return value
+
+
 def k_value_array(k_values, spectrum_length):
     """The sign-agreement k values as an int64 array, each in ``1..spectrum_length``."""
     ks = np.array([operator.index(k) for k in k_values], dtype=np.int64)

@@ -6,7 +6,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from . import pairs
-from .checks import float_array, k_value_array, layer_index
+from .checks import float_array, k_value, k_value_array, layer_index
 from .threads import threads_for
 
 
@@ -109,9 +109,9 @@ def _count_positive(rows, out):
 
 @njit(fastmath={"reassoc", "nsz"}, cache=True, error_model="numpy")
 def _signed_spectra(sym_eigs, k, with_mass, mass, positive_topk):
-    """Per (layer, head) of sym_eigs (L, H, m): ``positive_topk`` = the number of positive
+    """Per (layer, head) of sym_eigs (L, H, m): ``positive_topk`` = the fraction of positive
     eigenvalues among the first ``k`` and, if ``with_mass``, ``mass = sum(lambda) / sum(|lambda|)``;
-    both (L, H).
+    both (L, H) float64.
 
     Serial: one O(L H m) pass. Reassociation vectorises the two sums (their rounding then
     differs from numpy's pairwise sums by ~m eps of ``sum(|lambda|)``, an absolute error of
@@ -130,16 +130,16 @@ def _signed_spectra(sym_eigs, k, with_mass, mass, positive_topk):
             count = 0
             for m in range(k):
                 count += row[m] > 0.0
-            positive_topk[layer, h] = count
+            positive_topk[layer, h] = count / k
 
 
 def _signed_spectra_of(sym_eigs, k, with_mass):
-    """``(mass, positive_topk counts)`` of :func:`_signed_spectra`, each (L, H) (mass undefined
+    """``(mass, positive_topk)`` of :func:`_signed_spectra`, each (L, H) (mass undefined
     unless ``with_mass``)."""
     sym_eigs = float_array(sym_eigs, 3, "sym_eigs", check_finite=False)  # nan/inf propagate as in numpy
-    (k,) = k_value_array((k,), sym_eigs.shape[2])
+    k = k_value(k, sym_eigs.shape[2])
     mass = np.empty(sym_eigs.shape[:2])
-    positive = np.empty(sym_eigs.shape[:2], dtype=np.int64)
+    positive = np.empty(sym_eigs.shape[:2])
     _signed_spectra(sym_eigs, k, with_mass, mass, positive)
     return mass, positive
 
@@ -157,7 +157,7 @@ def fraction_positive_topk(sym_eigs, k):
 
     Same as :func:`qkalign.reference.fraction_positive_topk`.
     """
-    return _signed_spectra_of(sym_eigs, k, False)[1] / k
+    return _signed_spectra_of(sym_eigs, k, False)[1]
 
 
 def _pairs_sign_agreement(sym_eigs, pairs, k_values):
