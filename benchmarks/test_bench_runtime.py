@@ -41,7 +41,7 @@ grams = best(lambda: pa._all_pairs_grams(e))
 _, cross, p, _ = pa._all_pairs_grams(e)
 first, second = pairs.all_unordered(e.shape[0])
 out = np.empty((first.size, e.shape[1], e.shape[2]))
-kernel = best(lambda: pa._principal_cosines(cross, first, second, second, p, out))
+kernel = best(lambda: pa._principal_cosines(cross, first, second, p, out))
 print(json.dumps({"threads": numba.get_num_threads(), "all_pairs_s": total,
                   "grams_blas_s": grams, "pair_kernel_s": kernel}))
 """

@@ -48,13 +48,13 @@ def _cholesky_qr_factors(self_grams, radius_limit, p, ok):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def _principal_cosines(cross, first, second, col_block, p, out):
+def _principal_cosines(cross, first, second, p, out):
     """Principal-angle cosines of a list of layer pairs, every head.
 
-    cross: (H, R k, C k) float64, block ``(first[q], col_block[q])`` of ``cross[h]``
-    holds ``C = A B^T`` for pair ``q`` (``A`` = layer ``first[q]``, ``B`` = layer ``second[q]``);
-    p: (L, H, k, k) from :func:`cholesky_qr_factor`; out: (Q, H, k) float64, the singular
-    values of ``M = p[first[q], h] @ C @ p[second[q], h]^T`` clipped to [0, 1].
+    cross: (H, Q, k, k) float64, ``cross[h, q] = C = A B^T`` for pair ``q`` (``A``, ``B`` the
+    rows of layers ``first[q]``, ``second[q]``, head h); p: (L, H, k, k) from
+    :func:`cholesky_qr_factor`; out: (Q, H, k) float64, the singular values of
+    ``M = p[first[q], h] @ C @ p[second[q], h]^T`` clipped to [0, 1].
     The pair's work is written out here rather than in a helper: every compiled
     function is compiled again inside each caller, and a fresh numba cache pays for each.
     """
@@ -63,16 +63,8 @@ def _principal_cosines(cross, first, second, col_block, p, out):
     for t in prange(first.shape[0] * num_heads):
         q = t // num_heads
         h = t % num_heads
-        rows = first[q] * k
-        cols = col_block[q] * k
-        # An element-wise copy into a C-contiguous block: a slice assignment would compile
-        # numba's broadcasting machinery (~5 s), a strided view a second variant of the helpers.
-        block = np.empty((k, k))
-        for i in range(k):
-            for j in range(k):
-                block[i, j] = cross[h, rows + i, cols + j]
         right = np.empty((k, k))
-        lower_times_transpose(p[second[q], h], block, right)  # (C @ p_second^T)^T
+        lower_times_transpose(p[second[q], h], cross[h, q], right)  # (C @ p_second^T)^T
         m_mat = np.empty((k, k))
         lower_times_transpose(p[first[q], h], right, m_mat)
         cosines = out[q, h]
@@ -82,7 +74,7 @@ def _principal_cosines(cross, first, second, col_block, p, out):
 
 
 def _all_pairs_grams(eig_dirs):
-    """``(self_grams, cross (H, L k, L k), p, ok)`` for all layer pairs: BLAS SYRK, then the factors."""
+    """``(self_grams, cross (H, Q, k, k), p, ok)`` for the pairs ``pairs.all_unordered``: BLAS SYRK, then the factors."""
     self_grams, cross = grams_all_pairs(eig_dirs)
     p = np.empty_like(self_grams)
     ok = np.empty(self_grams.shape[:2], dtype=np.bool_)
@@ -93,11 +85,10 @@ def _all_pairs_grams(eig_dirs):
 
 
 def _anchor_grams(eig_dirs, anchor):
-    """``(self_grams, cross (H, L k, k), p, ok)`` for the pairs (layer, anchor), from one fused kernel;
+    """``(self_grams, cross (H, L, k, k), p, ok)`` for the pairs (layer, anchor), from one fused kernel;
     the cross blocks in the layout of :func:`_principal_cosines`."""
     self_grams, cross, p, ok = grams_to_anchor(eig_dirs, anchor)
-    num_layers, num_heads, k, _ = cross.shape
-    return self_grams, np.ascontiguousarray(cross.transpose(1, 0, 2, 3)).reshape(num_heads, num_layers * k, k), p, ok
+    return self_grams, np.ascontiguousarray(cross.transpose(1, 0, 2, 3)), p, ok
 
 
 def _jacobi_work(out_shape):
@@ -145,9 +136,8 @@ def principal_cosines_to_anchor(eig_dirs, anchor):
     cross, p, _ = orthonormalized(eig_dirs, lambda e: _anchor_grams(e, anchor))
     first, second = pairs.to_anchor(num_layers, anchor)
     out = np.empty((num_layers, num_heads, k))
-    # cross holds only the anchor's column block: block column 0 for every pair
     with threads_for(_jacobi_work(out.shape)):
-        _principal_cosines(cross, first, second, np.zeros_like(second), p, out)
+        _principal_cosines(cross, first, second, p, out)
     return out
 
 
@@ -165,7 +155,7 @@ def principal_cosines_all_pairs(eig_dirs):
     first, second = pairs.all_unordered(num_layers)
     pair_cos = np.empty((first.size, num_heads, k))
     with threads_for(_jacobi_work(pair_cos.shape)):
-        _principal_cosines(cross, first, second, second, p, pair_cos)
+        _principal_cosines(cross, first, second, p, pair_cos)
     out = np.ones((num_layers, num_layers, num_heads, k))
     out[first, second] = pair_cos
     out[second, first] = pair_cos
