@@ -28,37 +28,21 @@ from scipy.optimize import linear_sum_assignment
 from . import reference
 from .blas_threads import one_blas_thread
 from .chance import bartlett_wishart_factor
-
-#: Cholesky-QR is used for a head's rows when every Gershgorin radius of their unit-diagonal
-#: Gram is at most this (eigenvalues in [1/2, 3/2], cond <= 3: a few ulps lost), as in
-#: ``qkalign.kernels.small_linalg``; other heads get Householder QR.
-GERSHGORIN_RADIUS_LIMIT = 0.5
-
+from .cholesky_qr import factors_from_grams
 
 def row_factors(rows):
     """Cholesky-QR factors ``P`` with orthonormal rows ``P A``, per block: (..., k, n) -> (..., k, k), (...,) bool.
 
-    With ``D`` scaling the rows of ``A`` to unit length and the Gram ``D A A^T D = L L^T``
-    (Cholesky), ``P = L^{-1} D`` (lower triangular). Cholesky-QR loses orthogonality like
-    ``eps cond(A)^2``, so it is trusted (``ok``) only where Gershgorin bounds
-    ``cond(D A A^T D) <= 3`` (stored eigenvectors: rounding only, radii ~1e-8); elsewhere
-    (nearly dependent rows, a zero row) ``P`` is the identity and the block is for
-    Householder QR (:func:`householder_rows`).
+    :func:`qkalign.cholesky_qr.factors_from_grams` of the blocks' Grams ``A A^T``: where
+    ``ok`` is False (nearly dependent rows, a zero row) ``P`` is the identity and the
+    block is for Householder QR (:func:`householder_rows`).
     """
     rows = np.asarray(rows, dtype=np.float64)
-    k = rows.shape[-2]
     with one_blas_thread():  # thousands of k x n x k products: one thread each is fastest
         gram = rows @ np.swapaxes(rows, -1, -2)
     if not np.isfinite(gram).all():
         raise ValueError("eigenvector rows hold nan or inf")
-    norms = np.sqrt(np.einsum("...ii->...i", gram))
-    with np.errstate(divide="ignore", invalid="ignore"):  # zero rows: nan, not ok
-        unit = gram / norms[..., :, None] / norms[..., None, :]
-        ok = np.abs(unit - np.eye(k)).sum(axis=-1).max(axis=-1) <= GERSHGORIN_RADIUS_LIMIT
-    factors = np.broadcast_to(np.eye(k), gram.shape).copy()
-    with one_blas_thread():
-        factors[ok] = np.linalg.inv(np.linalg.cholesky(unit[ok])) / norms[ok][..., None, :]
-    return factors, ok
+    return factors_from_grams(gram)
 
 
 def householder_rows(rows):

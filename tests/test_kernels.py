@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from qkalign import kernels, reference
 from qkalign.backends import BACKEND_FUNCTIONS
 from qkalign.comparison import COMPARISONS, EIG_DIRS_KINDS, RTOL, random_inputs
-from qkalign.kernels.principal_angles import _anchor_grams, orthonormalized
-from qkalign.kernels.small_linalg import GERSHGORIN_RADIUS_LIMIT
+from qkalign.kernels.principal_angles import _all_pairs_grams, _anchor_grams, orthonormalized
+from qkalign.cholesky_qr import GERSHGORIN_RADIUS_LIMIT
 
 # Interpreted kernels are slow: the NUMBA_DISABLE_JIT run covers the source with fewer examples.
 EXAMPLES = 4 if numba.config.DISABLE_JIT else 30
@@ -109,24 +109,31 @@ def test_equal_layers_give_cosines_of_one():
     np.testing.assert_array_equal(kernels.top1_overlap_all_pairs(inputs.eig_dirs) > 1 - 4e-16, True)
 
 
-def _fallback_mask(eig_dirs, anchor=0):
+#: The two ways to the Cholesky-QR factors: fused into the numba Gram pass (pairs with an
+#: anchor) and batched LAPACK after the SYRKs (all pairs).
+GRAM_PATHS = {"to_anchor": lambda e: _anchor_grams(e, 0), "all_pairs": _all_pairs_grams}
+
+
+def _fallback_mask(eig_dirs, path="to_anchor"):
     """(L, H) bool: which blocks took the Householder path."""
-    return orthonormalized(eig_dirs, lambda e: _anchor_grams(e, anchor))[2]
+    return orthonormalized(eig_dirs, GRAM_PATHS[path])[2]
 
 
+@pytest.mark.parametrize("path", list(GRAM_PATHS))
 @pytest.mark.parametrize("kind", ["orthonormal", "float16", "equal_layers"])
-def test_cholesky_qr_serves_nearly_orthonormal_rows(kind):
+def test_cholesky_qr_serves_nearly_orthonormal_rows(kind, path):
     inputs = random_inputs(3, 2, 8, 30, 4, seed=13, eig_dirs_kind=kind)
-    assert not _fallback_mask(inputs.eig_dirs).any()
+    assert not _fallback_mask(inputs.eig_dirs, path).any()
 
 
-def test_householder_fallback_for_ill_conditioned_rows():
+@pytest.mark.parametrize("path", list(GRAM_PATHS))
+def test_householder_fallback_for_ill_conditioned_rows(path):
     inputs = random_inputs(3, 2, 6, 30, 4, seed=14, eig_dirs_kind="orthonormal")
     eig_dirs = inputs.eig_dirs.copy()
     eig_dirs[1, 0, 1] = eig_dirs[1, 0, 0] + 1e-9 * eig_dirs[1, 0, 1]  # two nearly parallel rows
     eig_dirs[2, 1, 3] = 0.0  # a zero row (QKData rejects it; the kernel still matches the reference)
     eig_dirs[0, 1] *= np.array([1.0, 1e-3, 1.0, 1e3, 1.0, 1.0])[:, None]  # only scaled: no fallback
-    mask = _fallback_mask(eig_dirs)
+    mask = _fallback_mask(eig_dirs, path)
     assert mask.tolist() == [[False, False], [True, False], [False, True]]
     for anchor in (0, 1, 2):
         np.testing.assert_allclose(kernels.principal_cosines_to_anchor(eig_dirs, anchor),
@@ -135,12 +142,13 @@ def test_householder_fallback_for_ill_conditioned_rows():
                                reference.principal_cosines_all_pairs(eig_dirs), rtol=RTOL, atol=1e-14)
 
 
-def test_gershgorin_limit_separates_the_paths():
+@pytest.mark.parametrize("path", list(GRAM_PATHS))
+def test_gershgorin_limit_separates_the_paths(path):
     # Two unit rows with cosine c: the Gershgorin radius of their Gram is |c|.
     def rows(c):
         return np.array([[1.0, 0.0, 0.0], [c, np.sqrt(1 - c * c), 0.0]])[None, None]
-    assert not _fallback_mask(rows(GERSHGORIN_RADIUS_LIMIT * 0.99)).any()
-    assert _fallback_mask(rows(GERSHGORIN_RADIUS_LIMIT * 1.01)).all()
+    assert not _fallback_mask(rows(GERSHGORIN_RADIUS_LIMIT * 0.99), path).any()
+    assert _fallback_mask(rows(GERSHGORIN_RADIUS_LIMIT * 1.01), path).all()
 
 
 def test_all_pairs_slices_are_the_to_anchor_results():

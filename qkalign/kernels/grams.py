@@ -20,8 +20,9 @@ import numpy as np
 from numba import njit, prange
 
 from ..blas_threads import one_blas_thread
+from ..cholesky_qr import GERSHGORIN_RADIUS_LIMIT
 from . import pairs
-from .small_linalg import FASTMATH, GERSHGORIN_RADIUS_LIMIT, cholesky_qr_factor, dot
+from .small_linalg import FASTMATH, cholesky_qr_factor, dot
 from .threads import threads_for
 
 

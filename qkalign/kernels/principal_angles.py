@@ -10,9 +10,10 @@ the unit-diagonal Gram ``D A A^T D = R^T R`` (``D`` scales the rows to unit leng
 and everything of size n is in the Grams: the self Grams ``A A^T`` and the cross
 Grams ``A B^T`` (``grams``: a fused Numba pass for the pairs (layer, anchor), one
 BLAS SYRK per head outside any ``prange`` for all pairs). The rest sees only k x k
-matrices: Cholesky + triangular inverse per (layer, head), then ``M`` and its
-singular values (one-sided Jacobi) per (pair, head); the same pair kernel serves
-the pairs (layer, anchor) and all (layer, layer) pairs.
+matrices: Cholesky + triangular inverse per (layer, head) (in the fused pass for the
+pairs with the anchor, by batched LAPACK in :mod:`qkalign.cholesky_qr` for all
+pairs), then ``M`` and its singular values (one-sided Jacobi) per (pair, head); the
+same pair kernel serves the pairs (layer, anchor) and all (layer, layer) pairs.
 
 Cholesky-QR loses orthogonality like ``eps * cond(A)^2``, so it is used only when
 Gershgorin bounds the unit-diagonal Gram's eigenvalues to ``[1 - r, 1 + r]`` with
@@ -30,21 +31,12 @@ from ``M``; tests check cos = 1 - 1e-10 and identical layers against the referen
 import numpy as np
 from numba import njit, prange
 
+from ..cholesky_qr import factors_from_grams
 from . import pairs
 from .checks import eig_dirs_array, layer_index
 from .threads import threads_for
 from .grams import grams_all_pairs, grams_to_anchor
-from .small_linalg import GERSHGORIN_RADIUS_LIMIT, cholesky_qr_factor, lower_times_transpose, singular_values
-
-@njit(cache=True, error_model="numpy")
-def _cholesky_qr_factors(self_grams, radius_limit, p, ok):
-    """:func:`cholesky_qr_factor` of each of ``self_grams`` (B, k, k) into ``p`` (B, k, k), ``ok`` (B,).
-
-    Serial: ~1 us per block, so the whole call takes a few ms, less than
-    compiling a ``prange`` loop costs in every fresh numba cache (~1 s).
-    """
-    for b in range(self_grams.shape[0]):
-        ok[b] = cholesky_qr_factor(self_grams[b], radius_limit, p[b])
+from .small_linalg import lower_times_transpose, singular_values
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -74,13 +66,10 @@ def _principal_cosines(cross, first, second, p, out):
 
 
 def _all_pairs_grams(eig_dirs):
-    """``(self_grams, cross (H, Q, k, k), p, ok)`` for the pairs ``pairs.all_unordered``: BLAS SYRK, then the factors."""
+    """``(self_grams, cross (H, Q, k, k), p, ok)`` for the pairs ``pairs.all_unordered``: BLAS SYRK,
+    then the factors by batched LAPACK (a few ms; a numba loop would add ~1.6 s to a cold start)."""
     self_grams, cross = grams_all_pairs(eig_dirs)
-    p = np.empty_like(self_grams)
-    ok = np.empty(self_grams.shape[:2], dtype=np.bool_)
-    num_blocks, k = self_grams.shape[0] * self_grams.shape[1], self_grams.shape[2]
-    _cholesky_qr_factors(self_grams.reshape(num_blocks, k, k), GERSHGORIN_RADIUS_LIMIT,
-                         p.reshape(num_blocks, k, k), ok.reshape(num_blocks))
+    p, ok = factors_from_grams(self_grams)
     return self_grams, cross, p, ok
 
 

@@ -11,9 +11,6 @@ import math
 import numpy as np
 from numba import njit
 
-#: Cholesky-QR is trusted when every Gershgorin radius of the unit-diagonal Gram is at most
-#: this: its eigenvalues then lie in [1/2, 3/2], cond <= 3, and Cholesky-QR loses only a few ulps.
-GERSHGORIN_RADIUS_LIMIT = 0.5
 #: One-sided Jacobi stops when every pair of rows has ``|r_i . r_j| <= tol |r_i| |r_j|``.
 JACOBI_TOLERANCE = 1e-15
 #: Cyclic Jacobi converges quadratically; k <= a few hundred needs far fewer sweeps.
@@ -166,6 +163,9 @@ def singular_values(a, out):
 @njit(cache=True, error_model="numpy")
 def cholesky_qr_factor(gram, radius_limit, p):
     """``P`` (k, k) lower triangular with orthonormal rows ``P A``, from ``gram = A A^T``.
+
+    One block of :func:`qkalign.cholesky_qr.factors_from_grams`, for use inside kernels
+    (``radius_limit`` is its ``GERSHGORIN_RADIUS_LIMIT``).
 
     With ``D`` scaling the rows to unit length and ``D A A^T D = R^T R`` (Cholesky),
     ``P = R^{-T} D``. Returns False (``p`` undefined) when the rows are too far from
