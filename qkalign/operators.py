@@ -17,6 +17,7 @@ With ``Q``, ``K`` the (d, n) blocks of one head and ``g = K^T Q``:
 from functools import lru_cache
 
 import numpy as np
+import scipy.linalg
 
 # Eigenvalues of A A^T below this fraction of the largest are taken as exact zeros
 # (tied Q and K, or hidden < 2 d): their directions carry no part of S.
@@ -197,8 +198,6 @@ def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=_RAN
         lam, w = _by_magnitude(*_eigh(j_form, eigen_dtype), columns=m)
     else:
         lam, w = _rayleigh_ritz(j_form, *_by_magnitude(*_eigh(j_form, eigen_dtype), columns=min(2 * m, two_d)))
-    import scipy.linalg  # here, not at the top: it adds ~0.3 s to every `import qkalign`
-
     coef = np.empty((len(g), two_d, m))
     for i in range(len(g)):
         if full[i]:
