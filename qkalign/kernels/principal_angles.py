@@ -44,8 +44,8 @@ def _principal_cosines(cross, first, second, p, out):
     """Principal-angle cosines of a list of layer pairs, every head.
 
     cross: (H, Q, k, k) float64, ``cross[h, q] = C = A B^T`` for pair ``q`` (``A``, ``B`` the
-    rows of layers ``first[q]``, ``second[q]``, head h); p: (L, H, k, k) from
-    :func:`cholesky_qr_factor`; out: (Q, H, k) float64, the singular values of
+    rows of layers ``first[q]``, ``second[q]``, head h); p: (L, H, k, k) Cholesky-QR factors
+    (``P A`` orthonormal rows); out: (Q, H, k) float64, the singular values of
     ``M = p[first[q], h] @ C @ p[second[q], h]^T`` clipped to [0, 1].
     The pair's work is written out here rather than in a helper: every compiled
     function is compiled again inside each caller, and a fresh numba cache pays for each.

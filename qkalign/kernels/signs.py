@@ -73,7 +73,7 @@ def _sign_agreement(positive, negative, first, second, k_sorted, out):
     the first k eigenvalues of layers ``first[q]`` and ``second[q]``, head h: popcounts of
     whole words, then of the last word masked to the k's remaining bits.
     positive, negative: (L, H, words) from :func:`_pack_signs`; first, second: (Q,) layers;
-    k_sorted: (K,) increasing in 1..64 words; out: (K, Q, H).
+    k_sorted: (K,) increasing, each in 1..64 * words; out: (K, Q, H).
     """
     num_heads = positive.shape[1]
     for t in prange(first.shape[0] * num_heads):
