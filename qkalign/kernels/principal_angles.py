@@ -12,7 +12,7 @@ Grams ``A B^T`` (``grams``: a fused Numba pass for the pairs (layer, anchor), on
 BLAS SYRK per head outside any ``prange`` for all pairs). The rest sees only k x k
 matrices: Cholesky + triangular inverse per (layer, head) (in the fused pass for the
 pairs with the anchor, by batched LAPACK in :mod:`qkalign.cholesky_qr` for all
-pairs), then ``M`` and its singular values (one-sided Jacobi) per (pair, head); the
+pairs), then ``M`` and its singular values (bidiagonalisation + dqds) per (pair, head); the
 same pair kernel serves the pairs (layer, anchor) and all (layer, layer) pairs.
 
 Cholesky-QR loses orthogonality like ``eps * cond(A)^2``, so it is used only when
@@ -80,11 +80,11 @@ def _anchor_grams(eig_dirs, anchor):
     return self_grams, np.ascontiguousarray(cross.transpose(1, 0, 2, 3)), p, ok
 
 
-def _jacobi_work(out_shape):
-    """Rough flop count of :func:`_principal_cosines` for an output (Q, H, k): ~8 Jacobi
-    sweeps of k^2/2 rotations of two length-k rows per (pair, head)."""
+def _svd_work(out_shape):
+    """Rough flop count of :func:`_principal_cosines` for an output (Q, H, k): per (pair, head)
+    two k x k triangular products, the bidiagonalisation (~8/3 k^3) and dqds (~O(k^2))."""
     num_pairs, num_heads, k = out_shape
-    return num_pairs * num_heads * 8 * k ** 3
+    return num_pairs * num_heads * 4 * k ** 3
 
 
 def householder_rows(eig_dirs, where):
@@ -125,7 +125,7 @@ def principal_cosines_to_anchor(eig_dirs, anchor):
     cross, p, _ = orthonormalized(eig_dirs, lambda e: _anchor_grams(e, anchor))
     first, second = pairs.to_anchor(num_layers, anchor)
     out = np.empty((num_layers, num_heads, k))
-    with threads_for(_jacobi_work(out.shape)):
+    with threads_for(_svd_work(out.shape)):
         _principal_cosines(cross, first, second, p, out)
     return out
 
@@ -143,7 +143,7 @@ def principal_cosines_all_pairs(eig_dirs):
     cross, p, _ = orthonormalized(eig_dirs, _all_pairs_grams)
     first, second = pairs.all_unordered(num_layers)
     pair_cos = np.empty((first.size, num_heads, k))
-    with threads_for(_jacobi_work(pair_cos.shape)):
+    with threads_for(_svd_work(pair_cos.shape)):
         _principal_cosines(cross, first, second, p, pair_cos)
     out = np.ones((num_layers, num_layers, num_heads, k))
     out[first, second] = pair_cos

@@ -11,11 +11,6 @@ import math
 import numpy as np
 from numba import njit
 
-#: One-sided Jacobi stops when every pair of rows has ``|r_i . r_j| <= tol |r_i| |r_j|``.
-JACOBI_TOLERANCE = 1e-15
-#: Cyclic Jacobi converges quadratically; k <= a few hundred needs far fewer sweeps.
-#: The bound only keeps non-finite input from looping forever.
-JACOBI_MAX_SWEEPS = 60
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -73,90 +68,196 @@ def dot(x, y):
     return total
 
 
-@njit(fastmath=FASTMATH, cache=True, error_model="numpy")
-def singular_values(a, out):
-    """Singular values of ``a`` (k, n), descending, into ``out`` (k,); ``a`` is overwritten.
+@njit(cache=True, error_model="numpy")
+def bidiagonalize(a, diagonal, superdiagonal, work):
+    """Householder reduction of a square ``a`` (k, k) to upper bidiagonal form; ``a`` is overwritten.
 
-    One-sided (Hestenes) Jacobi on the rows: plane rotations make the rows
-    mutually orthogonal, then the row norms are the singular values. It keeps
-    high relative accuracy for small singular values (unlike eigenvalues of
-    ``a a^T``) and needs no LAPACK. Pairs are visited in round-robin
-    (tournament) order: the k/2 rotations of a round touch disjoint rows, so their
-    inner products, then their angles, then the rotations are computed as three
-    batches of independent operations (~15 % faster than one pair after another,
-    same bits).
+    ``a = U B V^T`` with ``U``, ``V`` orthogonal (not formed) and ``B`` upper bidiagonal:
+    ``diagonal`` (k,) and ``superdiagonal`` (k - 1,) receive its entries (signs arbitrary).
+    Reflectors alternate from the left (zeroing a column below the diagonal) and the right
+    (zeroing a row right of the superdiagonal), as LAPACK's ``dgebd2``; ``work`` (k,) is scratch.
     """
     k = a.shape[0]
-    players = k + k % 2  # an odd k gets a bye each round
-    order = np.empty(players, dtype=np.int64)
-    for slot in range(players):
-        order[slot] = slot
-    norm_sq = np.empty(k)
-    half = players // 2
-    first = np.empty(half, dtype=np.int64)
-    second = np.empty(half, dtype=np.int64)
-    gammas = np.empty(half)
-    tangents = np.empty(half)
-    for sweep in range(JACOBI_MAX_SWEEPS):
-        for i in range(k):
-            norm_sq[i] = dot(a[i], a[i])  # fresh each sweep: the updates below drift
-        rotated = False
-        for round_ in range(players - 1):
-            # The rotations of a round touch disjoint rows, so all their inner products can be
-            # taken first and all their angles next: independent operations the CPU overlaps
-            # (one pair after another, each dot -> divide -> square root chain waits on the
-            # last), and exactly the numbers the one-by-one order gives.
-            for slot in range(half):
-                i = min(order[slot], order[players - 1 - slot])
-                j = max(order[slot], order[players - 1 - slot])
-                first[slot] = i
-                second[slot] = j
-                gammas[slot] = dot(a[i], a[j]) if j < k else 0.0
-            for slot in range(half):
-                tangents[slot] = 0.0
-                j = second[slot]
-                if j >= k:
-                    continue
-                alpha = norm_sq[first[slot]]
-                beta = norm_sq[j]
-                gamma = gammas[slot]
-                if not abs(gamma) > JACOBI_TOLERANCE * math.sqrt(alpha * beta):
-                    continue
-                # t = tan(theta) of the 2x2 symmetric Jacobi step on [[alpha, gamma], [gamma, beta]],
-                # the smaller root, which keeps the rotation stable.
-                zeta = (beta - alpha) / (2.0 * gamma)
-                if abs(zeta) > 1e150:
-                    tangents[slot] = 0.5 / zeta
-                else:
-                    tangents[slot] = math.copysign(1.0, zeta) / (abs(zeta) + math.sqrt(1.0 + zeta * zeta))
-            for slot in range(half):
-                t = tangents[slot]
-                if t == 0.0:
-                    continue
-                rotated = True
-                i = first[slot]
-                j = second[slot]
-                gamma = gammas[slot]
-                c = 1.0 / math.sqrt(1.0 + t * t)
-                s = c * t
-                row_i = a[i]
-                row_j = a[j]
-                for m in range(row_i.shape[0]):
-                    x = row_i[m]
-                    y = row_j[m]
-                    row_i[m] = c * x - s * y
-                    row_j[m] = s * x + c * y
-                norm_sq[i] = norm_sq[i] - t * gamma
-                norm_sq[j] = norm_sq[j] + t * gamma
-            # Next round: keep the first player, rotate the others by one place.
-            last = order[players - 1]
-            for slot in range(players - 1, 1, -1):
-                order[slot] = order[slot - 1]
-            order[1] = last
-        if not rotated:
+    for j in range(k):
+        # Left reflector H = I - tau v v^T, v = (1, a[j+1:, j] / (alpha - beta)), H a[j:, j] = beta e_1.
+        norm_sq = 0.0
+        for r in range(j + 1, k):
+            norm_sq += a[r, j] * a[r, j]
+        alpha = a[j, j]
+        if norm_sq == 0.0:
+            diagonal[j] = alpha
+        else:
+            beta = -math.copysign(math.sqrt(alpha * alpha + norm_sq), alpha)
+            tau = (beta - alpha) / beta
+            scale = 1.0 / (alpha - beta)
+            for r in range(j + 1, k):
+                a[r, j] *= scale
+            for c in range(j + 1, k):
+                work[c] = a[j, c]
+            for r in range(j + 1, k):  # work = a[j:, j+1:]^T v, a row at a time (contiguous)
+                v = a[r, j]
+                for c in range(j + 1, k):
+                    work[c] += v * a[r, c]
+            for c in range(j + 1, k):
+                a[j, c] -= tau * work[c]
+            for r in range(j + 1, k):
+                tv = tau * a[r, j]
+                for c in range(j + 1, k):
+                    a[r, c] -= tv * work[c]
+            diagonal[j] = beta
+        if j >= k - 1:
             break
+        # Right reflector on row j, columns j+1..k-1: H a[j, j+1:] = beta e_1.
+        norm_sq = 0.0
+        for c in range(j + 2, k):
+            norm_sq += a[j, c] * a[j, c]
+        alpha = a[j, j + 1]
+        if norm_sq == 0.0:
+            superdiagonal[j] = alpha
+            continue
+        beta = -math.copysign(math.sqrt(alpha * alpha + norm_sq), alpha)
+        tau = (beta - alpha) / beta
+        scale = 1.0 / (alpha - beta)
+        for c in range(j + 2, k):
+            a[j, c] *= scale
+        for r in range(j + 1, k):
+            s = a[r, j + 1]
+            for c in range(j + 2, k):
+                s += a[r, c] * a[j, c]
+            s *= tau
+            a[r, j + 1] -= s
+            for c in range(j + 2, k):
+                a[r, c] -= s * a[j, c]
+        superdiagonal[j] = beta
+
+
+#: dqds deflates the bottom of the qd array when its coupling is below ``(100 eps)^2`` times the
+#: eigenvalue there (LAPACK's ``dlasq`` criterion: it keeps the singular value's relative accuracy).
+DQDS_DEFLATION = (100.0 * 2.220446049250313e-16) ** 2
+#: Transforms allowed per singular value before the rest are reported as nan. A guard against
+#: looping forever, never reached in tests: 20,000 random, graded, clustered and rank-deficient
+#: matrices up to 32 x 32 needed at most 22 per value (and ~5 on average).
+DQDS_MAX_TRANSFORMS_PER_VALUE = 100
+
+
+@njit(cache=True, error_model="numpy")
+def dqds_squared_values(q, e, out):
+    """Eigenvalues of ``B^T B`` for the upper bidiagonal ``B`` with squared entries ``q`` (k,) on the
+    diagonal and ``e`` (k - 1,) above it, into ``out`` (k,) (in no particular order; ``q``, ``e`` are
+    overwritten).
+
+    The differential qd algorithm with shifts (Fernando & Parlett 1994): each transform maps the
+    qd array of ``B^T B - S`` to that of ``B'^T B' - S - tau`` with only positive quantities, so
+    every eigenvalue keeps high relative accuracy; the smallest converges at the bottom and is
+    deflated (``S + q[n]``). A shift must stay below the smallest eigenvalue: it is the bottom
+    2 x 2's smallest eigenvalue (an upper bound) shaded by 0.1 % and, after a transform turns
+    negative, a quarter of it, then 0 (plain dqd, which cannot fail).
+    """
+    n = q.shape[0]
+    new_q = np.empty(n)
+    new_e = np.empty(max(n - 1, 1))
+    total = 0.0  # the shifts applied so far
+    hi = n - 1  # the active qd array is q[:hi + 1], e[:hi]
+    transforms = 0
+    last_min = -1.0  # smallest auxiliary d of the last transform, an upper bound of the next eigenvalue
+    while hi >= 0:
+        if transforms > DQDS_MAX_TRANSFORMS_PER_VALUE * n:
+            for i in range(hi + 1):
+                out[i] = np.nan
+            return
+        if hi == 0:
+            out[0] = total + q[0]
+            return
+        if e[hi - 1] <= DQDS_DEFLATION * (total + q[hi]):
+            out[hi] = total + q[hi]
+            hi -= 1
+            last_min = -1.0
+            continue
+        if hi == 1 or e[hi - 2] <= DQDS_DEFLATION * (total + q[hi - 1]):
+            # a bottom 2 x 2 on its own, [[a, sqrt(a b)], [sqrt(a b), b + c]]: its two eigenvalues
+            # directly, the small one as det / big (no cancellation)
+            a, b, c = q[hi - 1], e[hi - 1], q[hi]
+            big = 0.5 * ((a + b + c) + math.sqrt((a - c) * (a - c) + b * (b + 2.0 * (a + c))))
+            out[hi - 1] = total + big
+            out[hi] = total + (a * c / big if big > 0.0 else 0.0)
+            hi -= 2
+            last_min = -1.0
+            continue
+        # smallest eigenvalue of the bottom 2 x 2 of the tridiagonal B^T B
+        a = q[hi - 1] + e[hi - 2]
+        c = q[hi] + e[hi - 1]
+        b_sq = q[hi - 1] * e[hi - 1]
+        big = 0.5 * ((a + c) + math.sqrt((a - c) * (a - c) + 4.0 * b_sq))
+        estimate = (a * c - b_sq) / big if big > 0.0 else 0.0
+        if last_min >= 0.0:
+            estimate = min(estimate, last_min)
+        tau = max(estimate, 0.0) * 0.999
+        failures = 0
+        while True:  # not a counted loop: LLVM would unroll it into four copies of the transform
+            d = q[0] - tau
+            d_min = d
+            for i in range(hi):
+                if d < 0.0:
+                    break
+                if e[i] == 0.0:  # a split: the blocks above and below are independent
+                    new_q[i] = d
+                    new_e[i] = 0.0
+                    d = q[i + 1] - tau
+                else:
+                    q_hat = d + e[i]
+                    ratio = q[i + 1] / q_hat
+                    new_q[i] = q_hat
+                    new_e[i] = e[i] * ratio
+                    d = d * ratio - tau
+                d_min = min(d_min, d)
+            transforms += 1
+            if d >= 0.0 and d_min >= 0.0:
+                break
+            failures += 1
+            tau = 0.25 * tau if failures < 3 else 0.0  # tau = 0 (dqd) cannot fail
+        new_q[hi] = d
+        for i in range(hi + 1):
+            q[i] = new_q[i]
+        for i in range(hi):
+            e[i] = new_e[i]
+        total += tau
+        last_min = d_min
+
+
+@njit(cache=True, error_model="numpy")
+def singular_values(a, out):
+    """Singular values of a square ``a`` (k, k), descending, into ``out`` (k,); ``a`` is overwritten.
+
+    Householder bidiagonalisation (:func:`bidiagonalize`), then the squared singular values of the
+    bidiagonal by dqds (:func:`dqds_squared_values`), LAPACK's ``dlasq1`` route without its
+    refinements. It replaced one-sided Jacobi: on 16 singular values clustered in
+    [1 - 1e-10, 1], against 40-digit arithmetic, its max error was 7.8e-16 (Jacobi 1.8e-15), and
+    the all-pairs pair kernel at the Qwen3-4B shape takes ~0.22 s instead of ~0.3 s. Its code
+    compiles ~3 s slower inside a ``prange`` kernel. It needs no LAPACK.
+    """
+    k = a.shape[0]
+    diagonal = np.empty(k)
+    superdiagonal = np.empty(max(k - 1, 1))
+    work = np.empty(k)
+    bidiagonalize(a, diagonal, superdiagonal, work)
+    # dqds works on squares: scale the largest entry to 1 first, so that nothing overflows and
+    # only singular values below ~1e-154 of the largest (far below its rounding) underflow to 0
+    largest = 0.0
     for i in range(k):
-        out[i] = math.sqrt(dot(a[i], a[i]))
+        largest = max(largest, abs(diagonal[i]))
+    for i in range(k - 1):
+        largest = max(largest, abs(superdiagonal[i]))
+    if largest == 0.0:
+        for i in range(k):
+            out[i] = 0.0
+        return
+    for i in range(k):
+        diagonal[i] = (diagonal[i] / largest) ** 2
+    for i in range(k - 1):
+        superdiagonal[i] = (superdiagonal[i] / largest) ** 2
+    dqds_squared_values(diagonal, superdiagonal[:max(k - 1, 0)], out)
+    for i in range(k):
+        out[i] = math.sqrt(out[i]) * largest
     sort_descending(out)
 
 
