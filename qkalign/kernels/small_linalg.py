@@ -69,6 +69,14 @@ def dot(x, y):
 
 
 @njit(cache=True, error_model="numpy")
+def _reflector(alpha, norm_sq):
+    """``(beta, tau, scale)`` of the Householder reflector ``H = I - tau v v^T`` that maps
+    ``x = (alpha, rest)`` with ``|rest|^2 = norm_sq > 0`` to ``beta e_1``: ``v = (1, rest * scale)``."""
+    beta = -math.copysign(math.sqrt(alpha * alpha + norm_sq), alpha)
+    return beta, (beta - alpha) / beta, 1.0 / (alpha - beta)
+
+
+@njit(cache=True, error_model="numpy")
 def bidiagonalize(a, diagonal, superdiagonal, work):
     """Householder reduction of a square ``a`` (k, k) to upper bidiagonal form; ``a`` is overwritten.
 
@@ -87,9 +95,7 @@ def bidiagonalize(a, diagonal, superdiagonal, work):
         if norm_sq == 0.0:
             diagonal[j] = alpha
         else:
-            beta = -math.copysign(math.sqrt(alpha * alpha + norm_sq), alpha)
-            tau = (beta - alpha) / beta
-            scale = 1.0 / (alpha - beta)
+            beta, tau, scale = _reflector(alpha, norm_sq)
             for r in range(j + 1, k):
                 a[r, j] *= scale
             for c in range(j + 1, k):
@@ -115,9 +121,7 @@ def bidiagonalize(a, diagonal, superdiagonal, work):
         if norm_sq == 0.0:
             superdiagonal[j] = alpha
             continue
-        beta = -math.copysign(math.sqrt(alpha * alpha + norm_sq), alpha)
-        tau = (beta - alpha) / beta
-        scale = 1.0 / (alpha - beta)
+        beta, tau, scale = _reflector(alpha, norm_sq)
         for c in range(j + 2, k):
             a[j, c] *= scale
         for r in range(j + 1, k):
