@@ -2,13 +2,13 @@
 
 Shapes, seeds and kinds of eigenvector rows come from hypothesis; the edge cases
 the issue names are pinned as explicit examples. This module also runs once with
-``NUMBA_DISABLE_JIT=1`` (see ``test_kernels_jit.py``), with fewer examples.
+``NUMBA_DISABLE_JIT=1`` (see ``test_kernels_runtime.py``), with fewer examples.
 """
 
 import numba
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qkalign import kernels, reference

@@ -55,6 +55,7 @@ def test_results_are_bit_identical_for_one_and_two_threads(tmp_path, kind):
 @pytest.mark.skipif(numba.config.DISABLE_JIT, reason="already running without the JIT")
 def test_kernel_tests_pass_without_jit():
     # The interpreted kernels run the same source as Python, so coverage tools see it.
-    proc = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_kernels.py"], NUMBA_DISABLE_JIT="1")
+    proc = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_kernels.py", "tests/test_small_linalg.py"],
+                NUMBA_DISABLE_JIT="1")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert " passed" in proc.stdout and " failed" not in proc.stdout

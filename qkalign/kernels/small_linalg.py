@@ -12,7 +12,6 @@ import numpy as np
 from numba import njit
 
 
-
 @njit(cache=True, error_model="numpy", inline="always")
 def cholesky_upper(gram, r):
     """Upper-triangular ``R`` with ``R^T R = gram``; False if a pivot is not positive.
