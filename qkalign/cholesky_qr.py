@@ -6,7 +6,8 @@ from the k x k Gram alone: with ``D`` scaling the rows to unit length and
 like ``eps cond(A)^2``, so a block is trusted (``ok``) only where Gershgorin bounds the
 unit-diagonal Gram's eigenvalues to ``[1 - r, 1 + r]`` with ``r <= 1/2`` (cond <= 3:
 stored eigenvectors, whose rows are orthonormal up to rounding, have ``r ~ 1e-8``);
-other blocks (nearly dependent rows, a zero row, nan) are left to Householder QR.
+other blocks (nearly dependent rows, a zero row, nan) are left to Householder QR
+(:func:`householder_rows`).
 
 Head matching and the all-pairs principal angles take their factors from here; the
 fused Numba pass of the to-anchor angles has the same rule in
@@ -15,6 +16,7 @@ fused Numba pass of the to-anchor angles has the same rule in
 
 import numpy as np
 
+from . import reference
 from .blas_threads import one_blas_thread
 
 #: Largest Gershgorin radius of the unit-diagonal Gram for which Cholesky-QR is trusted.
@@ -36,3 +38,9 @@ def factors_from_grams(grams):
     with one_blas_thread():  # thousands of k x k factorisations: one BLAS thread each is fastest
         factors[ok] = np.linalg.inv(np.linalg.cholesky(unit[ok])) / norms[ok][..., None, :]
     return factors, ok
+
+
+def householder_rows(rows):
+    """Orthonormal rows spanning each block of ``rows`` (..., k, n), by Householder QR:
+    :func:`qkalign.reference.orthonormal_bases` as rows, for the blocks that are not ``ok``."""
+    return np.swapaxes(reference.orthonormal_bases(rows), -1, -2)

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import reference
 from .backends import get_backend
+from .cholesky_qr import householder_rows
 
 #: Kinds of eigenvector rows :func:`random_inputs` makes.
 EIG_DIRS_KINDS = (
@@ -130,7 +131,7 @@ def random_inputs(num_layers, num_heads, topk, hidden, spectrum, seed, eig_dirs_
 
 def _orthonormal_rows(rng, shape):
     """Random orthonormal rows: (..., k, n) with k <= n."""
-    return _orthonormal_rows_of(rng.standard_normal(shape))
+    return householder_rows(rng.standard_normal(shape))
 
 
 def _random_eig_dirs(rng, num_layers, num_heads, topk, hidden, anchor, kind):
@@ -147,11 +148,5 @@ def _random_eig_dirs(rng, num_layers, num_heads, topk, hidden, anchor, kind):
         # angles ~1e-5, cosines ~1 - 5e-11 (exactly 1 when topk == hidden).
         base = rows[anchor]
         tilt = rng.standard_normal(shape) * 1e-5 / np.sqrt(hidden)
-        return _orthonormal_rows_of(base[None] + tilt)
+        return householder_rows(base[None] + tilt)
     return rows
-
-
-def _orthonormal_rows_of(rows):
-    """Orthonormal rows spanning the same space as ``rows`` (..., k, n)."""
-    q, _ = np.linalg.qr(np.swapaxes(rows, -1, -2))
-    return np.swapaxes(q, -1, -2)

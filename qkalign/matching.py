@@ -25,17 +25,17 @@ level that selection alone reaches for random subspaces.
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from . import reference
 from .blas_threads import one_blas_thread
 from .chance import bartlett_wishart_factor
-from .cholesky_qr import factors_from_grams
+from .cholesky_qr import factors_from_grams, householder_rows
+
 
 def row_factors(rows):
     """Cholesky-QR factors ``P`` with orthonormal rows ``P A``, per block: (..., k, n) -> (..., k, k), (...,) bool.
 
     :func:`qkalign.cholesky_qr.factors_from_grams` of the blocks' Grams ``A A^T``: where
     ``ok`` is False (nearly dependent rows, a zero row) ``P`` is the identity and the
-    block is for Householder QR (:func:`householder_rows`).
+    block is for Householder QR (:func:`qkalign.cholesky_qr.householder_rows`).
     """
     rows = np.asarray(rows, dtype=np.float64)
     with one_blas_thread():  # thousands of k x n x k products: one thread each is fastest
@@ -43,11 +43,6 @@ def row_factors(rows):
     if not np.isfinite(gram).all():
         raise ValueError("eigenvector rows hold nan or inf")
     return factors_from_grams(gram)
-
-
-def householder_rows(rows):
-    """Orthonormal rows by Householder QR of each block's transpose: :func:`qkalign.reference.orthonormal_bases` as rows."""
-    return np.swapaxes(reference.orthonormal_bases(rows), -1, -2)
 
 
 def orthonormal_rows(rows, factors, ok):

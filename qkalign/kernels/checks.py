@@ -42,11 +42,15 @@ def layer_index(anchor, num_layers):
     return index % num_layers
 
 
+def _k_range_error(k_values, spectrum_length):
+    return ValueError(f"k values must lie in 1..{spectrum_length} (the spectrum length), got {list(k_values)}")
+
+
 def k_value(k, spectrum_length):
     """One k as an int in ``1..spectrum_length`` (as :func:`k_value_array`, without an array)."""
     value = operator.index(k)
     if not 1 <= value <= spectrum_length:
-        raise ValueError(f"k values must lie in 1..{spectrum_length} (the spectrum length), got [{value}]")
+        raise _k_range_error([value], spectrum_length)
     return value
 
 
@@ -54,5 +58,5 @@ def k_value_array(k_values, spectrum_length):
     """The sign-agreement k values as an int64 array, each in ``1..spectrum_length``."""
     ks = np.array([operator.index(k) for k in k_values], dtype=np.int64)
     if ks.size and not ((ks >= 1) & (ks <= spectrum_length)).all():
-        raise ValueError(f"k values must lie in 1..{spectrum_length} (the spectrum length), got {ks.tolist()}")
+        raise _k_range_error(ks.tolist(), spectrum_length)
     return ks

@@ -31,7 +31,7 @@ from ``M``; tests check cos = 1 - 1e-10 and identical layers against the referen
 import numpy as np
 from numba import njit, prange
 
-from ..cholesky_qr import factors_from_grams
+from ..cholesky_qr import factors_from_grams, householder_rows
 from . import pairs
 from .checks import eig_dirs_array, layer_index
 from .threads import threads_for
@@ -87,15 +87,6 @@ def _svd_work(out_shape):
     return num_pairs * num_heads * 4 * k ** 3
 
 
-def householder_rows(eig_dirs, where):
-    """A copy of ``eig_dirs`` (L, H, k, n) whose (layer, head) blocks at ``where`` (L, H) bool
-    are replaced by orthonormal rows spanning the same space (Householder QR, as the reference)."""
-    patched = eig_dirs.copy()
-    q, _ = np.linalg.qr(np.swapaxes(eig_dirs[where], -1, -2))
-    patched[where] = np.swapaxes(q, -1, -2)
-    return patched
-
-
 def orthonormalized(eig_dirs, grams_of):
     """Cross Grams and Cholesky-QR factors of ``eig_dirs``, with the Householder fallback where needed.
 
@@ -108,8 +99,10 @@ def orthonormalized(eig_dirs, grams_of):
     if not np.isfinite(self_grams).all():
         raise ValueError("eig_dirs holds nan or inf")
     fallback = ~ok
-    if fallback.any():
-        _, cross, p, _ = grams_of(householder_rows(eig_dirs, fallback))
+    if fallback.any():  # those blocks' rows replaced by Householder QR's, as the reference's
+        patched = eig_dirs.copy()
+        patched[fallback] = householder_rows(eig_dirs[fallback])
+        _, cross, p, _ = grams_of(patched)
     return cross, p, fallback
 
 
