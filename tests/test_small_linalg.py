@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
+from qkalign.cholesky_qr import householder_rows
 from qkalign.kernels.small_linalg import singular_values
 
 
 def _with_singular_values(rng, values):
     """A random square matrix with the given singular values."""
     k = values.size
-    u, _ = np.linalg.qr(rng.standard_normal((k, k)))
-    v, _ = np.linalg.qr(rng.standard_normal((k, k)))
+    u, v = householder_rows(rng.standard_normal((2, k, k)))  # two random orthogonal matrices
     return (u * values) @ v.T
 
 
