@@ -140,7 +140,7 @@ def _complete_rows(vecs, lam, topk):
     for i in range(flat_vecs.shape[0]):
         nonzero = np.abs(flat_lam[i, : flat_vecs.shape[1]]) > 0
         nonzero &= np.einsum("kn,kn->k", flat_vecs[i], flat_vecs[i]) > 0.5
-        kept = flat_vecs[i][nonzero]
+        kept = orthonormalized_rows(flat_vecs[i][nonzero])
         q, _ = np.linalg.qr(np.concatenate([kept, np.eye(n)], axis=0).T)
         flat_out[i, : len(kept)] = kept
         flat_out[i, len(kept):] = q[:, len(kept): topk].T
@@ -210,11 +210,26 @@ def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=_RAN
     coef_t = np.swapaxes(coef, -1, -2).astype(k.dtype)  # eigenvectors A^T coef = K^T coef_K + Q^T coef_Q
     vecs = (coef_t[..., :d] @ k).astype(np.float64)
     vecs += coef_t[..., d:] @ q
+    # In float32 the rows are orthonormal only to ~eps cond(G); make them so in float64.
+    vecs[full] = orthonormalized_rows(vecs[full])
     lam = lam.reshape(batch + (two_d,))
     vecs = vecs.reshape(batch + vecs.shape[-2:])
     if topk > two_d or not full.all():
         vecs = _complete_rows(vecs, lam, topk)
     return lam, vecs
+
+
+def orthonormalized_rows(rows):
+    """The orthonormal rows nearest to ``rows`` (Loewdin): ``(V V^T)^{-1/2} V``, (..., m, n) -> (..., m, n).
+
+    For rows that are orthonormal up to rounding (eigenvectors formed in float32) this
+    corrects the rounding symmetrically, moving no row more than the others and keeping
+    each row's span as far as rounding allows.
+    """
+    gram = rows @ np.swapaxes(rows, -1, -2)
+    s, u = np.linalg.eigh(gram)
+    inverse_sqrt = (u / np.sqrt(s)[..., None, :]) @ np.swapaxes(u, -1, -2)
+    return inverse_sqrt @ rows
 
 
 def _eigh(m, dtype):
