@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 import qkalign
-from qkalign.comparison import Inputs
-from qkalign.io import save
-from qkalign.synthetic import PRESETS, make_qkdata
+from qkalign.testing.comparisons import Inputs
+from qkalign.seed_format import save
+from qkalign.weights.synthetic import PRESETS, make_qkdata
 
 sys.path.insert(0, str(Path(__file__).parent))  # seed_loop, timing
 

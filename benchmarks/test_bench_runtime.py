@@ -27,7 +27,7 @@ print(json.dumps({"import_and_load_s": loaded - start, "first_analyze_s": first 
 _ALL_PAIRS = """
 import json, sys, time
 import numba, numpy as np, qkalign
-from qkalign.kernels import pairs, principal_angles as pa
+from qkalign.kernels import pair_lists, principal_angles as pa
 data = qkalign.load(sys.argv[1])
 def best(f):
     f()
@@ -39,7 +39,7 @@ e = data.eig_dirs
 total = best(lambda: pa.principal_cosines_all_pairs(e))
 grams = best(lambda: pa._all_pairs_grams(e))
 _, cross, p, _ = pa._all_pairs_grams(e)
-first, second = pairs.all_unordered(e.shape[0])
+first, second = pair_lists.all_unordered(e.shape[0])
 out = np.empty((first.size, e.shape[1], e.shape[2]))
 kernel = best(lambda: pa._principal_cosines(cross, first, second, p, out))
 print(json.dumps({"threads": numba.get_num_threads(), "all_pairs_s": total,

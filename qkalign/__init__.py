@@ -1,15 +1,50 @@
 """qkalign: are the attention QK operators of a transformer the same across layers?
 
-``load`` reads the seed's grams JSON + eig-dirs ``.pt`` into a validated ``QKData``;
-``analyze`` computes every number of the report (numpy reference or Numba kernels);
-``measure`` computes a ``QKData`` from a Hugging Face model folder's safetensors weights.
+Two pipelines meet at :class:`QKData` (the grams and eigen-directions of one model):
+
+- ``qkalign.weights``: a model's weights -> ``QKData`` (:func:`measure`);
+- ``qkalign.stats``: ``QKData`` -> every number of the report (:func:`analyze`), computed by
+  the numpy reference (``qkalign.stats.reference``) or the Numba kernels (``qkalign.kernels``);
+
+with the seed's file format in between (:func:`load`, :func:`save`) and the report, JSON and
+figures at the end (:func:`format_report`, ``AnalysisResult.to_json``, ``qkalign.plots``).
+
+Names are imported on first use, so ``import qkalign`` stays quick and a run imports only
+what it needs.
 """
 
-from .analysis import AnalysisResult, analyze
-from .errors import InputError, QKAlignError
-from .io import load, save
-from .measurement import measure
-from .qkdata import QKData
+import importlib
 
-__all__ = ["AnalysisResult", "InputError", "QKAlignError", "QKData", "analyze", "load", "measure", "save"]
 __version__ = "0.1.0"
+
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "AnalysisResult": "qkalign.stats.result",
+    "InputError": "qkalign.errors",
+    "QKAlignError": "qkalign.errors",
+    "QKData": "qkalign.qkdata",
+    "analyze": "qkalign.stats.analyze",
+    "format_report": "qkalign.report",
+    "load": "qkalign.seed_format",
+    "measure": "qkalign.weights.measure",
+    "save": "qkalign.seed_format",
+}
+_SUBMODULES = ("cli", "checks", "errors", "kernels", "linalg", "plots", "qkdata", "report", "seed_format", "stats",
+               "testing", "weights")
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"qkalign.{name}")
+    else:
+        raise AttributeError(f"module 'qkalign' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS) | set(_SUBMODULES))

@@ -1,4 +1,4 @@
-"""The ``qkalign`` command line: ``qkalign analyze [GRAMS.json | MODEL_DIR] ...``, ``qkalign measure``, ``qkalign plot``.
+"""The ``qkalign`` command line: ``analyze``, ``measure``, ``plot`` and ``synthetic``.
 
 Bad input ends in one ``qkalign: error: ...`` line on stderr and exit code 2.
 """
@@ -8,15 +8,15 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from .analysis import analyze
-from .backends import BACKEND_NAMES, DEFAULT_BACKEND
-from .chance import DEFAULT_SEED
 from .errors import InputError, QKAlignError
-from .io import load, save
-from .measurement import measure
-from .report import format_report
+from .stats.backends import BACKEND_NAMES, DEFAULT_BACKEND
+from .stats.chance import DEFAULT_SEED
+from .weights import DEFAULT_PRECISION, DEFAULT_TOPK, PRECISIONS
 
 EXIT_INPUT_ERROR = 2
+
+# Defaults of the measure options; analyze takes them too, but only with a model folder.
+MEASURE_DEFAULTS = {"topk": DEFAULT_TOPK, "fold_norms": False, "precision": DEFAULT_PRECISION, "quiet": False}
 
 
 def bundled_example_path():
@@ -38,11 +38,11 @@ def _parser():
     an.add_argument("--match-heads", action="store_true",
                     help="also pair the heads of two layers by their best assignment and report matched statistics")
     an.add_argument("--chance-seed", type=int, default=DEFAULT_SEED, help="seed of the Monte Carlo chance levels")
+    _add_measure_options(an, for_analyze=True)
     pl = sub.add_parser("plot", help="write the figures of a --json result",
                         description="Write PNG heatmaps and to-anchor curves of a RESULT.json into DIR.")
     pl.add_argument("result", help="a JSON written by qkalign analyze --json")
     pl.add_argument("out_dir", help="folder for the PNG files (created if missing)")
-    _add_measure_options(an, for_analyze=True)
     me = sub.add_parser("measure", help="compute the grams and eigen-directions from a model's safetensors weights",
                         description="Read a Hugging Face model folder (config.json + safetensors) and write "
                                     "PREFIX.json and PREFIX-eigdirs.pt for `qkalign analyze`.")
@@ -50,11 +50,22 @@ def _parser():
     me.add_argument("-o", "--output", required=True, metavar="PREFIX",
                     help="output prefix: writes PREFIX.json and PREFIX-eigdirs.pt")
     _add_measure_options(me, for_analyze=False)
+    sy = sub.add_parser("synthetic", help="write a synthetic model's grams and eigen-directions",
+                        description="Write PREFIX.json and PREFIX-eigdirs.pt of a synthetic model preset "
+                                    "(deterministic weights with a controllable inter-layer drift).")
+    sy.add_argument("preset", choices=_preset_names())
+    sy.add_argument("-o", "--output", required=True, metavar="PREFIX",
+                    help="output prefix: writes PREFIX.json and PREFIX-eigdirs.pt")
+    sy.add_argument("--num-layers", type=int, help="number of layers instead of the preset's")
+    sy.add_argument("--drift", type=float, help="inter-layer drift in [0, 1] instead of the preset's")
+    sy.add_argument("--seed", type=int, help="random seed instead of the preset's")
     return ap
 
 
-# Defaults of the measure options; analyze takes them too, but only with a model folder.
-MEASURE_DEFAULTS = {"topk": 16, "fold_norms": False, "precision": "float32", "quiet": False}
+def _preset_names():
+    from .weights.synthetic import PRESETS
+
+    return sorted(PRESETS)
 
 
 def _add_measure_options(parser, for_analyze):
@@ -64,11 +75,11 @@ def _add_measure_options(parser, for_analyze):
         return None if for_analyze else MEASURE_DEFAULTS[key]
 
     parser.add_argument("--topk", type=int, default=default("topk"),
-                        help=f"eigen-directions kept per layer and head{when} (default 16)")
+                        help=f"eigen-directions kept per layer and head{when} (default {DEFAULT_TOPK})")
     parser.add_argument("--fold-norms", action="store_true", default=default("fold_norms"),
                         help=f"fold the input norm gain (and QK-norm gains) into W_Q, W_K{when}")
-    parser.add_argument("--precision", choices=("float32", "float64"), default=default("precision"),
-                        help=f"precision of the big products{when} (default float32; sums are float64)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=default("precision"),
+                        help=f"precision of the big products{when} (default {DEFAULT_PRECISION}; sums are float64)")
     parser.add_argument("--quiet", action="store_true", default=default("quiet"), help=f"no progress bar{when}")
 
 
@@ -80,19 +91,42 @@ def _measure_options(args):
                 progress=not opts["quiet"])
 
 
-def _measure(args):
-    data = measure(args.model_dir, **_measure_options(args))
+def _save(data, prefix):
+    """Write ``data`` in the seed's format at ``prefix`` and say so; an unwritable prefix is an input error."""
+    from .seed_format import save
+
     try:
-        json_path, pt_path = save(data, args.output)
+        json_path, pt_path = save(data, prefix)
     except OSError as exc:
-        raise InputError(args.output, "-o", "a writable output prefix", exc.strerror or str(exc)) from None
+        raise InputError(prefix, "-o", "a writable output prefix", exc.strerror or str(exc)) from None
     print(f"wrote {json_path} and {pt_path}")
     return 0
 
 
-def _measured_input(args):
-    """``(QKData, description)`` when ``analyze``'s input is a model folder, else None."""
+def _measure(args):
+    from .weights.measure import measure
+
+    return _save(measure(args.model_dir, **_measure_options(args)), args.output)
+
+
+def _synthetic(args):
+    from .weights.synthetic import make_qkdata, spec_from_args
+
+    try:
+        spec = spec_from_args(args.preset, num_layers=args.num_layers, drift=args.drift, seed=args.seed)
+    except ValueError as exc:
+        raise InputError(args.preset, "", "a valid synthetic model", str(exc)) from None
+    return _save(make_qkdata(spec), args.output)
+
+
+def _analysis_input(args):
+    """``(QKData, description of the input)`` for ``analyze``: a measured model folder, a grams JSON or
+    the bundled example."""
+    from .seed_format import load
+
     if args.grams is not None and Path(args.grams).is_dir():
+        from .weights.measure import measure
+
         options = _measure_options(args)
         data = measure(args.grams, **options)
         folded = ", norms folded" if options["fold_norms"] else ""
@@ -101,26 +135,21 @@ def _measured_input(args):
         if getattr(args, key) not in (None, False):
             raise InputError(f"--{key.replace('_', '-')}", "", "a model folder as the input (the option applies "
                              "to measuring)", args.grams or "the bundled example")
-    return None
+    if args.grams is None:
+        path = bundled_example_path()
+        data = load(path, eigdirs=args.eigdirs)
+        return data, f"bundled example {path} + {data.eigdirs_path}"
+    data = load(args.grams, eigdirs=args.eigdirs)
+    return data, f"{data.json_path} + {data.eigdirs_path}"
 
 
 def _analyze(args):
-    measured = _measured_input(args)
-    if measured is not None:
-        data, description = measured
-    elif args.grams is None:
-        path = bundled_example_path()
-        description = f"bundled example {path}"
-    else:
-        path, description = args.grams, None
-    if measured is None:
-        data = load(path, eigdirs=args.eigdirs)
+    from .report import format_report
+    from .stats.analyze import analyze
+
+    data, description = _analysis_input(args)
     result = analyze(data, anchor=args.anchor, backend=args.backend, match_heads=args.match_heads,
                      chance_seed=args.chance_seed)
-    if description is None:
-        description = f"{data.json_path} + {data.eigdirs_path}"
-    elif measured is None:
-        description += f" + {data.eigdirs_path}"
     sys.stdout.write(format_report(result, description))
     if args.json:
         try:
@@ -143,36 +172,25 @@ def _write_figures(result_dict, out_dir):
 
 
 def _plot(args):
-    import json
+    from .checks import read_json_object
 
-    try:
-        with open(args.result, encoding="utf-8") as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        raise InputError(args.result, "", "an existing result JSON (qkalign analyze --json)", "no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(args.result, "", "a result JSON (qkalign analyze --json)", f"malformed JSON ({exc})") from None
-    for key in ("meta", "to_anchor", "principal_angles"):
-        if not isinstance(doc, dict) or key not in doc:
-            raise InputError(args.result, key, "this key of a qkalign analyze --json result", "it missing")
+    doc = read_json_object(args.result, "result JSON (qkalign analyze --json)",
+                           required=("meta", "to_anchor", "principal_angles"))
     _write_figures(doc, args.out_dir)
     return 0
+
+
+COMMANDS = {"analyze": _analyze, "plot": _plot, "measure": _measure, "synthetic": _synthetic}
 
 
 def main(argv=None):
     """Entry point of the ``qkalign`` command; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "analyze":
-            return _analyze(args)
-        if args.command == "plot":
-            return _plot(args)
-        if args.command == "measure":
-            return _measure(args)
+        return COMMANDS[args.command](args)
     except QKAlignError as exc:
         print(f"qkalign: error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
-    return 1
 
 
 if __name__ == "__main__":

@@ -17,7 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .checks import positive_int
 from .errors import InputError
+
+#: The model's shape: ``L``, ``H``, ``d``, ``n`` (also the JSON keys of the seed's format).
+SHAPE_FIELDS = ("num_layers", "num_heads", "head_dim", "hidden_size")
 
 # Relative slack on the Cauchy-Schwarz bound |gram[L, L']| <= ||g_L|| ||g_L'||:
 # grams written in float32 by other tools round a little, corrupt ones break it widely.
@@ -65,11 +69,8 @@ class QKData:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ("num_layers", "num_heads", "head_dim", "hidden_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise InputError(self.json_path, name, "a positive integer", repr(value))
-            object.__setattr__(self, name, int(value))
+        for name in SHAPE_FIELDS:
+            object.__setattr__(self, name, positive_int(getattr(self, name), self.json_path, name))
         L, H, d, n = self.num_layers, self.num_heads, self.head_dim, self.hidden_size
         gram = self._array("gram", self.gram, self.json_path, (L, L, H), "(num_layers, num_layers, num_heads)")
         fro_sq = self._array("fro_sq", self.fro_sq, self.json_path, (L, H), "(num_layers, num_heads)")

@@ -8,11 +8,11 @@ the middle layer's index instead of ``L=midish``.
 
 import numpy as np
 
-from .chance import ChanceLevel, z_score
+from .stats.chance import ChanceLevel, z_score
 
 
 def format_report(result, input_description=None):
-    """The report of an :class:`~qkalign.analysis.AnalysisResult` as one string (ends in a newline).
+    """The report of an :class:`~qkalign.stats.result.AnalysisResult` as one string (ends in a newline).
 
     Parameters
     ----------
@@ -89,7 +89,7 @@ def _se(level, count):
 
 
 def _z(observed, level, count):
-    """:func:`qkalign.chance.z_score` of a mean of ``count`` heads, for a level as stored in the result (a dict)."""
+    """:func:`qkalign.stats.chance.z_score` of a mean of ``count`` heads, for a level as stored in the result (a dict)."""
     return float(z_score(observed, ChanceLevel(**level), count))
 
 

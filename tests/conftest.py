@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import qkalign
-from qkalign.io import save
-from qkalign.synthetic import PRESETS, SyntheticSpec, make_qkdata
+from qkalign.seed_format import save
+from qkalign.weights.synthetic import PRESETS, SyntheticSpec, make_qkdata
 
 REPO_ROOT = Path(qkalign.__file__).resolve().parent.parent
 SEED_SCRIPT = Path(os.environ.get("QKALIGN_SEED_DIR", REPO_ROOT.parent / "shared" / "seed")) / "analyze_operator_alignment.py"

@@ -10,9 +10,9 @@ import pytest
 
 import qkalign
 from qkalign import kernels
-from qkalign.backends import BACKEND_FUNCTIONS, DEFAULT_BACKEND, get_backend
-from qkalign.comparison import DOT_ATOL, RTOL
-from qkalign.synthetic import PRESETS, make_qkdata
+from qkalign.stats.backends import BACKEND_FUNCTIONS, DEFAULT_BACKEND, get_backend
+from qkalign.testing.comparisons import DOT_ATOL, RTOL
+from qkalign.weights.synthetic import PRESETS, make_qkdata
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,8 @@ import pytest
 from matplotlib.image import imread
 
 import qkalign
-from qkalign import reference
-from qkalign.layer_pairs import PAIR_KEYS
+from qkalign.stats import reference
+from qkalign.stats.all_pairs import PAIR_KEYS
 from qkalign.plots import DPI, FIGSIZE
 
 PAIR_JSON_KEYS = {"operator_cos", "resid_frac", "sign_agreement", "pa_mean_cos", "pa_min_cos", "top1_overlap",

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from qkalign.blas_threads import on_cores
-from qkalign.chance import chance_levels, random_principal_cosines, random_symmetric_spectra, z_score
+from qkalign.linalg.blas_threads import on_cores
+from qkalign.stats.chance import chance_levels, random_principal_cosines, random_symmetric_spectra, z_score
 
 N, D, K = 48, 4, 5
 

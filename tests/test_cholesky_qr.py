@@ -2,8 +2,9 @@
 
 import numpy as np
 
-from qkalign import reference
-from qkalign.cholesky_qr import factors_from_grams, householder_rows
+from qkalign.stats import reference
+from qkalign.linalg.cholesky_qr import cholesky_qr_factors
+from qkalign.stats.reference import householder_rows
 
 
 def _rows(seed, shape=(3, 4, 6, 40)):
@@ -15,7 +16,7 @@ def _rows(seed, shape=(3, 4, 6, 40)):
 
 def test_factors_give_orthonormal_rows_spanning_the_same_space():
     rows = _rows(1)
-    factors, ok = factors_from_grams(rows @ np.swapaxes(rows, -1, -2))
+    factors, ok = cholesky_qr_factors(rows @ np.swapaxes(rows, -1, -2))
     assert ok.all()
     orthonormal = factors @ rows
     k = rows.shape[-2]
@@ -34,6 +35,6 @@ def test_zero_rows_dependent_rows_and_nan_are_left_to_householder():
     rows[2, 0, 7] = np.nan
     with np.errstate(invalid="ignore"):
         grams = rows @ np.swapaxes(rows, -1, -2)
-    factors, ok = factors_from_grams(grams)
+    factors, ok = cholesky_qr_factors(grams)
     assert ok.tolist() == [False, False, False, True]
     np.testing.assert_array_equal(factors[:3], np.broadcast_to(np.eye(5), (3, 5, 5)))

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import qkalign
-from qkalign.io import default_eigdirs_path, save
+from qkalign.seed_format import default_eigdirs_path, save
 from conftest import run_cli
 
 JSON_KEYS = {"meta", "operator_cos", "operator_cos_per_head", "adjacent", "to_anchor", "rescale",

@@ -15,9 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 # Every prange loop has many iterations per thread.
 _RUN_ALL_KERNELS = """
 import sys, numba, numpy as np
-from qkalign.comparison import COMPARISONS, random_inputs
-from qkalign.kernels import threads
-threads.PARALLEL_MIN_WORK = 0  # every kernel uses all threads, however small the input
+from qkalign.testing.comparisons import COMPARISONS, random_inputs
+from qkalign.kernels import thread_count
+thread_count.PARALLEL_MIN_WORK = 0  # every kernel uses all threads, however small the input
 inputs = random_inputs(9, 5, 6, 40, 16, seed=21, eig_dirs_kind=sys.argv[2])
 results = {}
 for c in COMPARISONS:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from qkalign.matching import best_assignment, match_heads, matched_chance
-from qkalign.synthetic import SyntheticSpec, make_weights, qkdata_from_weights
+from qkalign.stats.head_matching import best_assignment, match_heads, matched_chance
+from qkalign.weights.synthetic import SyntheticSpec, make_weights, qkdata_from_weights
 
 PERM = np.array([2, 0, 3, 1])
 

@@ -12,9 +12,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from qkalign import reference
-from qkalign.matching import best_assignment, match_heads, matched_chance, orthonormal_rows, row_factors
-from qkalign.synthetic import SyntheticSpec, make_qkdata
+from qkalign.stats import reference
+from qkalign.stats.head_matching import best_assignment, match_heads, matched_chance, orthonormal_rows, row_factors
+from qkalign.weights.synthetic import SyntheticSpec, make_qkdata
 
 STAT_KEYS = ("pa_mean_cos", "pa_min_cos", "top1_overlap", "spectral_cos", "spectral_abs_cos", "sign_agreement",
              "heads_moved")

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import REPO_ROOT
-from measure_models import write_model
+from qkalign.testing.model_folders import write_model
 from qkalign import load
-from qkalign.measurement import measure
+from qkalign.weights.measure import measure
 
 
 def _tiny(folder, model_type="qwen3", **kwargs):

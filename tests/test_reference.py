@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from qkalign import analyze, reference
-from qkalign.analysis import layer_ranges, normalize_anchor
-from qkalign.synthetic import SyntheticSpec, make_weights, qkdata_from_weights
+from qkalign import analyze
+from qkalign.stats import reference
+from qkalign.stats.analyze import layer_ranges, normalize_anchor
+from qkalign.weights.synthetic import SyntheticSpec, make_weights, qkdata_from_weights
 
 SPEC = SyntheticSpec(5, 4, 2, 4, 20, topk=5, drift=0.3, seed=11)
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from qkalign.cholesky_qr import householder_rows
+from qkalign.stats.reference import householder_rows
 from qkalign.kernels.small_linalg import singular_values
 
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from qkalign import reference
-from qkalign.synthetic import SyntheticSpec, make_weights, qkdata_from_weights
+from qkalign.stats import reference
+from qkalign.weights.synthetic import SyntheticSpec, make_weights, qkdata_from_weights
 
 SPEC = SyntheticSpec(4, 4, 2, 3, 16, topk=4, drift=0.4, seed=21)
 

@@ -5,7 +5,7 @@ import pytest
 
 import qkalign
 from qkalign.cli import bundled_example_path
-from qkalign.synthetic import PRESETS, SyntheticSpec, make_qkdata, make_weights
+from qkalign.weights.synthetic import PRESETS, SyntheticSpec, make_qkdata, make_weights
 
 
 def test_bundled_example_is_the_example_preset():

@@ -1,13 +1,17 @@
-"""The Numba backend: the reference's functions, computed by cached Numba kernels.
+"""The Numba backend: the functions of :mod:`qkalign.stats.reference`, computed by cached Numba kernels.
 
-Each public function has the signature and the result of its namesake in
-:mod:`qkalign.reference` (to rounding; ``qkalign.comparison`` pairs them and the
-tests hold them to it). The wrappers check and prepare the input in Python (and
-run the O(n) products that BLAS does best); the ``@njit(cache=True)`` kernels
-behind them never raise and call no BLAS. The heavy ones are ``parallel=True``
-and write only to output slots owned by their ``prange`` iteration, so results
-are bit-identical for any ``NUMBA_NUM_THREADS``; kernels whose whole work is a
-fraction of a millisecond are serial (see ``threads``).
+Each public function has the signature and the result of its namesake in the reference
+(to rounding; ``qkalign.testing.comparisons`` pairs them and the tests hold them to it).
+The wrappers check and prepare the input in Python (``arguments``) and run the O(n)
+products that BLAS does best; the ``@njit(cache=True)`` kernels behind them never raise and
+call no BLAS. The heavy ones are ``parallel=True`` and write only to output slots owned by
+their ``prange`` iteration, so results are bit-identical for any ``NUMBA_NUM_THREADS``;
+kernels whose whole work is a fraction of a millisecond run on one thread (``thread_count``).
+
+Modules: ``operator_cos`` (a, b), ``signs`` (c and the spectra's signs), ``grams`` +
+``principal_angles`` + ``small_linalg`` (d), ``top1``, ``spectral``; ``pair_lists`` names the
+layer pairs a kernel loops over. ``block_sums`` serves ``qkalign.weights.measure``, not the
+backend.
 """
 
 from .operator_cos import operator_cos_per_head, rescale_to_anchor

@@ -19,11 +19,11 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ..blas_threads import one_blas_thread
-from ..cholesky_qr import GERSHGORIN_RADIUS_LIMIT
-from . import pairs
+from ..linalg.blas_threads import one_blas_thread
+from ..linalg.cholesky_qr import GERSHGORIN_RADIUS_LIMIT
+from . import pair_lists
 from .small_linalg import FASTMATH, cholesky_qr_factor, dot
-from .threads import threads_for
+from .thread_count import threads_for
 
 
 @njit(fastmath=FASTMATH, cache=True, error_model="numpy")
@@ -118,13 +118,13 @@ def grams_all_pairs(eig_dirs):
     """Self Grams (L, H, k, k) and the cross Grams of every pair of layers ``i < j``.
 
     Returns ``(self_grams, blocks)``: ``blocks[h, q] = A_i A_j^T`` (H, Q, k, k) for the pairs
-    ``(i, j) = pairs.all_unordered(L)[:, q]``, ``A_i = eig_dirs[i, h]``. Per head one SYRK
+    ``(i, j) = pair_lists.all_unordered(L)[:, q]``, ``A_i = eig_dirs[i, h]``. Per head one SYRK
     ``X_h X_h^T`` (``X_h`` the rows of all layers stacked) gives all of them; each worker
     thread keeps one head's rows and Gram at a time and copies out the blocks above the
     diagonal, so the full (H, L k, L k) Grams are never held at once.
     """
     num_layers, num_heads, k, n = eig_dirs.shape
-    first, second = pairs.all_unordered(num_layers)
+    first, second = pair_lists.all_unordered(num_layers)
     layers = np.arange(num_layers)
     self_grams = np.empty((num_layers, num_heads, k, k))
     blocks = np.empty((num_heads, first.size, k, k))

@@ -7,7 +7,7 @@ millisecond, less than waking the worker threads of a ``prange`` (see ``threads`
 import numpy as np
 from numba import njit
 
-from .checks import float_array, layer_index
+from .arguments import float_array, layer_index
 
 
 @njit(cache=True, error_model="numpy")
@@ -86,7 +86,7 @@ def _check_diagonal(bad):
 def operator_cos_per_head(gram):
     """Operator cosine ``cos[L, L', h] = gram[L, L', h] / (||g_L^h|| ||g_L'^h||)``.
 
-    Same as :func:`qkalign.reference.operator_cos_per_head`. gram: (L, L, H) -> (L, L, H) float64.
+    Same as :func:`qkalign.stats.reference.operator_cos_per_head`. gram: (L, L, H) -> (L, L, H) float64.
     """
     gram = _gram_array(gram)
     out = np.empty_like(gram)
@@ -97,7 +97,7 @@ def operator_cos_per_head(gram):
 def rescale_to_anchor(gram, anchor):
     """``(t_opt, mean_cos, mean_resid, resid_of_mean_cos)``, each (L,) float64.
 
-    Same as :func:`qkalign.reference.rescale_to_anchor`.
+    Same as :func:`qkalign.stats.reference.rescale_to_anchor`.
     """
     gram = _gram_array(gram)
     num_layers = gram.shape[0]

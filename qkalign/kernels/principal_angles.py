@@ -11,7 +11,7 @@ and everything of size n is in the Grams: the self Grams ``A A^T`` and the cross
 Grams ``A B^T`` (``grams``: a fused Numba pass for the pairs (layer, anchor), one
 BLAS SYRK per head outside any ``prange`` for all pairs). The rest sees only k x k
 matrices: Cholesky + triangular inverse per (layer, head) (in the fused pass for the
-pairs with the anchor, by batched LAPACK in :mod:`qkalign.cholesky_qr` for all
+pairs with the anchor, by batched LAPACK in :mod:`qkalign.linalg.cholesky_qr` for all
 pairs), then ``M`` and its singular values (bidiagonalisation + dqds) per (pair, head); the
 same pair kernel serves the pairs (layer, anchor) and all (layer, layer) pairs.
 
@@ -31,10 +31,11 @@ from ``M``; tests check cos = 1 - 1e-10 and identical layers against the referen
 import numpy as np
 from numba import njit, prange
 
-from ..cholesky_qr import factors_from_grams, householder_rows
-from . import pairs
-from .checks import eig_dirs_array, layer_index
-from .threads import threads_for
+from ..linalg.cholesky_qr import cholesky_qr_factors
+from ..stats.reference import householder_rows
+from . import pair_lists
+from .arguments import eig_dirs_array, layer_index
+from .thread_count import threads_for
 from .grams import grams_all_pairs, grams_to_anchor
 from .small_linalg import lower_times_transpose, singular_values
 
@@ -66,10 +67,10 @@ def _principal_cosines(cross, first, second, p, out):
 
 
 def _all_pairs_grams(eig_dirs):
-    """``(self_grams, cross (H, Q, k, k), p, ok)`` for the pairs ``pairs.all_unordered``: BLAS SYRK,
+    """``(self_grams, cross (H, Q, k, k), p, ok)`` for the pairs ``pair_lists.all_unordered``: BLAS SYRK,
     then the factors by batched LAPACK (a few ms; a numba loop would add ~1.6 s to a cold start)."""
     self_grams, cross = grams_all_pairs(eig_dirs)
-    p, ok = factors_from_grams(self_grams)
+    p, ok = cholesky_qr_factors(self_grams)
     return self_grams, cross, p, ok
 
 
@@ -109,14 +110,14 @@ def orthonormalized(eig_dirs, grams_of):
 def principal_cosines_to_anchor(eig_dirs, anchor):
     """Principal-angle cosines between every layer's top-k span and the anchor's, per head.
 
-    Same as :func:`qkalign.reference.principal_cosines_to_anchor`.
+    Same as :func:`qkalign.stats.reference.principal_cosines_to_anchor`.
     eig_dirs: (L, H, k, n) -> (L, H, k) float64, descending along the last axis.
     """
     eig_dirs = eig_dirs_array(eig_dirs)
     num_layers, num_heads, k, _ = eig_dirs.shape
     anchor = layer_index(anchor, num_layers)
     cross, p, _ = orthonormalized(eig_dirs, lambda e: _anchor_grams(e, anchor))
-    first, second = pairs.to_anchor(num_layers, anchor)
+    first, second = pair_lists.to_anchor(num_layers, anchor)
     out = np.empty((num_layers, num_heads, k))
     with threads_for(_svd_work(out.shape)):
         _principal_cosines(cross, first, second, p, out)
@@ -126,7 +127,7 @@ def principal_cosines_to_anchor(eig_dirs, anchor):
 def principal_cosines_all_pairs(eig_dirs):
     """Principal-angle cosines between the top-k spans of every pair of layers, per head.
 
-    Same as :func:`qkalign.reference.principal_cosines_all_pairs`; each unordered
+    Same as :func:`qkalign.stats.reference.principal_cosines_all_pairs`; each unordered
     pair is computed once and mirrored, so ``cos[i, j] == cos[j, i]`` exactly, and a
     layer's span with itself has all cosines exactly 1 (as the reference's sines give).
     eig_dirs: (L, H, k, n) -> (L, L, H, k) float64.
@@ -134,7 +135,7 @@ def principal_cosines_all_pairs(eig_dirs):
     eig_dirs = eig_dirs_array(eig_dirs)
     num_layers, num_heads, k, _ = eig_dirs.shape
     cross, p, _ = orthonormalized(eig_dirs, _all_pairs_grams)
-    first, second = pairs.all_unordered(num_layers)
+    first, second = pair_lists.all_unordered(num_layers)
     pair_cos = np.empty((first.size, num_heads, k))
     with threads_for(_svd_work(pair_cos.shape)):
         _principal_cosines(cross, first, second, p, pair_cos)

@@ -5,9 +5,9 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from . import pairs
-from .checks import float_array, k_value, k_value_array, layer_index
-from .threads import threads_for
+from . import pair_lists
+from .arguments import float_array, k_value, k_value_array, layer_index
+from .thread_count import threads_for
 
 
 #: Signs are packed 64 to a word: a pair's agreement is a few bitwise operations a word.
@@ -147,7 +147,7 @@ def _signed_spectra_of(sym_eigs, k, with_mass):
 def signed_mass(sym_eigs):
     """Signed spectral mass ``sum(lambda) / sum(|lambda|) = tr(g) / ||spectrum||_1``: (L, H, m) -> (L, H).
 
-    Same as :func:`qkalign.reference.signed_mass`.
+    Same as :func:`qkalign.stats.reference.signed_mass`.
     """
     return _signed_spectra_of(sym_eigs, 1, True)[0]
 
@@ -155,7 +155,7 @@ def signed_mass(sym_eigs):
 def fraction_positive_topk(sym_eigs, k):
     """Fraction of positive eigenvalues among the top-k (|lambda| order): (L, H, m) -> (L, H).
 
-    Same as :func:`qkalign.reference.fraction_positive_topk`.
+    Same as :func:`qkalign.stats.reference.fraction_positive_topk`.
     """
     return _signed_spectra_of(sym_eigs, k, False)[1]
 
@@ -181,29 +181,29 @@ def _pairs_sign_agreement(sym_eigs, pairs, k_values):
 def sign_agreement(sym_eigs, anchor, k_values):
     """Fraction of the top-k eigenvalues whose sign equals the anchor's, per (k, L, h).
 
-    Same as :func:`qkalign.reference.sign_agreement`. sym_eigs: (L, H, m) -> (len(k_values), L, H).
+    Same as :func:`qkalign.stats.reference.sign_agreement`. sym_eigs: (L, H, m) -> (len(k_values), L, H).
     """
     sym_eigs = float_array(sym_eigs, 3, "sym_eigs", check_finite=False)  # nan: counted as numpy does
     anchor = layer_index(anchor, sym_eigs.shape[0])
-    return _pairs_sign_agreement(sym_eigs, pairs.to_anchor(sym_eigs.shape[0], anchor), k_values)
+    return _pairs_sign_agreement(sym_eigs, pair_lists.to_anchor(sym_eigs.shape[0], anchor), k_values)
 
 
 def sign_agreement_all_pairs(sym_eigs, k_values):
     """Top-k sign agreement between every pair of layers, per head.
 
-    Same as :func:`qkalign.reference.sign_agreement_all_pairs`.
+    Same as :func:`qkalign.stats.reference.sign_agreement_all_pairs`.
     sym_eigs: (L, H, m) -> (len(k_values), L, L, H) float64.
     """
     sym_eigs = float_array(sym_eigs, 3, "sym_eigs", check_finite=False)  # nan: counted as numpy does
     num_layers = sym_eigs.shape[0]
-    out = _pairs_sign_agreement(sym_eigs, pairs.all_ordered(num_layers), k_values)
+    out = _pairs_sign_agreement(sym_eigs, pair_lists.all_ordered(num_layers), k_values)
     return out.reshape(out.shape[0], num_layers, num_layers, out.shape[2])
 
 
 def fraction_positive(sym_eigs):
     """Fraction of positive eigenvalues per layer over all heads: (L, H, m) -> (L,).
 
-    Same as :func:`qkalign.reference.fraction_positive`.
+    Same as :func:`qkalign.stats.reference.fraction_positive`.
     """
     sym_eigs = float_array(sym_eigs, 3, "sym_eigs", check_finite=False)  # nan > 0 is False, as in numpy
     counts = np.empty(sym_eigs.shape[0], dtype=np.int64)

@@ -268,7 +268,7 @@ def singular_values(a, out):
 def cholesky_qr_factor(gram, radius_limit, p):
     """``P`` (k, k) lower triangular with orthonormal rows ``P A``, from ``gram = A A^T``.
 
-    One block of :func:`qkalign.cholesky_qr.factors_from_grams`, for use inside kernels
+    One block of :func:`qkalign.linalg.cholesky_qr.cholesky_qr_factors`, for use inside kernels
     (``radius_limit`` is its ``GERSHGORIN_RADIUS_LIMIT``).
 
     With ``D`` scaling the rows to unit length and ``D A A^T D = R^T R`` (Cholesky),

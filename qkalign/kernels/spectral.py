@@ -2,13 +2,13 @@
 
 import numpy as np
 
-from .checks import float_array
+from .arguments import float_array
 
 
 def spectral_cos_all_pairs(sym_eigs, absolute=False):
     """Cosine between the eigenvalue vectors (or, ``absolute``, their magnitudes) of every two layers, per head.
 
-    Same as :func:`qkalign.reference.spectral_cos_all_pairs`. sym_eigs: (L, H, m) -> (L, L, H).
+    Same as :func:`qkalign.stats.reference.spectral_cos_all_pairs`. sym_eigs: (L, H, m) -> (L, L, H).
     All pairs of a head are one (L x m) @ (m x L) product of the unit vectors, so BLAS takes it
     (one batched call over heads, no kernel): like the all-pairs top-1 overlap, the work is a GEMM.
     """

@@ -3,10 +3,10 @@
 import numpy as np
 from numba import njit, prange
 
-from . import pairs
-from .checks import eig_dirs_array, layer_index
+from . import pair_lists
+from .arguments import eig_dirs_array, layer_index
 from .small_linalg import FASTMATH
-from .threads import threads_for
+from .thread_count import threads_for
 
 
 @njit(fastmath=FASTMATH, cache=True, error_model="numpy")
@@ -44,17 +44,17 @@ def _pairs_top1_overlap(eig_dirs, first, second):
 def top1_overlap(eig_dirs, anchor):
     """Squared cosine between each head's top eigenvector and the anchor's: (L, H, k, n) -> (L, H).
 
-    Same as :func:`qkalign.reference.top1_overlap`.
+    Same as :func:`qkalign.stats.reference.top1_overlap`.
     """
     eig_dirs = eig_dirs_array(eig_dirs)
     num_layers = eig_dirs.shape[0]
-    return _pairs_top1_overlap(eig_dirs, *pairs.to_anchor(num_layers, layer_index(anchor, num_layers)))
+    return _pairs_top1_overlap(eig_dirs, *pair_lists.to_anchor(num_layers, layer_index(anchor, num_layers)))
 
 
 def top1_overlap_all_pairs(eig_dirs):
     """Squared cosine between the top eigenvectors of every pair of layers: (L, H, k, n) -> (L, L, H).
 
-    Same as :func:`qkalign.reference.top1_overlap_all_pairs`. All pairs of a head are
+    Same as :func:`qkalign.stats.reference.top1_overlap_all_pairs`. All pairs of a head are
     one (L x n) @ (n x L) product, so BLAS takes the dot products (one call per head,
     outside any prange); the normalisation is elementwise.
     """

@@ -1,7 +1,7 @@
 """Tiny Hugging Face model folders of every layout ``qkalign measure`` reads, and their dense truth.
 
 Each folder is written from per-head weights the way the architecture's modeling code
-lays them out (built here independently of ``qkalign.layouts``), and ``dense_truth``
+lays them out (built here independently of ``qkalign.weights.layouts``), and ``dense_truth``
 computes the expected arrays the slow obvious way: ``g = K^T Q`` as an (n, n) float64
 matrix, Frobenius products, and ``eigh`` of ``(g + g^T)/2``.
 """
@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from threadpoolctl import threadpool_limits
 
 LLAMA_STYLE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2", "granite")
 FUSED = ("phi3", "gpt2", "gpt_neox", "bert")
@@ -166,30 +165,3 @@ def write_tensors(folder, tensors, shards, rng):
         save_file({name: tensors[name] for name in part}, str(folder / shard), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(part, shard))
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-
-
-def dense_truth(w_q, w_k, topk):
-    """gram, fro_sq, sym_eigs (L, H, 2 d, zero-padded) and the top-k eigenvectors, from dense float64 g.
-
-    The eigenvectors come as (L, H, topk, n) rows, sorted by ``|lambda|`` descending.
-    Single-threaded BLAS: multithreaded eigh of many small matrices crawls on a busy machine.
-    """
-    with threadpool_limits(1, user_api="blas"):
-        return _dense_truth(w_q, w_k, topk)
-
-
-def _dense_truth(w_q, w_k, topk):
-    L, H, d, n = w_q.shape
-    group = H // w_k.shape[1]
-    k = np.repeat(w_k, group, axis=1)
-    g = np.einsum("lhdi,lhdj->lhij", k, w_q)  # g = K^T Q, (n, n) per layer and head
-    gram = np.einsum("lhij,mhij->lmh", g, g)
-    fro_sq = np.einsum("lhab->lh", np.einsum("lhai,lhbi->lhab", k, w_q) ** 2)
-    lam, vec = np.linalg.eigh(0.5 * (g + np.swapaxes(g, -1, -2)))
-    order = np.argsort(-np.abs(lam), axis=-1, kind="stable")
-    lam = np.take_along_axis(lam, order, axis=-1)
-    vec = np.take_along_axis(vec, order[..., None, :], axis=-1)
-    sym_eigs = np.zeros((L, H, 2 * d))
-    m = min(2 * d, n)
-    sym_eigs[..., :m] = lam[..., :m]
-    return gram, fro_sq, sym_eigs, np.swapaxes(vec[..., :topk], -1, -2)

@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .blas_threads import on_cores
+from ..linalg.blas_threads import on_cores
 
 #: Default Monte Carlo sizes, for ~0.1 s at the Qwen3-4B shape (d 128, n 2560, k 16) on two
 #: cores: a spectrum costs ~2.8 ms of one core (a 256 x 256 eigenvalue problem), a pair of

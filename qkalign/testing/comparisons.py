@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import reference
-from .backends import get_backend
-from .cholesky_qr import householder_rows
+from ..stats import reference
+from ..stats.backends import get_backend
+from ..stats.reference import householder_rows
 
 #: Kinds of eigenvector rows :func:`random_inputs` makes.
 EIG_DIRS_KINDS = (

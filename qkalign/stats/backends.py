@@ -1,13 +1,13 @@
 """Compute backends: the numpy reference and (where available) the Numba kernels.
 
 A backend is a module with the functions :data:`BACKEND_FUNCTIONS` of
-``qkalign.reference``, with the same signatures; :func:`analyze` calls them for
+``qkalign.stats.reference``, with the same signatures; ``analyze`` calls them for
 all heavy work, so the numbers of a backend differ from the reference only by
-what its kernels compute. ``qkalign.comparison`` pairs each with its reference.
+what its kernels compute. ``qkalign.testing.comparisons`` pairs each with its reference.
 """
 
+from ..errors import InputError
 from . import reference
-from .errors import InputError
 
 #: The functions every backend provides, with the reference's signatures.
 BACKEND_FUNCTIONS = (
@@ -17,7 +17,7 @@ BACKEND_FUNCTIONS = (
     "fraction_positive",
     "principal_cosines_to_anchor",
     "top1_overlap",
-    # All layer pairs (``qkalign.layer_pairs``).
+    # All layer pairs (``qkalign.stats.all_pairs``).
     "sign_agreement_all_pairs",
     "top1_overlap_all_pairs",
     "principal_cosines_all_pairs",
@@ -38,7 +38,7 @@ def get_backend(name):
     if name == "numpy":
         return reference
     if name == "numba":
-        from . import kernels  # imports numba: only when asked for
+        from .. import kernels  # imports numba: only when asked for
 
         return kernels
     raise InputError("--backend", "", "one of " + ", ".join(repr(n) for n in BACKEND_NAMES), repr(name))

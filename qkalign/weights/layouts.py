@@ -15,7 +15,8 @@ GPT-NeoX's ``query_key_value`` (q, k, v interleaved per head) and BERT's
 
 from dataclasses import dataclass
 
-from .errors import InputError
+from ..checks import positive_int
+from ..errors import InputError
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,8 @@ def _config_int(config, keys, source, default=None):
     """The first of ``keys`` present in ``config`` as a positive int (``default`` if none is)."""
     for key in keys:
         value = config.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(source, key, "a positive integer", repr(value))
-        return value
+        if value is not None:
+            return positive_int(value, source, key)
     if default is not None:
         return default
     raise InputError(source, keys[0], "this key to be present", "it missing")

@@ -25,24 +25,25 @@ level that selection alone reaches for random subspaces.
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .blas_threads import one_blas_thread
+from ..linalg.blas_threads import one_blas_thread
+from ..linalg.cholesky_qr import cholesky_qr_factors
 from .chance import bartlett_wishart_factor
-from .cholesky_qr import factors_from_grams, householder_rows
+from .reference import householder_rows
 
 
 def row_factors(rows):
     """Cholesky-QR factors ``P`` with orthonormal rows ``P A``, per block: (..., k, n) -> (..., k, k), (...,) bool.
 
-    :func:`qkalign.cholesky_qr.factors_from_grams` of the blocks' Grams ``A A^T``: where
+    :func:`qkalign.linalg.cholesky_qr.cholesky_qr_factors` of the blocks' Grams ``A A^T``: where
     ``ok`` is False (nearly dependent rows, a zero row) ``P`` is the identity and the
-    block is for Householder QR (:func:`qkalign.cholesky_qr.householder_rows`).
+    block is for Householder QR (:func:`qkalign.stats.reference.householder_rows`).
     """
     rows = np.asarray(rows, dtype=np.float64)
     with one_blas_thread():  # thousands of k x n x k products: one thread each is fastest
         gram = rows @ np.swapaxes(rows, -1, -2)
     if not np.isfinite(gram).all():
         raise ValueError("eigenvector rows hold nan or inf")
-    return factors_from_grams(gram)
+    return cholesky_qr_factors(gram)
 
 
 def orthonormal_rows(rows, factors, ok):

@@ -2,7 +2,7 @@
 
 Plain vectorised float64 numpy, written to be read. The Numba kernels in
 ``qkalign.kernels`` must agree with these functions (the comparison table in
-``qkalign.comparison`` pairs each kernel with its function here).
+``qkalign.testing.comparisons`` pairs each kernel with its function here).
 
 Notation: ``L`` layers, ``H`` query heads, ``k`` eigenvectors kept per head,
 ``n`` hidden size, ``g_L^h`` the QK operator of layer ``L``, head ``h``.
@@ -10,7 +10,7 @@ Notation: ``L`` layers, ``H`` query heads, ``k`` eigenvectors kept per head,
 
 import numpy as np
 
-from .blas_threads import one_blas_thread
+from ..linalg.blas_threads import one_blas_thread
 
 #: The seed's list of top-k values for the sign agreement (only those <= spectrum length are used).
 SIGN_K_VALUES = (2, 4, 8, 16, 32, 64, 128, 256)
@@ -34,11 +34,6 @@ def operator_cos_per_head(gram):
     return gram / (norms[:, None, :] * norms[None, :, :])
 
 
-def operator_cos(gram):
-    """Head-averaged operator cosine ``mean_h cos[L, L', h]``: (L, L, H) -> (L, L)."""
-    return operator_cos_per_head(gram).mean(axis=2)
-
-
 def adjacent_cos(cos):
     """Cosines of adjacent layers ``cos[L, L+1]``: (L, L) -> (L-1,)."""
     return np.diagonal(cos, offset=1).copy()
@@ -55,7 +50,7 @@ def rescale_to_anchor(gram, anchor):
     t_opt : (L,) float64
         ``mean_h gram[L, a, h] / gram[a, a, h]``.
     mean_cos : (L,) float64
-        ``mean_h cos[L, a, h]`` (equal to ``operator_cos(gram)[:, a]``).
+        ``mean_h cos[L, a, h]`` (the anchor's column of the head-averaged cosine).
     mean_resid : (L,) float64
         ``mean_h sqrt(1 - cos[L, a, h]^2)``, the per-head residual fraction averaged.
     resid_of_mean_cos : (L,) float64
@@ -101,6 +96,11 @@ def orthonormal_bases(eig_dirs):
     with one_blas_thread():
         q, _ = np.linalg.qr(np.swapaxes(eig_dirs, -1, -2))
     return q
+
+
+def householder_rows(rows):
+    """:func:`orthonormal_bases` as rows: (..., k, n) -> (..., k, n), orthonormal rows of the same spans."""
+    return np.swapaxes(orthonormal_bases(rows), -1, -2)
 
 
 def _cosines_and_sines(qa, qb):
@@ -194,7 +194,7 @@ def principal_cosines_all_pairs(eig_dirs):
     return np.stack([principal_cosines(q_i[None], q) for q_i in q])
 
 
-# ---- Spectra of the symmetric parts (issue 5) ----------------------------------------------
+# Spectra of the symmetric parts: their shape and their signs.
 
 
 def spectral_cos_all_pairs(sym_eigs, absolute=False):

@@ -14,14 +14,12 @@ With ``Q``, ``K`` the (d, n) blocks of one head and ``g = K^T Q``:
   ``L^T J L`` then has exactly ``d`` positive and ``d`` negative eigenvalues.
 """
 
-from functools import lru_cache
-
 import numpy as np
-import scipy.linalg
 
-# Eigenvalues of A A^T below this fraction of the largest are taken as exact zeros
-# (tied Q and K, or hidden < 2 d): their directions carry no part of S.
-_RANK_TOL = 1e-12
+#: ``A A^T`` counts as rank-deficient (tied Q and K, hidden < 2 d) where an eigenvalue or a
+#: squared Cholesky pivot is below this fraction of the largest: a few hundred times the
+#: relative rounding of ``A A^T`` when its products are computed in that precision.
+RANK_TOL = {"float32": 1e-5, "float64": 1e-12}
 
 
 def layer_gram_from_blocks(qq, kk, num_layers, head_dim):
@@ -31,40 +29,6 @@ def layer_gram_from_blocks(qq, kk, num_layers, head_dim):
     """
     prod = np.asarray(qq, dtype=np.float64) * np.asarray(kk, dtype=np.float64)
     return prod.reshape(num_layers, head_dim, num_layers, head_dim).sum(axis=(1, 3))
-
-
-@lru_cache(maxsize=None)
-def _block_sum_kernel():
-    # Compiled on first use: importing numba costs half a second that synthetic models don't need.
-    import numba
-
-    # nogil: callers run it beside other work; reassoc lets the float64 sums vectorise.
-    @numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-    def kernel(qq, kk, head_dim, out):
-        num_layers = out.shape[0]
-        for a in range(num_layers):
-            for b in range(a + 1):
-                total = 0.0
-                for i in range(a * head_dim, (a + 1) * head_dim):
-                    for j in range(b * head_dim, (b + 1) * head_dim):
-                        total += np.float64(qq[i, j]) * np.float64(kk[i, j])
-                out[a, b] = total
-                out[b, a] = total
-
-    return kernel
-
-
-def layer_gram_accumulated(qq, kk, num_layers, head_dim):
-    """:func:`layer_gram_from_blocks` for float32 (or float64) Grams, summed in float64.
-
-    Each product ``qq * kk`` is formed and summed in float64 without float64 copies of
-    the (L d, L d) inputs; only the blocks ``L' <= L`` are visited (both Grams are symmetric).
-
-    qq, kk: (L d, L d) float32 or float64, C-contiguous -> (L, L) float64.
-    """
-    out = np.empty((num_layers, num_layers))
-    _block_sum_kernel()(np.ascontiguousarray(qq), np.ascontiguousarray(kk), head_dim, out)
-    return out
 
 
 def stacked_gram(blocks):
@@ -92,7 +56,7 @@ def symmetric_part_eigen(k_block, q_block, topk):
     """
     d = k_block.shape[-2]
     a = np.concatenate([k_block, q_block], axis=-2)  # (..., 2d, n)
-    c, inverse_factor, keep = _factor_from_eigh(*np.linalg.eigh(a @ np.swapaxes(a, -1, -2)), _RANK_TOL)
+    c, inverse_factor, keep = _factor_from_eigh(*np.linalg.eigh(a @ np.swapaxes(a, -1, -2)), RANK_TOL["float64"])
     j = np.zeros((2 * d, 2 * d))
     j[:d, d:] = j[d:, :d] = 0.5 * np.eye(d)
     lam, w = _by_magnitude(*np.linalg.eigh(np.swapaxes(c, -1, -2) @ j @ c))
@@ -147,7 +111,8 @@ def _complete_rows(vecs, lam, topk):
     return out
 
 
-def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=_RANK_TOL, eigen_dtype=np.float64):
+def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=RANK_TOL["float64"],
+                                   eigen_dtype=np.float64):
     """:func:`symmetric_part_eigen` given ``G = A A^T`` for ``A = [K; Q]``.
 
     ``G`` comes from Grams computed anyway (its diagonal blocks ``K K^T``, ``Q Q^T`` sit in the
@@ -198,10 +163,12 @@ def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=_RAN
         lam, w = _by_magnitude(*_eigh(j_form, eigen_dtype), columns=m)
     else:
         lam, w = _rayleigh_ritz(j_form, *_by_magnitude(*_eigh(j_form, eigen_dtype), columns=min(2 * m, two_d)))
+    from scipy.linalg import solve_triangular  # only measure needs scipy: imported here
+
     coef = np.empty((len(g), two_d, m))
     for i in range(len(g)):
         if full[i]:
-            coef[i] = scipy.linalg.solve_triangular(c[i], w[i, :, :m], lower=True, trans="T")
+            coef[i] = solve_triangular(c[i], w[i, :, :m], lower=True, trans="T")
         else:
             lam[i, rank[i]:] = 0.0  # S vanishes off span(A^T): these are exact zeros
             coef[i] = inverse_factor[i] @ w[i, :, :m]

@@ -1,4 +1,4 @@
-"""Lazy, checked access to a Hugging Face model folder: ``config.json`` and safetensors weights.
+"""A Hugging Face model folder, read lazily and checked: ``config.json`` and safetensors weights.
 
 Weights come from ``model.safetensors`` or from the shards listed in
 ``model.safetensors.index.json`` (in any order). Files are memory-mapped by
@@ -7,12 +7,12 @@ Every problem (a missing file or tensor, a corrupt or truncated file, a wrong sh
 or dtype) is an :class:`~qkalign.errors.InputError` naming the file and the tensor.
 """
 
-import json
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from .errors import InputError
+from ..checks import read_json_object
+from ..errors import InputError
 
 CONFIG_NAME = "config.json"
 SINGLE_FILE_NAME = "model.safetensors"
@@ -21,29 +21,16 @@ INDEX_NAME = "model.safetensors.index.json"
 READABLE_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
 
 
-def _read_json(path, what):
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        raise InputError(path, "", f"an existing {what}", "no such file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(path, "", f"a {what} in JSON", f"malformed JSON ({exc})") from None
-    if not isinstance(doc, dict):
-        raise InputError(path, "", f"a {what} holding a JSON object", type(doc).__name__)
-    return doc
-
-
 def read_config(model_dir):
     """``MODEL_DIR/config.json`` as a dict."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise InputError(model_dir, "", "a model folder (config.json plus safetensors weights)",
                          "no such directory" if not model_dir.exists() else "a file")
-    return _read_json(model_dir / CONFIG_NAME, "model config")
+    return read_json_object(model_dir / CONFIG_NAME, "model config")
 
 
-class Checkpoint:
+class ModelFolder:
     """The tensors of a model folder, opened lazily.
 
     Parameters
@@ -59,7 +46,7 @@ class Checkpoint:
         self._handles = {}
         if index_path.exists():
             self.source = index_path
-            weight_map = _read_json(index_path, "safetensors index").get("weight_map")
+            weight_map = read_json_object(index_path, "safetensors index").get("weight_map")
             if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
                 raise InputError(index_path, "weight_map", "an object mapping tensor names to shard files",
                                  type(weight_map).__name__)
@@ -122,7 +109,7 @@ class Checkpoint:
             raise InputError(path, name, "readable tensor data", f"an unreadable slice ({exc})") from None
 
     def read_block(self, source):
-        """The ``(d, n)`` block a :class:`~qkalign.layouts.BlockSource` names, in its stored dtype."""
+        """The ``(d, n)`` block a :class:`~qkalign.weights.layouts.BlockSource` names, in its stored dtype."""
         rows = slice(source.start, source.stop)
         if source.transposed:
             block = self._read(source.tensor, (slice(None), rows)).T
@@ -135,6 +122,6 @@ class Checkpoint:
         return block
 
     def read_gain(self, source, dtype):
-        """``offset + w[start:stop]`` for a :class:`~qkalign.layouts.GainSource`, as a ``dtype`` tensor."""
+        """``offset + w[start:stop]`` for a :class:`~qkalign.weights.layouts.GainSource`, as a ``dtype`` tensor."""
         # The offset is added in the compute precision: 1 + w in bfloat16 would round.
         return self._read(source.tensor, slice(source.start, source.stop)).to(dtype) + source.offset

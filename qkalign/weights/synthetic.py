@@ -7,16 +7,16 @@ layer (up to scale), ``drift = 1`` independent layers, and in between the operat
 cosine decays roughly as ``(1 - drift)^|L - L'|``. Weights are float32 like a
 checkpoint; everything derived from them is float64.
 
-Run ``python -m qkalign.synthetic PRESET -o PREFIX`` to write the seed's two files.
+``qkalign synthetic PRESET -o PREFIX`` writes a preset's files in the seed's format.
 """
 
-import argparse
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from .operators import layer_gram_from_blocks, stacked_gram, symmetric_part_eigen
-from .qkdata import QKData
+from ..qkdata import QKData
+from . import DEFAULT_TOPK
+from .factored_operator import layer_gram_from_blocks, stacked_gram, symmetric_part_eigen
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class SyntheticSpec:
     num_kv_heads: int
     head_dim: int
     hidden_size: int
-    topk: int = 16
+    topk: int = DEFAULT_TOPK
     drift: float = 0.1
     scale_growth: float = 0.02
     seed: int = 0
@@ -126,23 +126,3 @@ def make_qkdata(spec):
 def spec_from_args(preset, **overrides):
     """A preset with some fields replaced (those given as not None)."""
     return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
-
-
-def main(argv=None):
-    """``python -m qkalign.synthetic PRESET -o PREFIX``: write a synthetic model's seed-format inputs."""
-    from .io import save
-
-    ap = argparse.ArgumentParser(prog="python -m qkalign.synthetic", description=main.__doc__)
-    ap.add_argument("preset", choices=sorted(PRESETS))
-    ap.add_argument("-o", "--output", required=True, help="output prefix (writes PREFIX.json, PREFIX-eigdirs.pt)")
-    ap.add_argument("--num-layers", type=int)
-    ap.add_argument("--drift", type=float)
-    ap.add_argument("--seed", type=int)
-    args = ap.parse_args(argv)
-    spec = spec_from_args(args.preset, num_layers=args.num_layers, drift=args.drift, seed=args.seed)
-    json_path, pt_path = save(make_qkdata(spec), args.output)
-    print(f"wrote {json_path} and {pt_path}")
-
-
-if __name__ == "__main__":
-    main()

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import positive_int, read_json_object
 from .errors import InputError
-from .qkdata import QKData
+from .qkdata import SHAPE_FIELDS, QKData
 
-SHAPE_KEYS = ("num_layers", "num_heads", "head_dim", "hidden_size")
+#: The keys every grams JSON has.
+JSON_KEYS = SHAPE_FIELDS + ("gram", "fro_sq")
 _ACCEPTED_TENSOR_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32", "torch.float64")
 
 
@@ -45,25 +47,11 @@ def resolve_eigdirs_path(json_path, declared=None, override=None):
     return declared
 
 
-def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        raise InputError(path, "", "an existing grams JSON file", "no such file") from None
-    except IsADirectoryError:
-        raise InputError(path, "", "a grams JSON file", "a directory") from None
-    except UnicodeDecodeError as exc:
-        raise InputError(path, "", "a UTF-8 JSON document", f"undecodable bytes ({exc.reason})") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(path, "", "a JSON document",
-                         f"malformed JSON at line {exc.lineno} column {exc.colno} ({exc.msg})") from None
-    if not isinstance(doc, dict):
-        raise InputError(path, "", "a JSON object with the keys " + ", ".join(SHAPE_KEYS + ("gram", "fro_sq")),
-                         type(doc).__name__)
-    for key in SHAPE_KEYS + ("gram", "fro_sq"):
-        if key not in doc:
-            raise InputError(path, key, "this key to be present", "it missing")
+def _read_grams_json(path):
+    """The grams JSON as a dict with every key of :data:`JSON_KEYS` checked for presence and type."""
+    doc = read_json_object(path, "grams JSON", required=JSON_KEYS)
+    for key in SHAPE_FIELDS:
+        positive_int(doc[key], path, key)
     if "eigdirs_path" in doc and not isinstance(doc["eigdirs_path"], str):
         raise InputError(path, "eigdirs_path", "a string path", repr(doc["eigdirs_path"]))
     return doc
@@ -120,15 +108,11 @@ def load(path, eigdirs=None):
         One line naming the file and the field for any unreadable or inconsistent input.
     """
     path = Path(path)
-    doc = _read_json(path)
+    doc = _read_grams_json(path)
     pt_path = resolve_eigdirs_path(path, doc.get("eigdirs_path"), eigdirs)
-    shape = {key: doc[key] for key in SHAPE_KEYS}
-    for key, value in shape.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(path, key, "a positive integer", repr(value))
     tensors = _read_pt(pt_path)
-    extra = {k: v for k, v in doc.items() if k not in SHAPE_KEYS + ("gram", "fro_sq", "eigdirs_path")}
-    return QKData(**shape, gram=doc["gram"], fro_sq=doc["fro_sq"],
+    extra = {k: v for k, v in doc.items() if k not in JSON_KEYS + ("eigdirs_path",)}
+    return QKData(**{key: doc[key] for key in SHAPE_FIELDS}, gram=doc["gram"], fro_sq=doc["fro_sq"],
                   eig_dirs=tensors["eig_dirs"], sym_eigs=tensors["sym_eigs"],
                   json_path=str(path), eigdirs_path=str(pt_path), extra=extra)
 
@@ -158,7 +142,7 @@ def save(data, prefix, eig_dirs_dtype="float32"):
     json_path = prefix.with_name(prefix.name + ".json")
     pt_path = default_eigdirs_path(json_path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {key: getattr(data, key) for key in SHAPE_KEYS}
+    doc = {key: getattr(data, key) for key in SHAPE_FIELDS}
     doc.update({k: v for k, v in data.extra.items() if k not in doc})
     doc["gram"] = data.gram.tolist()
     doc["fro_sq"] = data.fro_sq.tolist()

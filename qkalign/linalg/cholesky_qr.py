@@ -7,23 +7,22 @@ like ``eps cond(A)^2``, so a block is trusted (``ok``) only where Gershgorin bou
 unit-diagonal Gram's eigenvalues to ``[1 - r, 1 + r]`` with ``r <= 1/2`` (cond <= 3:
 stored eigenvectors, whose rows are orthonormal up to rounding, have ``r ~ 1e-8``);
 other blocks (nearly dependent rows, a zero row, nan) are left to Householder QR
-(:func:`householder_rows`).
+(:func:`qkalign.stats.reference.householder_rows`).
 
 Head matching and the all-pairs principal angles take their factors from here; the
-fused Numba pass of the to-anchor angles has the same rule in
-``qkalign.kernels.small_linalg.cholesky_qr_factor``.
+fused Numba pass of the to-anchor angles computes the same factor, one block at a time,
+with ``qkalign.kernels.small_linalg.cholesky_qr_factor``.
 """
 
 import numpy as np
 
-from . import reference
 from .blas_threads import one_blas_thread
 
 #: Largest Gershgorin radius of the unit-diagonal Gram for which Cholesky-QR is trusted.
 GERSHGORIN_RADIUS_LIMIT = 0.5
 
 
-def factors_from_grams(grams):
+def cholesky_qr_factors(grams):
     """Cholesky-QR factors per block: grams ``A A^T`` (..., k, k) -> ``P`` (..., k, k), ``ok`` (...,) bool.
 
     ``P A`` has orthonormal rows where ``ok``; elsewhere ``P`` is the identity and the
@@ -39,8 +38,3 @@ def factors_from_grams(grams):
         factors[ok] = np.linalg.inv(np.linalg.cholesky(unit[ok])) / norms[ok][..., None, :]
     return factors, ok
 
-
-def householder_rows(rows):
-    """Orthonormal rows spanning each block of ``rows`` (..., k, n), by Householder QR:
-    :func:`qkalign.reference.orthonormal_bases` as rows, for the blocks that are not ``ok``."""
-    return np.swapaxes(reference.orthonormal_bases(rows), -1, -2)

@@ -1,0 +1,61 @@
+"""Checks of user input shared by every reader: a JSON file holding an object, whole numbers in range.
+
+Each failure is one :class:`~qkalign.errors.InputError` line naming the file (or option),
+the field and what was expected.
+"""
+
+import json
+
+import numpy as np
+
+from .errors import InputError
+
+
+def read_json_object(path, what, required=()):
+    """The JSON object stored in ``path``, as a dict.
+
+    Parameters
+    ----------
+    path : str or Path
+    what : str
+        What the file is, for the error line ("grams JSON", "model config", ...).
+    required : sequence of str
+        Keys that must be present.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise InputError(path, "", f"an existing {what}", "no such file") from None
+    except IsADirectoryError:
+        raise InputError(path, "", f"a {what}", "a directory") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(path, "", f"a {what} in UTF-8 JSON", f"undecodable bytes ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(path, "", f"a {what} in JSON",
+                         f"malformed JSON at line {exc.lineno} column {exc.colno} ({exc.msg})") from None
+    if not isinstance(doc, dict):
+        raise InputError(path, "", f"a {what} holding a JSON object", type(doc).__name__)
+    for key in required:
+        if key not in doc:
+            raise InputError(path, key, "this key to be present", "it missing")
+    return doc
+
+
+def is_integer(value):
+    """A Python or numpy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def positive_int(value, source, field):
+    """``value`` as an ``int >= 1``; else one error line naming ``source`` and ``field``."""
+    if not is_integer(value) or value < 1:
+        raise InputError(source, field, "a positive integer", repr(value))
+    return int(value)
+
+
+def int_in_range(value, low, high, source, field="", why=""):
+    """``value`` as an int in ``low..high`` (both included); ``why`` explains the range in the error line."""
+    if not is_integer(value) or not low <= value <= high:
+        raise InputError(source, field, f"an integer in {low}..{high}" + (f" ({why})" if why else ""), repr(value))
+    return int(value)

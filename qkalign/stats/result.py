@@ -1,0 +1,99 @@
+"""`AnalysisResult`: every number of the report, and its JSON form."""
+
+import json
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+
+@dataclass(frozen=True, eq=False)
+class AnalysisResult:
+    """Every number of the report; ``to_dict``/``to_json`` give the JSON output.
+
+    Attributes
+    ----------
+    meta : dict
+        num_layers, num_heads, head_dim, hidden_size, topk, anchor, backend, input paths.
+    operator_cos : (L, L) float64
+        Head-averaged operator cosine.
+    operator_cos_per_head : (L, L, H) float64
+    adjacent : dict
+        mean, min, max of ``operator_cos[L, L+1]`` (nan for one layer).
+    to_anchor : dict of (L,) float64
+        cos, t_opt, resid_frac (``sqrt(1 - cos^2)`` of the head-averaged cos, as the seed).
+    rescale : dict of (L,) float64
+        mean_cos, mean_resid: per-head cos and residual fraction to the anchor, averaged.
+    sign_agreement : dict
+        k (list), and mean, early, mid, late (one value per k); per_layer_head (len(k), L, H).
+    frac_positive : (L,) float64
+        Fraction of positive eigenvalues of ``(g + g^T)/2`` per layer.
+    principal_angles : dict
+        mean_cos, min_cos, top1_overlap (each (L,), head-averaged) and cosines (L, H, k).
+    verdict : dict
+        mean_cos_to_anchor, mean_cos_adjacent, label, text, and
+        mean_cos_to_anchor_excluding_anchor (the seed's mean includes the anchor's own 1.0).
+    layer_ranges : dict
+        early, mid, late as ``[start, stop)`` layer bounds.
+    pairs : dict, optional
+        Every statistic for all layer pairs (see ``qkalign.stats.all_pairs.PAIR_KEYS``).
+    by_distance : dict, optional
+        Means of the pair statistics over the pairs at each layer distance.
+    signed_mass : (L, H) float64, optional
+        ``sum(lambda) / sum(|lambda|)`` of each head's spectrum.
+    frac_positive_topk : (L, H) float64, optional
+        Fraction of positive eigenvalues among the top-k (k = topk).
+    chance : dict, optional
+        Per statistic, its level for unrelated operators of this shape
+        (mean, sd of one head, method, seed, samples, note).
+    matched : dict, optional
+        Head-matched statistics (``qkalign.stats.head_matching.match_heads``), with ``match_heads=True``.
+    """
+
+    meta: dict
+    operator_cos: np.ndarray
+    operator_cos_per_head: np.ndarray
+    adjacent: dict
+    to_anchor: dict
+    rescale: dict
+    sign_agreement: dict
+    frac_positive: np.ndarray
+    principal_angles: dict
+    verdict: dict
+    layer_ranges: dict
+    pairs: dict = None
+    by_distance: dict = None
+    signed_mass: np.ndarray = None
+    frac_positive_topk: np.ndarray = None
+    chance: dict = None
+    matched: dict = None
+
+    def to_dict(self):
+        """Plain Python containers (lists, floats, ``None`` for nan), ready for ``json``.
+
+        Parts that were not computed (``None``) are left out.
+        """
+        return {f.name: plain(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def to_json(self, path=None, indent=None):
+        """The JSON text; also written to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        if path is not None:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+        return text
+
+
+def plain(value):
+    """``value`` with numpy arrays and scalars turned into lists, floats and ints, and nan into None."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist())
+    if isinstance(value, (float, np.floating)):
+        return None if not math.isfinite(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

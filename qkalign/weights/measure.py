@@ -1,0 +1,274 @@
+"""``measure``: a Hugging Face model folder's safetensors weights -> :class:`QKData`, on CPU.
+
+For each kv head ``g`` and each query head ``h`` reading it, with ``K``, ``Q`` the
+``(L, d, n)`` stacks of that head's blocks over all layers:
+
+- ``KK = K K^T`` and ``QQ = Q Q^T``, ``(L d, L d)`` SYRKs (``KK`` shared by the group), give
+  ``gram[L, L', h] = sum of the (L, L') block of KK * QQ`` (summed in float64);
+- ``K_L Q_L^T`` (d x d per layer) gives ``fro_sq = ||K_L Q_L^T||_F^2`` and, with the diagonal
+  blocks of ``KK`` and ``QQ``, ``G = A A^T`` for ``A = [K_L; Q_L]``, from which
+  :func:`~qkalign.weights.factored_operator.symmetric_part_eigen_from_gram` gets the spectrum and
+  eigenvectors of ``(g + g^T)/2``.
+
+That is ``(H + H_kv) (L d)^2 n / 2`` multiply-adds in the SYRKs plus ``H L d^2 n`` for
+``K Q^T`` and ``H L 2 d topk n`` for the eigenvectors; no hidden x hidden matrix is formed.
+Weights are read one head slice at a time. In ``float32`` mode the products and the
+2d x 2d eigen-problems run in float32, while the sums over blocks, ``G``, its Cholesky
+factor and a Rayleigh-Ritz refinement of the leading eigenpairs are float64;
+``float64`` mode is float64 throughout; the eigenvector rows are orthonormalised in float64
+either way. torch (for reading bfloat16) and numba are imported on first use.
+"""
+
+import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ..checks import int_in_range
+from ..errors import InputError
+from ..linalg.blas_threads import core_count, one_blas_thread
+from ..qkdata import QKData
+from . import DEFAULT_PRECISION, DEFAULT_TOPK, PRECISIONS
+from .factored_operator import RANK_TOL, stacked_gram, symmetric_part_eigen_from_gram
+from .layouts import find_prefix, layout_for, text_config
+from .model_folder import ModelFolder, read_config
+
+# Precision of the 2d x 2d eigen-problems: no finer than G, which float32 products round at ~1e-7.
+EIGEN_DTYPE = {"float32": np.float32, "float64": np.float64}
+BIASES_NOTE = "left out: the operator is W_K^T W_Q of the weights alone"
+ROPE_NOTE = "left out: the operator at relative position 0 (no rotary embedding applied)"
+
+
+def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PRECISION, progress=True):
+    """Grams and eigen-directions of the QK operators of a Hugging Face model's weights.
+
+    Parameters
+    ----------
+    model_dir : str or Path
+        Folder with ``config.json`` and ``model.safetensors`` (or ``model.safetensors.index.json``
+        and its shards).
+    topk : int
+        Eigenvectors kept per layer and head, ``1 <= topk <= min(2 d, n)``.
+    fold_norms : bool
+        Multiply the input norm's gain into the columns of W_Q and W_K, and QK-norm gains
+        (Qwen3, Gemma 3, OLMo2) into their rows (Gemma's gains are ``1 + w``).
+    precision : {"float32", "float64"}
+        Precision of the big products and the small eigen-problems; sums over blocks are
+        float64 either way. float32 results agree with float64 to about 1e-7 relative.
+    progress : bool
+        Show a tqdm progress bar on stderr.
+
+    Returns
+    -------
+    QKData
+        ``gram`` (L, L, H), ``fro_sq`` (L, H), ``eig_dirs`` (L, H, topk, n), ``sym_eigs``
+        (L, H, 2 d); ``extra`` records the model, layout, precision, folded gains and what is
+        left out (biases, RoPE).
+
+    Raises
+    ------
+    InputError
+        Missing or malformed config/weights, a missing tensor, a shape that disagrees with
+        config.json, an unsupported layout or dtype, a bad ``topk`` or ``precision``.
+    """
+    if precision not in PRECISIONS:
+        raise InputError("--precision", "", " or ".join(PRECISIONS), repr(precision))
+    folder, layout, shape = open_model(model_dir)
+    check_topk(topk, shape)
+    dtypes = check_tensors(layout, shape, folder, fold_norms)
+    arrays = compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress)
+    extra = measure_metadata(model_dir, layout, shape, folder, dtypes, precision, fold_norms, arrays)
+    return QKData(shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size, **arrays,
+                  json_path=str(folder.source), eigdirs_path=str(folder.source), extra=extra)
+
+
+def open_model(model_dir):
+    """``(ModelFolder, Layout, AttentionShape)`` of a model folder, the layout's weight prefix found."""
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    config = text_config(read_config(model_dir))
+    layout = layout_for(config, config_path)
+    shape = layout.shape(config, config_path)
+    folder = ModelFolder(model_dir)
+    find_prefix(layout, shape, folder.names(), folder.shape_of, folder.source)
+    return folder, layout, shape
+
+
+def check_topk(topk, shape):
+    """``topk`` fits the spectrum of ``(g + g^T)/2``: at most ``min(2 d, n)`` nonzero eigenvalues."""
+    limit = min(2 * shape.head_dim, shape.hidden_size)
+    return int_in_range(topk, 1, limit, "--topk", why=f"the spectrum of (g + g^T)/2 has at most "
+                        f"min(2*head_dim, hidden_size) = {limit} nonzero eigenvalues")
+
+
+def check_tensors(layout, shape, folder, fold_norms):
+    """Every tensor that will be read exists with the shape config.json implies (before any compute).
+
+    Returns the sorted list of the checkpoint dtypes found (``"BF16"``, ...).
+    """
+    dtypes = set()
+    for layer in range(shape.num_layers):
+        expected = layout.weight_shapes(shape, layer)
+        if fold_norms:
+            expected.update(layout.gain_shapes(shape, layer))
+        for name, tensor_shape in expected.items():
+            dtypes.add(folder.check(name, tensor_shape))
+    return sorted(dtypes)
+
+
+def measure_metadata(model_dir, layout, shape, folder, dtypes, precision, fold_norms, arrays):
+    """``QKData.extra`` of a measured model: where it came from and what was folded in or left out."""
+    biases = [name[: -len("weight")] + "bias" for name in layout.weight_shapes(shape, 0)]
+    has_biases = any(b in folder.names() for b in biases)
+    return {
+        "source": "qkalign measure",
+        "model_dir": str(model_dir),
+        "model_type": layout.model_type,
+        "layout": layout.name,
+        "weight_prefix": layout.prefix,
+        "num_kv_heads": shape.num_kv_heads,
+        "checkpoint_dtypes": dtypes,
+        "precision": precision,
+        "fold_norms": bool(fold_norms),
+        "folded_gains": layout.folded_gains() if fold_norms else [],
+        "biases": BIASES_NOTE + (" (the checkpoint has q/k biases)" if has_biases else " (the checkpoint has none)"),
+        "rope": ROPE_NOTE if layout.rotary else "none: absolute position embeddings, not part of W_Q, W_K",
+        # [K; Q] of numerical rank < 2 d in this precision (tied Q and K, n < 2 d, or ill-conditioned):
+        # their missing eigenvalues are exact zeros.
+        "rank_deficient_operators": int((arrays["sym_eigs"] == 0).any(axis=-1).sum()),
+    }
+
+
+def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress):
+    """The arrays of :class:`QKData` (gram, fro_sq, sym_eigs, eig_dirs) from the model's weights."""
+    import torch
+
+    reader = _HeadReader(layout, shape, folder, fold_norms, getattr(torch, precision))
+    torch_threads = torch.get_num_threads()
+    # torch only widens slices and runs single-threaded eigen-problems in worker threads;
+    # its multithreaded copies of small slices are ten times slower on a busy machine.
+    torch.set_num_threads(1)
+    try:
+        return _HeadTasks(reader, shape, topk, precision).run(progress)
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+@dataclass(frozen=True)
+class _HeadReader:
+    """Reads a head's ``(L, d, n)`` stack of blocks, norm gains folded in when asked."""
+
+    layout: object
+    shape: object
+    folder: ModelFolder
+    fold_norms: bool
+    dtype: object  # torch.float32 or torch.float64
+
+    def query(self, head):
+        return self._stack(self.layout.q_block, self.layout.q_gain, head)
+
+    def key(self, kv_head):
+        return self._stack(self.layout.k_block, self.layout.k_gain, kv_head)
+
+    def _stack(self, block_of, row_gain_of, head):
+        import torch
+
+        shape = self.shape
+        out = torch.empty((shape.num_layers, shape.head_dim, shape.hidden_size), dtype=self.dtype)
+        for layer in range(shape.num_layers):
+            out[layer].copy_(self.folder.read_block(block_of(shape, layer, head)))  # widening is exact
+            if self.fold_norms:
+                column_gain = self.layout.input_gain(shape, layer)
+                if column_gain is not None:  # W diag(gamma): the norm's output feeds W
+                    out[layer] *= self.folder.read_gain(column_gain, self.dtype)
+                row_gain = row_gain_of(shape, layer, head)
+                if row_gain is not None:  # diag(gamma) W: a QK-norm scales W's output
+                    out[layer] *= self.folder.read_gain(row_gain, self.dtype)[:, None]
+        return out.numpy()
+
+
+class _HeadTasks:
+    """The work of :func:`compute_arrays`, as tasks on one Python thread per core.
+
+    Each task runs on single-threaded BLAS: one per kv head (read ``K``, ``K K^T``), then one
+    per query head (read ``Q``, ``Q Q^T``, its gram column, ``K Q^T`` and the 2d x 2d
+    eigen-problems of every layer). Multithreaded BLAS would spend its time synchronising on
+    the many small matrices (up to a hundredfold on a busy machine), while independent
+    single-threaded SYRKs keep its full rate. A kv head's task is queued one group ahead of
+    the query heads that need it. BLAS stays limited to one thread per call (process-wide)
+    until the work is done.
+    """
+
+    def __init__(self, reader, shape, topk, precision):
+        self.reader, self.shape, self.topk, self.precision = reader, shape, topk, precision
+        L, H, d, n = shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size
+        self.out = dict(gram=np.empty((L, L, H)), fro_sq=np.empty((L, H)), sym_eigs=np.empty((L, H, 2 * d)),
+                        eig_dirs=np.empty((L, H, topk, n)))
+
+    def key_task(self, kv_head):
+        k = self.reader.key(kv_head)
+        return k, stacked_gram(k)
+
+    def query_task(self, head, key_job):
+        from ..kernels.block_sums import layer_gram_accumulated  # numba: imported when measuring
+
+        k, kk = key_job.result()
+        q = self.reader.query(head)
+        qq = stacked_gram(q)
+        out = self.out
+        out["gram"][:, :, head] = layer_gram_accumulated(qq, kk, self.shape.num_layers, self.shape.head_dim)
+        out["fro_sq"][:, head], out["sym_eigs"][:, head], out["eig_dirs"][:, head] = \
+            _layer_work(k, q, kk, qq, self.topk, self.precision)
+
+    def run(self, progress):
+        """Every task, a progress bar over query heads on stderr; returns the arrays."""
+        shape, workers = self.shape, core_count()
+        key_jobs, running = {}, deque()
+        with one_blas_thread(), ThreadPoolExecutor(workers) as pool, \
+                tqdm(total=shape.num_heads, desc="measure", unit="head", disable=not progress, file=sys.stderr) as bar:
+            try:
+                for kv_head in range(shape.num_kv_heads):
+                    for ahead in (kv_head, kv_head + 1):
+                        if ahead < shape.num_kv_heads and ahead not in key_jobs:
+                            key_jobs[ahead] = pool.submit(self.key_task, ahead)
+                    for head in range(kv_head * shape.group, (kv_head + 1) * shape.group):
+                        running.append(pool.submit(self.query_task, head, key_jobs[kv_head]))
+                        while len(running) > 2 * workers:  # bounds the memory held by queued heads
+                            running.popleft().result()
+                            bar.update()
+                    del key_jobs[kv_head]  # its K K^T is freed once its query heads are done
+                while running:
+                    running.popleft().result()
+                    bar.update()
+            except BaseException:
+                pool.shutdown(cancel_futures=True)
+                bar.leave = False  # the error line follows on a clean line
+                raise
+        return self.out
+
+
+def _layer_work(k, q, kk, qq, topk, precision):
+    """``fro_sq``, ``sym_eigs`` and ``eig_dirs`` of one head in every layer.
+
+    k, q: (L, d, n) blocks; kk, qq: their (L d, L d) stacked Grams.
+    """
+    d = k.shape[1]
+    kq = (k @ np.swapaxes(q, -1, -2)).astype(np.float64)  # (L, d, d): K_L Q_L^T
+    a_gram = np.empty((len(k), 2 * d, 2 * d))  # A A^T with A = [K_L; Q_L]
+    a_gram[:, :d, :d] = _diagonal_blocks(kk, d)
+    a_gram[:, :d, d:] = kq
+    a_gram[:, d:, :d] = np.swapaxes(kq, -1, -2)
+    a_gram[:, d:, d:] = _diagonal_blocks(qq, d)
+    sym_eigs, eig_dirs = symmetric_part_eigen_from_gram(k, q, a_gram, topk, RANK_TOL[precision],
+                                                        EIGEN_DTYPE[precision])
+    return np.einsum("lij,lij->l", kq, kq), sym_eigs, eig_dirs
+
+
+def _diagonal_blocks(gram, d):
+    """``gram[L d:(L+1) d, L d:(L+1) d]`` for every ``L``: (L, d, d)."""
+    layers = np.arange(gram.shape[0] // d)
+    return gram.reshape(len(layers), d, len(layers), d)[layers, :, layers]
