@@ -1,30 +1,20 @@
-"""Shared fixtures: synthetic inputs written in the seed's format, and a CLI runner."""
+"""Shared fixtures: synthetic inputs written in the seed's format, and the CLI run in this process.
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+Helpers that tests import (fresh processes, dense float64 constructions, tiny model folders)
+live in ``qkalign.testing``.
+"""
+
+from types import SimpleNamespace
 
 import pytest
 
-import qkalign
 from qkalign.seed_format import save
 from qkalign.weights.synthetic import PRESETS, SyntheticSpec, make_qkdata
-
-REPO_ROOT = Path(qkalign.__file__).resolve().parent.parent
-SEED_SCRIPT = Path(os.environ.get("QKALIGN_SEED_DIR", REPO_ROOT.parent / "shared" / "seed")) / "analyze_operator_alignment.py"
 
 #: 36 layers (the seed's fixed layer ranges fit), small heads so the suite stays fast.
 SPEC_36 = SyntheticSpec(36, 4, 2, 8, 40, topk=6, drift=0.15, seed=3)
 #: Fewer layers than the seed's ranges assume.
 SPEC_SMALL = PRESETS["small"]
-
-
-def run_cli(*args, cwd=None):
-    """``python -m qkalign ARGS`` with this checkout first on the path; returns CompletedProcess."""
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    return subprocess.run([sys.executable, "-m", "qkalign", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 @pytest.fixture()
@@ -33,8 +23,6 @@ def cli(capsys):
 
     An exception escaping ``main`` fails the test: the CLI must never show a traceback.
     """
-    from types import SimpleNamespace
-
     from qkalign.cli import main
 
     def run(*args):
@@ -47,6 +35,11 @@ def cli(capsys):
         return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def spec36():
+    return SPEC_36
 
 
 @pytest.fixture(scope="session")

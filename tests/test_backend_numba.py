@@ -1,24 +1,23 @@
 """``analyze(backend="numba")`` gives the numpy backend's result, and is the default."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import qkalign
 from qkalign import kernels
-from qkalign.stats.backends import BACKEND_FUNCTIONS, DEFAULT_BACKEND, get_backend
+from qkalign.stats.backends import BACKEND_FUNCTIONS, get_backend
 from qkalign.testing.comparisons import DOT_ATOL, RTOL
+from qkalign.testing.processes import run_qkalign
 from qkalign.weights.synthetic import PRESETS, make_qkdata
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def test_numba_is_the_default_backend():
-    assert DEFAULT_BACKEND == "numba"
+def test_numba_is_the_default_backend(data_small, cli):
+    # Called without a backend, analyze and the CLI run the kernels: the same numbers as asking for numba.
+    default = qkalign.analyze(data_small, chance=False)
+    assert default.meta["backend"] == "numba"
+    np.testing.assert_array_equal(default.operator_cos, qkalign.analyze(data_small, backend="numba",
+                                                                         chance=False).operator_cos)
+    assert cli("analyze").stdout.splitlines()[0].endswith("(backend numba)")
     assert get_backend("numba") is kernels
     assert all(callable(getattr(kernels, name)) for name in BACKEND_FUNCTIONS)
 
@@ -47,12 +46,11 @@ def test_analyze_numba_equals_numpy(preset, anchor):
     _assert_same(with_numba, with_numpy)
 
 
+@pytest.mark.slow
 def test_cli_backends_print_the_same_report():
     reports = {}
     for backend in ("numba", "numpy"):
-        proc = subprocess.run([sys.executable, "-m", "qkalign", "analyze", "--backend", backend],
-                              cwd=REPO, capture_output=True, text=True, timeout=300,
-                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+        proc = run_qkalign("analyze", "--backend", backend)
         assert proc.returncode == 0, proc.stderr
         first, _, rest = proc.stdout.partition("\n")
         assert first.endswith(f"(backend {backend})")

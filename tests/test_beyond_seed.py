@@ -7,9 +7,11 @@ import pytest
 from matplotlib.image import imread
 
 import qkalign
+from qkalign.plots import DPI, FIGSIZE
 from qkalign.stats import reference
 from qkalign.stats.all_pairs import PAIR_KEYS
-from qkalign.plots import DPI, FIGSIZE
+from qkalign.testing.dense import dense_operators, spectra_by_magnitude
+from qkalign.weights.synthetic import make_weights
 
 PAIR_JSON_KEYS = {"operator_cos", "resid_frac", "sign_agreement", "pa_mean_cos", "pa_min_cos", "top1_overlap",
                   "spectral_cos", "spectral_abs_cos"}
@@ -23,9 +25,17 @@ def result(data36):
 def test_pairs_have_every_statistic_and_slice_to_the_anchor_analysis(result, data36):
     assert set(PAIR_KEYS) == PAIR_JSON_KEYS == set(result.pairs)
     L, H = data36.num_layers, data36.num_heads
+    # Each key holds its own statistic, averaged over the head axis.
+    cos = reference.operator_cos_per_head(data36.gram)
+    pa = reference.principal_cosines_all_pairs(data36.eig_dirs)
+    expected = {"operator_cos": cos, "resid_frac": np.sqrt(np.clip(1 - cos**2, 0, 1)), "pa_mean_cos": pa.mean(-1),
+                "pa_min_cos": pa.min(-1), "top1_overlap": reference.top1_overlap_all_pairs(data36.eig_dirs),
+                "spectral_cos": reference.spectral_cos_all_pairs(data36.sym_eigs),
+                "spectral_abs_cos": reference.spectral_cos_all_pairs(data36.sym_eigs, absolute=True),
+                "sign_agreement": reference.sign_agreement_all_pairs(data36.sym_eigs, result.sign_agreement["k"])}
     for key in PAIR_KEYS:
         assert result.pairs[key]["per_head"].shape[-3:] == (L, L, H)
-        np.testing.assert_allclose(result.pairs[key]["mean"], result.pairs[key]["per_head"].mean(axis=-1), rtol=1e-15)
+        np.testing.assert_allclose(result.pairs[key]["mean"], expected[key].mean(axis=-1), rtol=1e-13, atol=1e-15)
     anchor = L - 1
     np.testing.assert_allclose(result.pairs["operator_cos"]["mean"][:, anchor], result.to_anchor["cos"], rtol=1e-14)
     np.testing.assert_allclose(result.pairs["pa_mean_cos"]["mean"][:, anchor], result.principal_angles["mean_cos"],
@@ -50,8 +60,12 @@ def test_distance_profile_is_the_mean_over_diagonals(result):
     assert prof["operator_cos"][0] > prof["operator_cos"][10] > prof["operator_cos"][30]
 
 
-def test_inertia_statistics(result, data36):
-    np.testing.assert_allclose(result.signed_mass, reference.signed_mass(data36.sym_eigs))
+def test_inertia_statistics(result, spec36):
+    # Signed mass sum(lambda) / sum(|lambda|) = tr(g) / ||spectrum||_1, from dense operators.
+    g = dense_operators(*make_weights(spec36))
+    lam, _ = spectra_by_magnitude(g)
+    expected = np.trace(g, axis1=-2, axis2=-1) / np.abs(lam).sum(axis=-1)
+    np.testing.assert_allclose(result.signed_mass, expected, rtol=1e-9, atol=1e-12)
     assert result.frac_positive_topk.shape == (36, 4)
     np.testing.assert_array_equal(result.frac_positive, 0.5)
 

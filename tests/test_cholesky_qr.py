@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from qkalign.stats import reference
 from qkalign.linalg.cholesky_qr import cholesky_qr_factors
+from qkalign.stats import reference
 from qkalign.stats.reference import householder_rows
 
 

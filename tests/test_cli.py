@@ -9,14 +9,15 @@ import pytest
 
 import qkalign
 from qkalign.seed_format import default_eigdirs_path, save
-from conftest import run_cli
+from qkalign.testing.processes import run_qkalign
 
 JSON_KEYS = {"meta", "operator_cos", "operator_cos_per_head", "adjacent", "to_anchor", "rescale",
              "sign_agreement", "frac_positive", "principal_angles", "verdict"}
 
 
+@pytest.mark.slow
 def test_main_job_on_the_bundled_example_subprocess():
-    proc = run_cli("analyze")
+    proc = run_qkalign("analyze")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("qkalign analyze: input bundled example ") and "example.json" in lines[0]

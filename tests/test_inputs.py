@@ -14,7 +14,7 @@ import torch
 
 import qkalign
 from qkalign import InputError
-from conftest import run_cli
+from qkalign.testing.processes import run_qkalign
 
 
 @pytest.fixture()
@@ -41,8 +41,9 @@ def write_json(path, doc):
     path.write_text(json.dumps(doc))
 
 
+@pytest.mark.slow
 def test_missing_file_subprocess_exit_code(tmp_path):
-    assert_one_line_error(run_cli("analyze", tmp_path / "nope.json"), "nope.json", "no such file")
+    assert_one_line_error(run_qkalign("analyze", tmp_path / "nope.json"), "nope.json", "no such file")
 
 
 def test_missing_pt(case, cli):
@@ -153,12 +154,13 @@ class _Payload:
         return (Path.touch, (Path(self.marker),))
 
 
+@pytest.mark.slow
 def test_pickled_object_is_refused_and_never_run(case, tmp_path):
     json_path, pt_path, _, pt = case
     marker = tmp_path / "pwned"
     _Payload.marker = str(marker)
     torch.save({"eig_dirs": pt["eig_dirs"], "sym_eigs": pt["sym_eigs"], "extra": _Payload()}, pt_path)
-    proc = run_cli("analyze", json_path)
+    proc = run_qkalign("analyze", json_path)
     assert_one_line_error(proc, "m-eigdirs.pt", "weights_only=True")
     assert not marker.exists()
 

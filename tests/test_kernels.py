@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qkalign import kernels
+from qkalign.kernels.principal_angles import _all_pairs_grams, _anchor_grams, orthonormalized
+from qkalign.linalg.cholesky_qr import GERSHGORIN_RADIUS_LIMIT
 from qkalign.stats import reference
 from qkalign.stats.backends import BACKEND_FUNCTIONS
 from qkalign.testing.comparisons import COMPARISONS, EIG_DIRS_KINDS, RTOL, random_inputs
-from qkalign.kernels.principal_angles import _all_pairs_grams, _anchor_grams, orthonormalized
-from qkalign.linalg.cholesky_qr import GERSHGORIN_RADIUS_LIMIT
 
 # Interpreted kernels are slow: the NUMBA_DISABLE_JIT run covers the source with fewer examples.
 EXAMPLES = 4 if numba.config.DISABLE_JIT else 30

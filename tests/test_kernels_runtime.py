@@ -1,15 +1,12 @@
 """The kernels under other runtimes, each in a fresh subprocess: 1 vs 2 threads, and no JIT."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numba
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from qkalign.testing.processes import REPO_ROOT, run_python
+
+pytestmark = pytest.mark.slow
 
 # Computes every row of the comparison table on one input and saves the results.
 # Every prange loop has many iterations per thread.
@@ -28,20 +25,13 @@ np.savez(sys.argv[1], num_threads=numba.get_num_threads(), **results)
 """
 
 
-def _run(args, **env):
-    """Run ``python args`` with this checkout first on the path and ``env`` added."""
-    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **env)
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=full_env, capture_output=True, text=True,
-                          timeout=600)
-
-
 @pytest.mark.skipif(numba.config.DISABLE_JIT, reason="threads only exist with the JIT")
 @pytest.mark.parametrize("kind", ["float16", "gaussian"])  # the Cholesky-QR and the Householder paths
 def test_results_are_bit_identical_for_one_and_two_threads(tmp_path, kind):
     results = []
     for threads in ("1", "2"):
         path = tmp_path / f"threads{threads}.npz"
-        proc = _run(["-W", "error", "-c", _RUN_ALL_KERNELS, str(path), kind], NUMBA_NUM_THREADS=threads)
+        proc = run_python(["-W", "error", "-c", _RUN_ALL_KERNELS, path, kind], cwd=REPO_ROOT, NUMBA_NUM_THREADS=threads)
         assert proc.returncode == 0, proc.stderr
         assert proc.stderr == ""  # no numba or OpenBLAS warnings
         results.append(np.load(path))
@@ -55,7 +45,7 @@ def test_results_are_bit_identical_for_one_and_two_threads(tmp_path, kind):
 @pytest.mark.skipif(numba.config.DISABLE_JIT, reason="already running without the JIT")
 def test_kernel_tests_pass_without_jit():
     # The interpreted kernels run the same source as Python, so coverage tools see it.
-    proc = _run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_kernels.py", "tests/test_small_linalg.py"],
-                NUMBA_DISABLE_JIT="1")
+    proc = run_python(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_kernels.py",
+                       "tests/test_small_linalg.py"], cwd=REPO_ROOT, NUMBA_DISABLE_JIT="1")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert " passed" in proc.stdout and " failed" not in proc.stdout

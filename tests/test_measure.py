@@ -9,10 +9,10 @@ import torch
 from scipy.linalg import subspace_angles
 
 import qkalign
-from qkalign.weights.measure import measure
 from qkalign.stats.reference import fraction_positive
 from qkalign.testing.dense import dense_truth
 from qkalign.testing.model_folders import ALL_MODEL_TYPES, GEMMA, write_model
+from qkalign.weights.measure import measure
 
 TOL = {"float32": 1e-5, "float64": 1e-11}
 DIRECTION_TOL = 1e-6

@@ -5,19 +5,18 @@ Each case is a real ``python -m qkalign`` process; they start together in one fi
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import REPO_ROOT
-from qkalign.testing.model_folders import write_model
 from qkalign import load
+from qkalign.testing.model_folders import write_model
+from qkalign.testing.processes import run_concurrently
 from qkalign.weights.measure import measure
+
+pytestmark = pytest.mark.slow
 
 
 def _tiny(folder, model_type="qwen3", **kwargs):
@@ -125,16 +124,8 @@ def runs(tmp_path_factory):
     cases["measure_quiet"] = (["measure", good, "-o", root / "res" / "tiny", "--quiet"], None)
     cases["measure_progress"] = (["measure", good, "-o", root / "res2" / "tiny", "--precision", "float64"], None)
     cases["analyze_folder"] = (["analyze", good, "--quiet", "--json", root / "folder.json"], None)
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    procs = {name: subprocess.Popen([sys.executable, "-m", "qkalign", *map(str, args)], stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, env=env)
-             for name, (args, _) in cases.items()}
-    results = {}
-    for name, proc in procs.items():
-        out, err = proc.communicate(timeout=600)
-        # Decoded by hand: text mode would turn the progress bar's carriage returns into newlines.
-        completed = subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(), err.decode())
-        results[name] = (completed, cases[name][1])
+    procs = run_concurrently({name: args for name, (args, _) in cases.items()})
+    results = {name: (procs[name], fragments) for name, (_, fragments) in cases.items()}
     results["root"] = root
     results["good"] = good
     return results

@@ -7,6 +7,7 @@ import scipy.linalg
 from qkalign import analyze
 from qkalign.stats import reference
 from qkalign.stats.analyze import layer_ranges, normalize_anchor
+from qkalign.testing.dense import dense_operators, spectra_by_magnitude
 from qkalign.weights.synthetic import SyntheticSpec, make_weights, qkdata_from_weights
 
 SPEC = SyntheticSpec(5, 4, 2, 4, 20, topk=5, drift=0.3, seed=11)
@@ -14,13 +15,12 @@ SPEC = SyntheticSpec(5, 4, 2, 4, 20, topk=5, drift=0.3, seed=11)
 
 @pytest.fixture(scope="module")
 def dense():
-    """Dense g = W_K^T W_Q of every (layer, head), (L, H, n, n) float64, and the QKData from factors."""
+    """Dense g = W_K^T W_Q of every (layer, head), (L, H, n, n) float64, the weights per query head,
+    and the QKData from factors."""
     w_q, w_k = make_weights(SPEC)
-    group = SPEC.num_heads // SPEC.num_kv_heads
     q = w_q.astype(np.float64)
-    k = np.repeat(w_k.astype(np.float64), group, axis=1)
-    g = np.einsum("lhdi,lhdj->lhij", k, q)
-    return g, q, k, qkdata_from_weights(w_q, w_k, SPEC.topk)
+    k = np.repeat(w_k.astype(np.float64), SPEC.num_heads // SPEC.num_kv_heads, axis=1)
+    return dense_operators(w_q, w_k), q, k, qkdata_from_weights(w_q, w_k, SPEC.topk)
 
 
 def test_gram_is_the_frobenius_product_of_dense_operators(dense):
@@ -37,11 +37,7 @@ def test_fro_sq_is_the_seeds_wk_wq_transpose_norm(dense):
 
 def test_sym_eigs_and_eig_dirs_match_dense_eigh(dense):
     g, _, _, data = dense
-    sym = (g + np.swapaxes(g, -1, -2)) / 2
-    lam, vec = np.linalg.eigh(sym)
-    order = np.argsort(-np.abs(lam), axis=-1, kind="stable")
-    lam = np.take_along_axis(lam, order, axis=-1)
-    vec = np.take_along_axis(vec, order[..., None, :], axis=-1)
+    lam, vec = spectra_by_magnitude(g)
     two_d = 2 * SPEC.head_dim
     scale = np.abs(lam[..., :1])
     np.testing.assert_allclose(data.sym_eigs, lam[..., :two_d], rtol=0, atol=1e-12 * scale.max())

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from qkalign.stats.reference import householder_rows
 from qkalign.kernels.small_linalg import singular_values
+from qkalign.stats.reference import householder_rows
 
 
 def _with_singular_values(rng, values):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from qkalign.stats import reference
+from qkalign.testing.dense import dense_operators, spectra_by_magnitude
 from qkalign.weights.synthetic import SyntheticSpec, make_weights, qkdata_from_weights
 
 SPEC = SyntheticSpec(4, 4, 2, 3, 16, topk=4, drift=0.4, seed=21)
@@ -12,10 +13,8 @@ SPEC = SyntheticSpec(4, 4, 2, 3, 16, topk=4, drift=0.4, seed=21)
 @pytest.fixture(scope="module")
 def dense():
     w_q, w_k = make_weights(SPEC)
-    k = np.repeat(w_k.astype(np.float64), 2, axis=1)
-    g = np.einsum("lhdi,lhdj->lhij", k, w_q.astype(np.float64))
-    lam = np.linalg.eigvalsh((g + np.swapaxes(g, -1, -2)) / 2)
-    lam = np.take_along_axis(lam, np.argsort(-np.abs(lam), axis=-1), axis=-1)[..., : 2 * SPEC.head_dim]
+    g = dense_operators(w_q, w_k)
+    lam = spectra_by_magnitude(g)[0][..., : 2 * SPEC.head_dim]
     return g, lam, qkdata_from_weights(w_q, w_k, SPEC.topk)
 
 

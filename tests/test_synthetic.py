@@ -5,6 +5,7 @@ import pytest
 
 import qkalign
 from qkalign.cli import bundled_example_path
+from qkalign.testing.dense import dense_operators
 from qkalign.weights.synthetic import PRESETS, SyntheticSpec, make_qkdata, make_weights
 
 
@@ -64,8 +65,7 @@ def test_rank_deficient_heads_and_topk_beyond_the_spectrum():
     gram_eye = np.einsum("lhkn,lhjn->lhkj", data.eig_dirs, data.eig_dirs)
     np.testing.assert_allclose(gram_eye, np.broadcast_to(np.eye(10), gram_eye.shape), atol=1e-10)
     assert np.all(np.abs(data.sym_eigs[..., 10:]) < 1e-12)
-    w_q, w_k = make_weights(spec)
-    g = np.einsum("lhdi,lhdj->lhij", np.repeat(w_k.astype(np.float64), 2, axis=1), w_q.astype(np.float64))
+    g = dense_operators(*make_weights(spec))
     sym = (g + np.swapaxes(g, -1, -2)) / 2
     # Every row is an eigenvector: S v = lambda v, with lambda = 0 past the rank.
     lam = np.concatenate([data.sym_eigs[..., :10]], axis=-1)

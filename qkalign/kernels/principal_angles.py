@@ -35,9 +35,9 @@ from ..linalg.cholesky_qr import cholesky_qr_factors
 from ..stats.reference import householder_rows
 from . import pair_lists
 from .arguments import eig_dirs_array, layer_index
-from .thread_count import threads_for
 from .grams import grams_all_pairs, grams_to_anchor
 from .small_linalg import lower_times_transpose, singular_values
+from .thread_count import threads_for
 
 
 @njit(parallel=True, cache=True, error_model="numpy")

@@ -9,7 +9,6 @@ from . import pair_lists
 from .arguments import float_array, k_value, k_value_array, layer_index
 from .thread_count import threads_for
 
-
 #: Signs are packed 64 to a word: a pair's agreement is a few bitwise operations a word.
 _WORD_BITS = 64
 

@@ -25,9 +25,11 @@ def checkout_env(**extra):
 
 
 def run_python(args, *, cwd=None, timeout=600, **env):
-    """``python ARGS`` in a new process, environment variables ``env`` added; a CompletedProcess with text output."""
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=checkout_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
+    """``python ARGS`` in a new process, environment variables ``env`` added; a CompletedProcess with
+    str output, decoded as it came (text mode would turn a progress bar's carriage returns into newlines)."""
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=checkout_env(**env),
+                          capture_output=True, timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
 
 def run_qkalign(*args, cwd=None, **env):
