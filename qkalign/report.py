@@ -21,65 +21,87 @@ def format_report(result, input_description=None):
         First line's account of the input; by default the input paths.
     """
     meta = result.meta
-    L, H, anchor = meta["num_layers"], meta["num_heads"], meta["anchor"]
     if input_description is None:
         input_description = f"{meta['grams_path']} + {meta['eigdirs_path']}"
     out = [f"qkalign analyze: input {input_description} (backend {meta['backend']})"]
+    for section in (_operator_section, _rescale_section, _signs_section, _principal_angles_section, _verdict_section):
+        out += section(result)
+    return "\n".join(out) + "\n" + format_extended_report(result)
 
-    cos = result.operator_cos
-    out.append(f"=== (a) Operator cos-sim between layers, averaged over {H} heads ===")
-    out.append(f"  diagonal (should be 1.0): mean {cos.diagonal().mean():.4f}")
-    adj = result.adjacent
-    out.append(f"  adjacent layers cos-sim: mean {adj['mean']:.4f}  min {adj['min']:.4f}  max {adj['max']:.4f}")
-    out.append(f"  layer -> anchor L={anchor} cos-sim:")
-    out.append(f"    {'L':>3} {'cos':>7} {'T_opt':>7} {'resid_frac':>10}")
-    ta = result.to_anchor
-    for layer in range(L):
-        out.append(f"    {layer:>3} {ta['cos'][layer]:+.4f} {ta['t_opt'][layer]:+7.3f} {ta['resid_frac'][layer]:>10.4f}")
-    mid = L // 2
-    out.append("")
-    out.append(f"  long-range: cos(L=0, last) = {cos[0, -1]:+.3f}   cos(L={mid}, last) = {cos[mid, -1]:+.3f}")
 
-    out.append("")
-    out.append(f"=== (b) Operator-level scalar rescale to anchor L={anchor} ===")
-    out.append(f"    {'L':>3} {'mean_cos':>9} {'mean_resid':>10}")
-    rs = result.rescale
-    for layer in range(L):
-        out.append(f"    {layer:>3} {rs['mean_cos'][layer]:>+9.4f} {rs['mean_resid'][layer]:>10.4f}")
+def _operator_section(result):
+    """(a): head-averaged operator cosines, the adjacent layers, every layer to the anchor, long range."""
+    meta, cos, adj, ta = result.meta, result.operator_cos, result.adjacent, result.to_anchor
+    out = [f"=== (a) Operator cos-sim between layers, averaged over {meta['num_heads']} heads ===",
+           f"  diagonal (should be 1.0): mean {cos.diagonal().mean():.4f}",
+           f"  adjacent layers cos-sim: mean {adj['mean']:.4f}  min {adj['min']:.4f}  max {adj['max']:.4f}",
+           f"  layer -> anchor L={meta['anchor']} cos-sim:"]
+    out += _layer_table(meta, f"{'cos':>7} {'T_opt':>7} {'resid_frac':>10}",
+                        lambda layer: f"{ta['cos'][layer]:+.4f} {ta['t_opt'][layer]:+7.3f} {ta['resid_frac'][layer]:>10.4f}")
+    mid = meta["num_layers"] // 2
+    out += ["", f"  long-range: cos(L=0, last) = {cos[0, -1]:+.3f}   cos(L={mid}, last) = {cos[mid, -1]:+.3f}"]
+    return out
 
-    out.append("")
-    out.append(f"=== (c) Curvature-sign alignment vs anchor L={anchor} ===")
-    sa = result.sign_agreement
+
+def _rescale_section(result):
+    """(b): the head means of the cosine and of the residual after the best scalar rescale."""
+    meta, rs = result.meta, result.rescale
+    return ["", f"=== (b) Operator-level scalar rescale to anchor L={meta['anchor']} ==="] + _layer_table(
+        meta, f"{'mean_cos':>9} {'mean_resid':>10}",
+        lambda layer: f"{rs['mean_cos'][layer]:>+9.4f} {rs['mean_resid'][layer]:>10.4f}")
+
+
+def _signs_section(result):
+    """(c): top-k sign agreement with the anchor, by layer range, and the positive fraction per layer."""
+    meta, sa = result.meta, result.sign_agreement
+    out = ["", f"=== (c) Curvature-sign alignment vs anchor L={meta['anchor']} ==="]
     for i, k in enumerate(sa["k"]):
         out.append(f"  top-{k:>3} signs: mean agree = {sa['mean'][i]:.3f}   "
                    f"by layer range: early {sa['early'][i]:.3f}  mid {sa['mid'][i]:.3f}  late {sa['late'][i]:.3f}")
     ranges = "  ".join(f"{name} {start}-{stop - 1}" if stop > start else f"{name} (none)"
                        for name, (start, stop) in result.layer_ranges.items())
-    out.append(f"  [qkalign] layer ranges are thirds of the {L} layers: {ranges}")
-    out.append("")
-    out.append("  fraction positive eigenvalues per layer:")
-    for layer in range(L):
+    out += [f"  [qkalign] layer ranges are thirds of the {meta['num_layers']} layers: {ranges}", "",
+            "  fraction positive eigenvalues per layer:"]
+    for layer in range(meta["num_layers"]):
         out.append(f"    L={layer:2}  frac+ = {result.frac_positive[layer]:.3f}")
+    return out
 
-    pa = result.principal_angles
-    out.append("")
-    out.append(f"=== (d) Top-{meta['topk']} eigensubspace principal angles vs anchor L={anchor} ===")
-    out.append(f"    {'L':>3} {'meanCosPA':>10} {'minCosPA':>10} {'max_top1':>10}")
-    for layer in range(L):
-        out.append(f"    {layer:>3} {pa['mean_cos'][layer]:>10.4f} {pa['min_cos'][layer]:>10.4f} "
-                   f"{pa['top1_overlap'][layer]:>10.4f}")
 
+def _principal_angles_section(result):
+    """(d): principal-angle cosines and top-1 overlap of every layer's top-k subspace with the anchor's."""
+    meta, pa = result.meta, result.principal_angles
+    title = f"=== (d) Top-{meta['topk']} eigensubspace principal angles vs anchor L={meta['anchor']} ==="
+    return ["", title] + _layer_table(
+        meta, f"{'meanCosPA':>10} {'minCosPA':>10} {'max_top1':>10}",
+        lambda layer: f"{pa['mean_cos'][layer]:>10.4f} {pa['min_cos'][layer]:>10.4f} {pa['top1_overlap'][layer]:>10.4f}")
+
+
+def _verdict_section(result):
+    """The seed's verdict, then (with chance levels) how far it is from chance."""
     v = result.verdict
-    out.append("")
-    out.append("=== Verdict ===")
-    out.append(f"  mean operator cos-sim to anchor: {v['mean_cos_to_anchor']:+.4f}")
-    out.append(f"  mean operator cos-sim adjacent layers: {v['mean_cos_adjacent']:+.4f}")
-    out.append(f"  {v['label']}: {v['text']}")
-    out.append(f"  [qkalign] mean operator cos-sim to anchor, anchor itself excluded: "
-               f"{v['mean_cos_to_anchor_excluding_anchor']:+.4f}")
+    out = ["", "=== Verdict ===",
+           f"  mean operator cos-sim to anchor: {v['mean_cos_to_anchor']:+.4f}",
+           f"  mean operator cos-sim adjacent layers: {v['mean_cos_adjacent']:+.4f}",
+           f"  {v['label']}: {v['text']}",
+           f"  [qkalign] mean operator cos-sim to anchor, anchor itself excluded: "
+           f"{v['mean_cos_to_anchor_excluding_anchor']:+.4f}"]
     if result.chance is not None:
         out += _chance_verdict_lines(result)
-    return "\n".join(out) + "\n" + format_extended_report(result)
+    return out
+
+
+def _layer_table(meta, header, row):
+    """A table with one line per layer: ``header`` and ``row(layer)`` after the layer column."""
+    return [f"    {'L':>3} {header}"] + [f"    {layer:>3} {row(layer)}" for layer in range(meta["num_layers"])]
+
+
+def chance_state(z):
+    """Where a statistic stands, from its z-score against chance: above, at or below chance (|z| > 3)."""
+    if z > 3:
+        return "above chance"
+    if z < -3:
+        return "below chance"
+    return "at chance"
 
 
 def _se(level, count):
@@ -113,13 +135,7 @@ def _chance_verdict_lines(result):
     ]
     above = int(sum(_z(float(result.rescale["mean_cos"][layer]), chance["operator_cos"], H) > 3
                     for layer in range(L) if layer != anchor))
-    if z_op > 3:
-        word = "ABOVE CHANCE"
-    elif z_op < -3:
-        word = "BELOW CHANCE"
-    else:
-        word = "AT CHANCE"
-    lines.append(f"  [qkalign] {word}: the operators are {z_op:+.1f} standard errors from unrelated operators; "
+    lines.append(f"  [qkalign] {chance_state(z_op).upper()}: the operators are {z_op:+.1f} standard errors from unrelated operators; "
                  f"{above} of {L - 1} layers are above chance at z > 3 on their own")
     return lines
 
@@ -174,8 +190,7 @@ def _distance_section(result):
                 level = chance[key]
                 obs = float(np.mean([prof[key][i] for i in far]))
                 z = _z(obs, level, count)
-                state = "above chance" if z > 3 else ("below chance" if z < -3 else "at chance")
-                return obs, level["mean"], z, state
+                return obs, level["mean"], z, chance_state(z)
 
             spec, pa = verdict("spectral_abs_cos"), verdict("pa_mean_cos")
             out.append(f"  [qkalign] far layers (distance >= {prof['distance'][far[0]]}): spectral shape |lambda| cos "

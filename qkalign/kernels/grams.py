@@ -1,16 +1,14 @@
 """Gram matrices of eigenvector rows: ``A A^T`` and ``A B^T`` for (layer, head) blocks.
 
 The only O(n) work of the principal angles. For the pairs (layer, anchor) a fused
-Numba kernel reads each layer's rows once and forms both products from cache;
-measured on the Qwen3-4B shape it is ~3x faster than numpy's batched ``matmul``,
-which calls BLAS once per 16 x 2560 block and packs its operands every time.
-For all layer pairs one BLAS SYRK per head (``X X^T``, X = all layers' rows)
-runs near the machine's peak, so that stays with numpy: the heads are shared out
-to numba's thread count of worker threads, each calling single-threaded BLAS
-(measured on 2 cores at the Qwen3-4B shape: 0.42 s, against 0.55 s for one
-two-threaded SYRK after another; a head's SYRK is the same bits either way).
-The blocks above the diagonal are copied out to one contiguous (k, k) block per
-pair (41 MB at that shape, instead of 85 MB of whole Grams).
+Numba kernel reads each layer's rows once and forms both products from cache (numpy's
+batched ``matmul`` calls BLAS once per k x n block and packs its operands every time).
+For all layer pairs one BLAS SYRK per head (``X X^T``, X = all layers' rows) runs near
+the machine's peak, so that stays with numpy: the heads are shared out to numba's thread
+count of worker threads, each calling single-threaded BLAS (faster on few cores than one
+multi-threaded SYRK after another; a head's SYRK is the same bits either way). Only the
+blocks above the diagonal are copied out, one contiguous (k, k) block per pair, so the
+whole (L k, L k) Grams are never held at once.
 """
 
 from concurrent.futures import ThreadPoolExecutor

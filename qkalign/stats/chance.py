@@ -206,13 +206,22 @@ def chance_levels(head_dim, hidden_size, topk, k_values, seed=DEFAULT_SEED,
     Returns
     -------
     dict of str -> ChanceLevel
-        operator_cos, resid_frac, top1_overlap, pa_mean_cos, pa_min_cos, pa_mean_cos_sq,
-        sign_agreement, spectral_cos, spectral_abs_cos, signed_mass, frac_positive,
-        frac_positive_topk.
+        operator_cos, resid_frac, top1_overlap, pa_mean_cos_sq, pa_mean_cos, pa_min_cos,
+        sign_agreement, spectral_cos, spectral_abs_cos, signed_mass, frac_positive_topk,
+        frac_positive.
     """
-    n, d, k = hidden_size, head_dim, topk
     rng = np.random.default_rng(seed)
-    levels = {
+    levels = analytic_levels(hidden_size, topk)
+    levels.update(subspace_levels(hidden_size, topk, subspace_samples, rng, seed))
+    levels.update(spectra_levels(head_dim, hidden_size, topk, k_values, spectra_samples, rng, seed))
+    return levels
+
+
+def analytic_levels(hidden_size, topk):
+    """The levels known in closed form (module docstring): operator_cos, resid_frac, top1_overlap,
+    pa_mean_cos_sq."""
+    n, k = hidden_size, topk
+    return {
         "operator_cos": ChanceLevel(0.0, 1.0 / n, "analytic", note="Gaussian factors; sd exact to O(1/n)"),
         "resid_frac": ChanceLevel(1.0 - 0.5 / n**2, 1.0 / (np.sqrt(2.0) * n**2), "analytic",
                                   note="sqrt(1 - cos^2) with cos ~ N(0, 1/n^2)"),
@@ -220,29 +229,37 @@ def chance_levels(head_dim, hidden_size, topk, k_values, seed=DEFAULT_SEED,
                                     note="cos^2 of two random unit vectors ~ Beta(1/2, (n-1)/2)"),
         "pa_mean_cos_sq": ChanceLevel(k / n, None, "analytic", note="E[mean cos^2] of random k-subspaces = k/n"),
     }
-    cos = random_principal_cosines(n, k, subspace_samples, rng)
-    mc = dict(method="monte-carlo", seed=seed, samples=subspace_samples)
-    levels["pa_mean_cos"] = ChanceLevel(float(cos.mean(axis=1).mean()), float(cos.mean(axis=1).std()), **mc,
-                                        note="Haar k-subspaces (Bartlett)")
-    levels["pa_min_cos"] = ChanceLevel(float(cos.min(axis=1).mean()), float(cos.min(axis=1).std()), **mc,
-                                       note="Haar k-subspaces (Bartlett)")
 
-    spectra = random_symmetric_spectra(d, n, spectra_samples, rng)
+
+def subspace_levels(hidden_size, topk, samples, rng, seed):
+    """pa_mean_cos and pa_min_cos from ``samples`` pairs of Haar k-subspaces drawn from ``rng``."""
+    cos = random_principal_cosines(hidden_size, topk, samples, rng)
+    mc = dict(method="monte-carlo", seed=seed, samples=samples, note="Haar k-subspaces (Bartlett)")
+    return {"pa_mean_cos": ChanceLevel(float(cos.mean(axis=1).mean()), float(cos.mean(axis=1).std()), **mc),
+            "pa_min_cos": ChanceLevel(float(cos.min(axis=1).mean()), float(cos.min(axis=1).std()), **mc)}
+
+
+def spectra_levels(head_dim, hidden_size, topk, k_values, samples, rng, seed):
+    """The levels of the spectrum statistics from ``samples`` random spectra and their mirror images.
+
+    Pairs of distinct draws: (a, b) for i < j and, with the mirror, (a, -b); (-a, -b) and (-a, b)
+    repeat them. All at once from N x N Gram matrices: with signs +-1 (no eigenvalue is 0, with
+    probability 1) the top-k agreement is (1 + s_a . s_b / k) / 2, and the mirror turns it into
+    1 minus itself and the spectral cosine into its negative.
+    """
+    spectra = random_symmetric_spectra(head_dim, hidden_size, samples, rng)
     mirrored = np.concatenate([spectra, -spectra])  # antithetic: each draw with its mirror image (module docstring)
-    mc = dict(method="monte-carlo", seed=seed, samples=spectra_samples)
-    # Pairs of distinct draws: (a, b) for i < j and, with the mirror, (a, -b); (-a, -b) and (-a, b)
-    # repeat them. All at once from N x N Gram matrices: with signs +-1 (no eigenvalue is 0, with
-    # probability 1) the top-k agreement is (1 + s_a . s_b / k) / 2, and the mirror turns it into
-    # 1 minus itself and the spectral cosine into its negative.
-    i, j = np.triu_indices(spectra_samples, k=1)
+    mc = dict(method="monte-carlo", seed=seed, samples=samples)
+    i, j = np.triu_indices(samples, k=1)
     signs = np.sign(spectra)
     agree = []
     for kk in k_values:
         top = signs[:, :kk]
         x = (1.0 + (top @ top.T)[i, j] / top.shape[1]) / 2
         agree.append(np.concatenate([x, 1.0 - x]))
-    levels["sign_agreement"] = ChanceLevel([float(x.mean()) for x in agree], [float(x.std()) for x in agree], **mc,
-                                           note="pairs of random spectra; the mean is 1/2 by the symmetry Q -> -Q")
+    levels = {"sign_agreement": ChanceLevel(
+        [float(x.mean()) for x in agree], [float(x.std()) for x in agree], **mc,
+        note="pairs of random spectra; the mean is 1/2 by the symmetry Q -> -Q")}
     unit = spectra / np.linalg.norm(spectra, axis=1, keepdims=True)
     signed_cos = (unit @ unit.T)[i, j]
     abs_cos = (np.abs(unit) @ np.abs(unit).T)[i, j]  # |lambda|: the mirrored pairs repeat it
@@ -251,11 +268,11 @@ def chance_levels(head_dim, hidden_size, topk, k_values, seed=DEFAULT_SEED,
     mass = mirrored.sum(axis=1) / np.abs(mirrored).sum(axis=1)
     levels["signed_mass"] = ChanceLevel(float(mass.mean()), float(mass.std()), **mc,
                                         note="random spectra; the mean is 0 by the symmetry Q -> -Q")
-    pos_k = (mirrored[:, :k] > 0).mean(axis=1)
+    pos_k = (mirrored[:, :topk] > 0).mean(axis=1)
     levels["frac_positive_topk"] = ChanceLevel(
         float(pos_k.mean()), float(pos_k.std()), **mc,
-        note=f"top-{k} of random spectra; the mean is 1/2 by the symmetry Q -> -Q")
-    full_rank = n >= 2 * d
+        note=f"top-{topk} of random spectra; the mean is 1/2 by the symmetry Q -> -Q")
+    full_rank = hidden_size >= 2 * head_dim
     levels["frac_positive"] = ChanceLevel(0.5 if full_rank else float((mirrored > 0).mean()),
                                           0.0 if full_rank else None,
                                           "analytic" if full_rank else "monte-carlo",
