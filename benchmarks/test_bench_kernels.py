@@ -13,6 +13,7 @@ from seed_loop import seed_principal_angles
 from threadpoolctl import threadpool_limits
 
 import qkalign
+from qkalign.stats.backends import get_backend
 from qkalign.testing.comparisons import COMPARISONS
 
 #: Reference functions too slow for every run at the qwen3-4b preset (see QKALIGN_BENCH_SLOW).
@@ -43,7 +44,7 @@ def test_function(benchmark, inputs, comparison, backend):
 
 def _section_d(backend):
     """What ``analyze`` computes for section (d): principal cosines and top-1 overlap to the anchor."""
-    impl = qkalign.stats.backends.get_backend(backend)
+    impl = get_backend(backend)
 
     def run(eig_dirs, anchor):
         return impl.principal_cosines_to_anchor(eig_dirs, anchor), impl.top1_overlap(eig_dirs, anchor)

@@ -24,8 +24,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import PRESET, SMOKE, cache_dir
+
 from qkalign.weights.synthetic import PRESETS, make_weights
 
 TIME_RATIO_TARGET = 1.5

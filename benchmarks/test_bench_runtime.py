@@ -4,7 +4,8 @@ import json
 
 import pytest
 from conftest import SMOKE, preset_json
-from timing import run_timed
+
+from qkalign.testing.processes import run_timed
 
 # Times import, then the first and second ``analyze`` in one new process; the
 # difference of the two calls is the JIT cost (compile with an empty cache, load with a warm one).
