@@ -1,4 +1,4 @@
-"""The ``qkalign`` command line: ``analyze``, ``measure``, ``plot`` and ``synthetic``.
+"""The ``qkalign`` command line: ``analyze``, ``measure``, ``plot``, ``synthetic`` and ``convert``.
 
 Bad input ends in one ``qkalign: error: ...`` line on stderr and exit code 2.
 """
@@ -28,9 +28,11 @@ def _parser():
     ap = argparse.ArgumentParser(prog="qkalign", description="Inter-layer alignment of attention QK operators.")
     sub = ap.add_subparsers(dest="command", required=True)
     an = sub.add_parser("analyze", help="report how alike the QK operators of the layers are",
-                        description="Analyse a grams JSON and its -eigdirs.pt (the bundled example when no file is given).")
+                        description="Analyse a grams JSON and its eigen-direction file (the bundled example "
+                                    "when no file is given).")
     an.add_argument("grams", nargs="?", help="grams JSON, or a model folder to measure first (default: the bundled example)")
-    an.add_argument("--eigdirs", help="eig-dirs .pt (default: the JSON's eigdirs_path, else <stem>-eigdirs.pt)")
+    an.add_argument("--eigdirs", help="eigen-direction file, .safetensors or .pt (default: the JSON's eigdirs_path, "
+                                      "else <stem>-eigdirs.safetensors, else <stem>-eigdirs.pt)")
     an.add_argument("--anchor", type=int, default=-1, help="anchor layer, Python indexing (-1 = last)")
     an.add_argument("--backend", default=DEFAULT_BACKEND, help="compute backend: " + " or ".join(BACKEND_NAMES))
     an.add_argument("--json", metavar="OUT", help="also write every number as JSON to OUT")
@@ -45,21 +47,36 @@ def _parser():
     pl.add_argument("out_dir", help="folder for the PNG files (created if missing)")
     me = sub.add_parser("measure", help="compute the grams and eigen-directions from a model's safetensors weights",
                         description="Read a Hugging Face model folder (config.json + safetensors) and write "
-                                    "PREFIX.json and PREFIX-eigdirs.pt for `qkalign analyze`.")
+                                    "PREFIX.json and PREFIX-eigdirs.safetensors for `qkalign analyze`.")
     me.add_argument("model_dir", help="Hugging Face model folder (config.json, model.safetensors or its index)")
-    me.add_argument("-o", "--output", required=True, metavar="PREFIX",
-                    help="output prefix: writes PREFIX.json and PREFIX-eigdirs.pt")
+    _add_output_options(me)
     _add_measure_options(me, for_analyze=False)
     sy = sub.add_parser("synthetic", help="write a synthetic model's grams and eigen-directions",
                         description="Write PREFIX.json and PREFIX-eigdirs.pt of a synthetic model preset "
                                     "(deterministic weights with a controllable inter-layer drift).")
     sy.add_argument("preset", choices=_preset_names())
-    sy.add_argument("-o", "--output", required=True, metavar="PREFIX",
-                    help="output prefix: writes PREFIX.json and PREFIX-eigdirs.pt")
+    _add_output_options(sy)
     sy.add_argument("--num-layers", type=int, help="number of layers instead of the preset's")
     sy.add_argument("--drift", type=float, help="inter-layer drift in [0, 1] instead of the preset's")
     sy.add_argument("--seed", type=int, help="random seed instead of the preset's")
+    co = sub.add_parser("convert", help="write a grams JSON's eigen-directions as safetensors",
+                        description="Read GRAMS.json and its eigen-direction file (a .pt) and write PREFIX.json and "
+                                    "PREFIX-eigdirs.safetensors: loaded memory-mapped, without torch.")
+    co.add_argument("grams", help="grams JSON")
+    co.add_argument("--eigdirs", help="its eigen-direction file (default: found as analyze finds it)")
+    co.add_argument("-o", "--output", metavar="PREFIX",
+                    help="output prefix (default: the JSON's own, i.e. the safetensors file lands beside it)")
     return ap
+
+
+def _add_output_options(parser):
+    from .eigdirs_files import FORMATS
+
+    parser.add_argument("-o", "--output", required=True, metavar="PREFIX",
+                        help="output prefix: writes PREFIX.json and PREFIX-eigdirs.safetensors (or .pt)")
+    parser.add_argument("--format", choices=FORMATS, default=FORMATS[0],
+                        help="eigen-direction file format: safetensors (default; read without torch) or pt "
+                             "(the seed script's)")
 
 
 def _preset_names():
@@ -91,22 +108,44 @@ def _measure_options(args):
                 progress=not opts["quiet"])
 
 
-def _save(data, prefix):
-    """Write ``data`` in the seed's format at ``prefix`` and say so; an unwritable prefix is an input error."""
+def _save(data, prefix, file_format):
+    """Write ``data`` at ``prefix`` and say so; an unwritable prefix is an input error."""
     from .seed_format import save
 
     try:
-        json_path, pt_path = save(data, prefix)
+        json_path, eigdirs_path = save(data, prefix, file_format=file_format)
     except OSError as exc:
         raise InputError(prefix, "-o", "a writable output prefix", exc.strerror or str(exc)) from None
-    print(f"wrote {json_path} and {pt_path}")
+    print(f"wrote {json_path} and {eigdirs_path}")
     return 0
 
 
 def _measure(args):
     from .weights.measure import measure
 
-    return _save(measure(args.model_dir, **_measure_options(args)), args.output)
+    return _save(measure(args.model_dir, **_measure_options(args)), args.output, args.format)
+
+
+def _convert(args):
+    """Without ``-o`` the safetensors file is written beside the JSON, which (and whose .pt) stays as it is."""
+    from .checks import read_json_object
+    from .eigdirs_files import write_eigdirs
+    from .seed_format import default_eigdirs_path, load
+
+    data = load(args.grams, eigdirs=args.eigdirs)
+    if args.output is not None:
+        return _save(data, args.output, "safetensors")
+    declared = read_json_object(args.grams, "grams JSON").get("eigdirs_path")
+    if declared is not None:  # analyze would keep reading the file it names
+        raise InputError(args.grams, "eigdirs_path", "no eigdirs_path key, or -o PREFIX to write a new pair",
+                         repr(declared))
+    target = default_eigdirs_path(args.grams, "safetensors")
+    try:
+        write_eigdirs(target, data.eig_dirs, data.sym_eigs, eig_dirs_dtype=str(data.eig_dirs.dtype))
+    except OSError as exc:
+        raise InputError(target, "", "a writable file beside the JSON", exc.strerror or str(exc)) from None
+    print(f"wrote {target}")
+    return 0
 
 
 def _synthetic(args):
@@ -116,7 +155,7 @@ def _synthetic(args):
         spec = spec_from_args(args.preset, num_layers=args.num_layers, drift=args.drift, seed=args.seed)
     except ValueError as exc:
         raise InputError(args.preset, "", "a valid synthetic model", str(exc)) from None
-    return _save(make_qkdata(spec), args.output)
+    return _save(make_qkdata(spec), args.output, args.format)
 
 
 def _analysis_input(args):
@@ -180,7 +219,7 @@ def _plot(args):
     return 0
 
 
-COMMANDS = {"analyze": _analyze, "plot": _plot, "measure": _measure, "synthetic": _synthetic}
+COMMANDS = {"analyze": _analyze, "plot": _plot, "measure": _measure, "synthetic": _synthetic, "convert": _convert}
 
 
 def main(argv=None):

@@ -7,7 +7,7 @@ For layer ``L`` and query head ``h`` the QK operator is ``g = W_K^T W_Q``
 - ``fro_sq``: (L, H) float64, ``||W_K W_Q^T||_F^2`` as the seed's measure step
   defined it (kept and checked, not used for normalisation: the gram diagonal
   ``||g||_F^2`` is);
-- ``eig_dirs``: (L, H, topk, hidden) float64, rows are the top-|lambda|
+- ``eig_dirs``: (L, H, topk, hidden) float32 or float64 as stored, rows are the top-|lambda|
   eigenvectors of the symmetric part ``S = (g + g^T) / 2``;
 - ``sym_eigs``: (L, H, 2*head_dim) float64, the nonzero eigenvalues of ``S``
   sorted by ``|lambda|`` descending.
@@ -41,7 +41,8 @@ class QKData:
     fro_sq : (L, H) array_like
         ``||W_K W_Q^T||_F^2`` per layer and head (the seed's definition).
     eig_dirs : (L, H, topk, n) array_like
-        Top-k eigenvectors of ``(g + g^T)/2`` as rows, ``1 <= topk <= n``.
+        Top-k eigenvectors of ``(g + g^T)/2`` as rows, ``1 <= topk <= n``; kept in float32 when
+        stored so (float16 is widened to float32), else float64.
     sym_eigs : (L, H, 2 d) array_like
         Nonzero eigenvalues of ``(g + g^T)/2``, sorted by ``|lambda|`` descending.
     json_path, eigdirs_path : str, optional
@@ -76,11 +77,12 @@ class QKData:
         fro_sq = self._array("fro_sq", self.fro_sq, self.json_path, (L, H), "(num_layers, num_heads)")
         sym_eigs = self._array("sym_eigs", self.sym_eigs, self.eigdirs_path, (L, H, 2 * d),
                                "(num_layers, num_heads, 2*head_dim)")
-        eig_dirs = self._array("eig_dirs", self.eig_dirs, self.eigdirs_path, None, None)
+        eig_dirs = self._eig_dirs_array()
         if eig_dirs.ndim != 4 or eig_dirs.shape[:2] != (L, H) or eig_dirs.shape[3] != n or not 1 <= eig_dirs.shape[2] <= n:
             raise InputError(self.eigdirs_path, "eig_dirs",
                              f"shape (num_layers={L}, num_heads={H}, topk in 1..{n}, hidden_size={n})",
                              f"{tuple(eig_dirs.shape)}")
+        self._check_rows(eig_dirs)
         self._check_gram(gram)
         if (fro_sq < 0).any():
             idx = tuple(int(i) for i in np.argwhere(fro_sq < 0)[0])
@@ -90,12 +92,9 @@ class QKData:
             l, h = (int(i) for i in np.argwhere(silent)[0])
             raise InputError(self.eigdirs_path, f"sym_eigs[{l}, {h}]",
                              "a nonzero spectrum (an operator with a nonzero symmetric part)", "all zeros")
-        row_norm_sq = np.einsum("lhkn,lhkn->lhk", eig_dirs, eig_dirs)
-        if (row_norm_sq == 0).any():
-            l, h, k = (int(i) for i in np.argwhere(row_norm_sq == 0)[0])
-            raise InputError(self.eigdirs_path, f"eig_dirs[{l}, {h}, {k}]", "a nonzero eigenvector", "a zero row")
         for name, arr in (("gram", gram), ("fro_sq", fro_sq), ("eig_dirs", eig_dirs), ("sym_eigs", sym_eigs)):
-            arr.setflags(write=False)
+            if arr.flags.writeable:
+                arr.setflags(write=False)
             object.__setattr__(self, name, arr)
 
     @property
@@ -117,6 +116,45 @@ class QKData:
             idx = ", ".join(str(int(i)) for i in np.argwhere(bad)[0])
             raise InputError(source, f"{name}[{idx}]", "a finite number", repr(float(arr[bad][0])))
         return arr
+
+    def _eig_dirs_array(self):
+        """eig_dirs in its storage precision: float32 and float64 kept, float16 widened to float32
+        (exactly), anything else read as float64.
+
+        Read-only arrays (a memory-mapped file) are used in place; others are copied once, so a
+        caller's array is never aliased. Computations read float32 and accumulate in float64.
+        """
+        try:
+            arr = np.asanyarray(self.eig_dirs)
+            if arr.dtype == np.float16:
+                return arr.astype(np.float32)
+            if arr.dtype not in (np.float32, np.float64):
+                return np.array(arr, dtype=np.float64, order="C")
+        except (TypeError, ValueError):
+            raise InputError(self.eigdirs_path, "eig_dirs", "a numeric array of shape (L, H, topk, n)",
+                             "ragged or non-numeric data") from None
+        if arr.flags.writeable or not arr.flags.c_contiguous:
+            return np.array(arr, order="C", copy=True)
+        return arr
+
+    def _check_rows(self, eig_dirs):
+        """Every row finite and nonzero: one pass, a layer at a time, squared norms summed in float64
+        (a non-finite entry makes its row's norm non-finite), no copy of the whole array."""
+        for layer in range(eig_dirs.shape[0]):
+            block = eig_dirs[layer]
+            norm_sq = np.einsum("hkn,hkn->hk", block, block, dtype=np.float64)
+            if np.isfinite(norm_sq).all() and norm_sq.all():
+                continue
+            h, k = (int(i) for i in np.argwhere(~np.isfinite(norm_sq) | (norm_sq == 0))[0])
+            row = block[h, k]
+            bad = np.flatnonzero(~np.isfinite(row))
+            where = f"eig_dirs[{layer}, {h}, {k}"
+            if bad.size:
+                raise InputError(self.eigdirs_path, f"{where}, {bad[0]}]", "a finite number", repr(float(row[bad[0]])))
+            if norm_sq[h, k] == 0:
+                raise InputError(self.eigdirs_path, f"{where}]", "a nonzero eigenvector", "a zero row")
+            raise InputError(self.eigdirs_path, f"{where}]", "a row whose squared norm is finite in float64",
+                             "an overflowing norm")
 
     def _check_gram(self, gram):
         diag = np.einsum("llh->lh", gram)

@@ -54,10 +54,10 @@ def data_small():
 
 @pytest.fixture(scope="session")
 def written36(data36, tmp_path_factory):
-    """(json_path, pt_path) of SPEC_36 in the seed's format, eig_dirs stored as float64."""
-    return save(data36, tmp_path_factory.mktemp("in36") / "model36", eig_dirs_dtype="float64")
+    """(json_path, pt_path) of SPEC_36 in the seed's format (the seed script reads .pt), eig_dirs stored as float64."""
+    return save(data36, tmp_path_factory.mktemp("in36") / "model36", eig_dirs_dtype="float64", file_format="pt")
 
 
 @pytest.fixture(scope="session")
 def written_small(data_small, tmp_path_factory):
-    return save(data_small, tmp_path_factory.mktemp("small") / "small", eig_dirs_dtype="float64")
+    return save(data_small, tmp_path_factory.mktemp("small") / "small", eig_dirs_dtype="float64", file_format="pt")

@@ -57,12 +57,13 @@ def test_json_output_has_every_key_and_the_api_numbers(cli, written36, tmp_path,
     assert f"{doc['verdict']['mean_cos_to_anchor']:+.4f}" in proc.stdout
 
 
+@pytest.mark.parametrize("file_format", ["safetensors", "pt"])
 @pytest.mark.parametrize("dtype, tol", [("float32", 1e-6), ("float16", 2e-3), ("bfloat16", 2e-2)])
-def test_low_precision_eig_dirs_are_accepted(data36, tmp_path, dtype, tol):
+def test_low_precision_eig_dirs_are_accepted(data36, tmp_path, dtype, tol, file_format):
     exact = qkalign.analyze(data36, backend="numpy").principal_angles
-    json_path, _ = save(data36, tmp_path / "m", eig_dirs_dtype=dtype)
+    json_path, _ = save(data36, tmp_path / "m", eig_dirs_dtype=dtype, file_format=file_format)
     loaded = qkalign.load(json_path)
-    assert loaded.eig_dirs.dtype == np.float64
+    assert loaded.eig_dirs.dtype == np.float32  # widened exactly from float16/bfloat16, never to float64
     got = qkalign.analyze(loaded, backend="numpy").principal_angles
     for key in ("mean_cos", "min_cos", "top1_overlap"):
         np.testing.assert_allclose(got[key], exact[key], atol=tol)

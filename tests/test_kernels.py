@@ -36,6 +36,7 @@ def shapes(draw):
         seed=draw(st.integers(0, 2**32 - 1)),
         eig_dirs_kind=draw(st.sampled_from(EIG_DIRS_KINDS)),
         head_scale_exponent=draw(st.sampled_from([-60.0, 0.0, 60.0])),
+        eig_dirs_dtype=draw(st.sampled_from(["float64", "float32"])),
     )
 
 
@@ -66,6 +67,11 @@ EDGE_CASES = [
          head_scale_exponent=0.0),
     dict(num_layers=4, num_heads=2, topk=16, hidden=24, spectrum=12, seed=7, eig_dirs_kind="float16",
          head_scale_exponent=0.0),
+    # stored as float32, as a file holds them: the kernels widen each entry, the reference the array
+    dict(num_layers=5, num_heads=3, topk=6, hidden=20, spectrum=8, seed=8, eig_dirs_kind="orthonormal",
+         head_scale_exponent=0.0, eig_dirs_dtype="float32"),
+    dict(num_layers=4, num_heads=2, topk=5, hidden=30, spectrum=8, seed=9, eig_dirs_kind="near_anchor",
+         head_scale_exponent=0.0, eig_dirs_dtype="float32"),
 ]
 
 
@@ -77,7 +83,7 @@ def test_table_covers_every_backend_function():
 
 @pytest.mark.parametrize("comparison", COMPARISONS, ids=lambda c: c.label)
 @pytest.mark.parametrize("case", EDGE_CASES, ids=lambda c: f"L{c['num_layers']}-H{c['num_heads']}-k{c['topk']}"
-                         f"-n{c['hidden']}-{c['eig_dirs_kind']}")
+                         f"-n{c['hidden']}-{c['eig_dirs_kind']}-{c.get('eig_dirs_dtype', 'float64')}")
 def test_kernel_equals_reference_edge_cases(comparison, case):
     inputs = random_inputs(**case)
     assert_matches(comparison.kernel(*comparison.args(inputs)), comparison.reference(*comparison.args(inputs)),

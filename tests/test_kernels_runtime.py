@@ -15,7 +15,7 @@ import sys, numba, numpy as np
 from qkalign.testing.comparisons import COMPARISONS, random_inputs
 from qkalign.kernels import thread_count
 thread_count.PARALLEL_MIN_WORK = 0  # every kernel uses all threads, however small the input
-inputs = random_inputs(9, 5, 6, 40, 16, seed=21, eig_dirs_kind=sys.argv[2])
+inputs = random_inputs(9, 5, 6, 40, 16, seed=21, eig_dirs_kind=sys.argv[2], eig_dirs_dtype=sys.argv[3])
 results = {}
 for c in COMPARISONS:
     out = c.kernel(*c.args(inputs))
@@ -26,12 +26,13 @@ np.savez(sys.argv[1], num_threads=numba.get_num_threads(), **results)
 
 
 @pytest.mark.skipif(numba.config.DISABLE_JIT, reason="threads only exist with the JIT")
-@pytest.mark.parametrize("kind", ["float16", "gaussian"])  # the Cholesky-QR and the Householder paths
-def test_results_are_bit_identical_for_one_and_two_threads(tmp_path, kind):
+# The Cholesky-QR path on float32 storage and the Householder path on float64.
+@pytest.mark.parametrize("kind, dtype", [("float16", "float32"), ("gaussian", "float64")])
+def test_results_are_bit_identical_for_one_and_two_threads(tmp_path, kind, dtype):
     results = []
     for threads in ("1", "2"):
         path = tmp_path / f"threads{threads}.npz"
-        proc = run_python(["-W", "error", "-c", _RUN_ALL_KERNELS, path, kind], cwd=REPO_ROOT, NUMBA_NUM_THREADS=threads)
+        proc = run_python(["-W", "error", "-c", _RUN_ALL_KERNELS, path, kind, dtype], cwd=REPO_ROOT, NUMBA_NUM_THREADS=threads)
         assert proc.returncode == 0, proc.stderr
         assert proc.stderr == ""  # no numba or OpenBLAS warnings
         results.append(np.load(path))

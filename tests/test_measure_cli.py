@@ -123,6 +123,7 @@ def runs(tmp_path_factory):
     cases = {name: (args, fragments) for name, (args, fragments) in _bad_cases(root).items()}
     cases["measure_quiet"] = (["measure", good, "-o", root / "res" / "tiny", "--quiet"], None)
     cases["measure_progress"] = (["measure", good, "-o", root / "res2" / "tiny", "--precision", "float64"], None)
+    cases["measure_pt"] = (["measure", good, "-o", root / "res3" / "tiny", "--format", "pt", "--quiet"], None)
     cases["analyze_folder"] = (["analyze", good, "--quiet", "--json", root / "folder.json"], None)
     procs = run_concurrently({name: args for name, (args, _) in cases.items()})
     results = {name: (procs[name], fragments) for name, (_, fragments) in cases.items()}
@@ -156,13 +157,16 @@ def test_every_bad_case_is_checked(tmp_path):
     assert sorted(_bad_cases(tmp_path)) == sorted(BAD_CASES)
 
 
-def test_measure_writes_the_seed_format(runs):
-    proc, _ = runs["measure_quiet"]
+@pytest.mark.parametrize("case, suffix", [("measure_quiet", "-eigdirs.safetensors"), ("measure_pt", "-eigdirs.pt")])
+def test_measure_writes_the_grams_json_and_eigdirs(runs, case, suffix):
+    proc, _ = runs[case]
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # --quiet: no progress bar
-    prefix = runs["root"] / "res" / "tiny"
-    assert "tiny.json" in proc.stdout and "tiny-eigdirs.pt" in proc.stdout
+    prefix = runs["root"] / {"measure_quiet": "res", "measure_pt": "res3"}[case] / "tiny"
+    assert "tiny.json" in proc.stdout and f"tiny{suffix}" in proc.stdout
+    assert sorted(p.name for p in prefix.parent.iterdir()) == sorted(["tiny.json", f"tiny{suffix}"])
     loaded = load(prefix.with_name("tiny.json"))
+    assert loaded.eigdirs_path.endswith(suffix) and loaded.eig_dirs.dtype == np.float32
     direct = measure(runs["good"], progress=False)
     np.testing.assert_array_equal(loaded.gram, direct.gram)
     np.testing.assert_array_equal(loaded.fro_sq, direct.fro_sq)

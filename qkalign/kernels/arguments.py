@@ -20,12 +20,17 @@ def float_array(value, ndim, name, check_finite=True):
 
 
 def eig_dirs_array(value):
-    """``eig_dirs`` as a C-contiguous float64 (L, H, k, n) array with ``k <= n``.
+    """``eig_dirs`` as a C-contiguous (L, H, k, n) array with ``k <= n``: float32 or float64 as
+    given (the kernels widen each entry and accumulate in float64), any other type as float64.
 
-    Not scanned for nan/inf (it is the largest input): the principal-angle
-    functions find them in the Grams.
+    Not copied when it is already contiguous (a memory-mapped file stays mapped), and not
+    scanned for nan/inf (it is the largest input): the principal-angle functions find them in
+    the Grams.
     """
-    arr = float_array(value, 4, "eig_dirs", check_finite=False)
+    arr = np.asarray(value)
+    arr = np.ascontiguousarray(arr, dtype=arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64)
+    if arr.ndim != 4 or 0 in arr.shape:
+        raise ValueError(f"eig_dirs must be a non-empty 4-d array, got shape {arr.shape}")
     if arr.shape[2] > arr.shape[3]:
         raise ValueError(f"eig_dirs (L, H, k, n) needs k <= n, got shape {arr.shape}")
     return arr

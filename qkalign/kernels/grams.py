@@ -26,15 +26,18 @@ from .thread_count import threads_for
 
 @njit(fastmath=FASTMATH, cache=True, error_model="numpy")
 def _dots_2x4(x0, x1, y0, y1, y2, y3):
-    """The 8 dot products of rows ``x0, x1`` with ``y0..y3``: one pass, 8 vector accumulators."""
+    """The 8 dot products of rows ``x0, x1`` with ``y0..y3``: one pass, 8 vector accumulators.
+
+    Rows may be float32: each entry is widened, so products (exact) and sums are float64.
+    """
     s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = 0.0
     for m in range(x0.shape[0]):
-        a0 = x0[m]
-        a1 = x1[m]
-        b0 = y0[m]
-        b1 = y1[m]
-        b2 = y2[m]
-        b3 = y3[m]
+        a0 = np.float64(x0[m])
+        a1 = np.float64(x1[m])
+        b0 = np.float64(y0[m])
+        b1 = np.float64(y1[m])
+        b2 = np.float64(y2[m])
+        b3 = np.float64(y3[m])
         s00 += a0 * b0
         s01 += a0 * b1
         s02 += a0 * b2

@@ -101,7 +101,7 @@ def orthonormalized(eig_dirs, grams_of):
         raise ValueError("eig_dirs holds nan or inf")
     fallback = ~ok
     if fallback.any():  # those blocks' rows replaced by Householder QR's, as the reference's
-        patched = eig_dirs.copy()
+        patched = eig_dirs.astype(np.float64)  # a whole copy, only for rows far from orthonormal
         patched[fallback] = householder_rows(eig_dirs[fallback])
         _, cross, p, _ = grams_of(patched)
     return cross, p, fallback

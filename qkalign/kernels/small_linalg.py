@@ -60,10 +60,10 @@ FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 @njit(fastmath=FASTMATH, cache=True, error_model="numpy", inline="always")
 def dot(x, y):
-    """``x . y`` for 1-d arrays, vectorised."""
+    """``x . y`` for 1-d arrays (float32 or float64), each product and the sum in float64, vectorised."""
     total = 0.0
     for m in range(x.shape[0]):
-        total += x[m] * y[m]
+        total += np.float64(x[m]) * np.float64(y[m])
     return total
 
 

@@ -11,14 +11,17 @@ from .thread_count import threads_for
 
 @njit(fastmath=FASTMATH, cache=True, error_model="numpy")
 def _overlap(a, b):
-    """``(a . b)^2 / (|a|^2 |b|^2)`` in one vectorised pass over a, b (n,)."""
+    """``(a . b)^2 / (|a|^2 |b|^2)`` in one vectorised pass over a, b (n,), float32 or float64,
+    products and sums in float64."""
     ab = 0.0
     aa = 0.0
     bb = 0.0
     for m in range(a.shape[0]):
-        ab += a[m] * b[m]
-        aa += a[m] * a[m]
-        bb += b[m] * b[m]
+        x = np.float64(a[m])
+        y = np.float64(b[m])
+        ab += x * y
+        aa += x * x
+        bb += y * y
     return ab * ab / (aa * bb)
 
 
@@ -59,7 +62,7 @@ def top1_overlap_all_pairs(eig_dirs):
     outside any prange); the normalisation is elementwise.
     """
     eig_dirs = eig_dirs_array(eig_dirs)
-    top = np.swapaxes(eig_dirs[:, :, 0, :], 0, 1)  # (H, L, n), a strided view: no copy
+    top = np.swapaxes(eig_dirs[:, :, 0, :], 0, 1).astype(np.float64)  # (H, L, n): 1/k of eig_dirs
     dots = np.matmul(top, np.swapaxes(top, 1, 2))  # (H, L, L)
     norm_sq = np.diagonal(dots, axis1=1, axis2=2)  # (H, L)
     overlap = dots**2 / (norm_sq[:, :, None] * norm_sq[:, None, :])

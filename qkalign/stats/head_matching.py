@@ -38,9 +38,12 @@ def row_factors(rows):
     ``ok`` is False (nearly dependent rows, a zero row) ``P`` is the identity and the
     block is for Householder QR (:func:`qkalign.stats.reference.householder_rows`).
     """
-    rows = np.asarray(rows, dtype=np.float64)
+    k = rows.shape[-2]
+    gram = np.empty(rows.shape[:-1] + (k,))
     with one_blas_thread():  # thousands of k x n x k products: one thread each is fastest
-        gram = rows @ np.swapaxes(rows, -1, -2)
+        for i, block in enumerate(rows):  # float32 rows widened a layer at a time, not all at once
+            block = np.asarray(block, dtype=np.float64)
+            gram[i] = block @ np.swapaxes(block, -1, -2)
     if not np.isfinite(gram).all():
         raise ValueError("eigenvector rows hold nan or inf")
     return cholesky_qr_factors(gram)
@@ -101,7 +104,8 @@ def _pair_statistics(data, cross, layer_a, layer_b, perm, k_values):
     heads = np.arange(data.num_heads)
     cos = matched_cosines(cross, perm)
     dirs = data.eig_dirs
-    a0, b0 = dirs[layer_a, heads, 0], dirs[layer_b, perm, 0]
+    a0 = dirs[layer_a, heads, 0].astype(np.float64)
+    b0 = dirs[layer_b, perm, 0].astype(np.float64)
     top1 = np.einsum("hn,hn->h", a0, b0) ** 2 / np.einsum("hn,hn->h", a0, a0) / np.einsum("hn,hn->h", b0, b0)
     eig_a, eig_b = data.sym_eigs[layer_a, heads], data.sym_eigs[layer_b, perm]
     spectral = {}

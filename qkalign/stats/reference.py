@@ -6,6 +6,9 @@ Plain vectorised float64 numpy, written to be read. The Numba kernels in
 
 Notation: ``L`` layers, ``H`` query heads, ``k`` eigenvectors kept per head,
 ``n`` hidden size, ``g_L^h`` the QK operator of layer ``L``, head ``h``.
+
+Stored eigenvectors may be float32: every function computes with their float64 values
+(exact), so the numbers do not depend on the storage precision's arithmetic.
 """
 
 import numpy as np
@@ -85,6 +88,11 @@ def fraction_positive(sym_eigs):
     return (sym_eigs > 0).mean(axis=(1, 2))
 
 
+def _float64(values):
+    """The stored values as float64 (exact for float32 storage)."""
+    return np.asarray(values, dtype=np.float64)
+
+
 def orthonormal_bases(eig_dirs):
     """Orthonormal bases of the row spans of ``eig_dirs``: (..., k, n) -> (..., n, k).
 
@@ -94,7 +102,7 @@ def orthonormal_bases(eig_dirs):
     # Thousands of small LAPACK calls: BLAS threads only oversubscribe the cores
     # (measured on 2 busy cores: 60 s with two OpenBLAS threads, 3.8 s with one).
     with one_blas_thread():
-        q, _ = np.linalg.qr(np.swapaxes(eig_dirs, -1, -2))
+        q, _ = np.linalg.qr(np.swapaxes(_float64(eig_dirs), -1, -2))
     return q
 
 
@@ -143,8 +151,8 @@ def top1_overlap(eig_dirs, anchor):
     ``(a_0 . b_0)^2 / (|a_0|^2 |b_0|^2)``; the seed left out the normalisation,
     which only matters for rows stored with rounding.
     """
-    a0 = eig_dirs[:, :, 0, :]
-    b0 = eig_dirs[anchor, :, 0, :]
+    a0 = _float64(eig_dirs[:, :, 0, :])
+    b0 = _float64(eig_dirs[anchor, :, 0, :])
     dots = np.einsum("lhn,hn->lh", a0, b0)
     return dots**2 / (np.einsum("lhn,lhn->lh", a0, a0) * np.einsum("hn,hn->h", b0, b0)[None])
 
@@ -176,7 +184,7 @@ def sign_agreement_all_pairs(sym_eigs, k_values):
 
 def top1_overlap_all_pairs(eig_dirs):
     """Squared cosine between the top eigenvectors of every pair of layers: (L, H, k, n) -> (L, L, H)."""
-    top = eig_dirs[:, :, 0, :]
+    top = _float64(eig_dirs[:, :, 0, :])
     dots = np.einsum("ihn,jhn->ijh", top, top)
     norm_sq = np.einsum("lhn,lhn->lh", top, top)
     return dots**2 / (norm_sq[:, None] * norm_sq[None])

@@ -108,12 +108,13 @@ COMPARISONS = (
 
 
 def random_inputs(num_layers, num_heads, topk, hidden, spectrum, seed, eig_dirs_kind="orthonormal",
-                  head_scale_exponent=0.0):
+                  head_scale_exponent=0.0, eig_dirs_dtype="float64"):
     """Random valid inputs of the given shape (values from ``numpy.random`` seeded with ``seed``).
 
     gram is a true Gram tensor (``gram[:, :, h] = V_h V_h^T``) with each head scaled by
     ``10**head_scale_exponent``; sym_eigs has random signs, some exact zeros (never a
-    whole spectrum) and is sorted by ``|lambda|`` descending; eig_dirs is of ``eig_dirs_kind`` (see :data:`EIG_DIRS_KINDS`).
+    whole spectrum) and is sorted by ``|lambda|`` descending; eig_dirs is of ``eig_dirs_kind``
+    (see :data:`EIG_DIRS_KINDS`), stored as ``eig_dirs_dtype`` (float32 as a file would hold it).
     """
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((num_heads, num_layers, num_layers + 2)) * 10.0 ** head_scale_exponent
@@ -125,8 +126,8 @@ def random_inputs(num_layers, num_heads, topk, hidden, spectrum, seed, eig_dirs_
     sym_eigs = np.take_along_axis(eigs, np.argsort(-np.abs(eigs), axis=-1, kind="stable"), axis=-1)
     anchor = int(rng.integers(-num_layers, num_layers))
     k_values = tuple(sorted(set(int(k) for k in rng.integers(1, spectrum + 1, size=3))))
-    return Inputs(gram, sym_eigs, _random_eig_dirs(rng, num_layers, num_heads, topk, hidden, anchor, eig_dirs_kind),
-                  anchor, k_values)
+    eig_dirs = _random_eig_dirs(rng, num_layers, num_heads, topk, hidden, anchor, eig_dirs_kind)
+    return Inputs(gram, sym_eigs, eig_dirs.astype(eig_dirs_dtype), anchor, k_values)
 
 
 def _orthonormal_rows(rng, shape):

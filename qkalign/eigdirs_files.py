@@ -1,0 +1,185 @@
+"""Eigen-direction files: ``PREFIX-eigdirs.safetensors`` (native) and the seed's ``PREFIX-eigdirs.pt``.
+
+Both hold two tensors: ``eig_dirs`` (L, H, topk, n), the top-|lambda| eigenvectors of the
+symmetric parts as rows, and ``sym_eigs`` (L, H, 2 d), their nonzero eigenvalues sorted by
+``|lambda|`` descending.
+
+- safetensors is read memory-mapped, without torch: ``eig_dirs`` stored as float32 or
+  float64 is used in place (pages are read as the kernels reach them); float16 and bfloat16
+  are widened to float32 one layer at a time.
+- ``.pt`` needs torch (imported only here, only then) and is loaded with
+  ``weights_only=True``, so pickled code is never run.
+
+``eig_dirs`` keeps its storage precision (float32, or float64 when stored so): every
+computation reads it and accumulates in float64, and a product of two float32 numbers is
+exact in float64, so no number depends on the file format.
+"""
+
+import json
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+TENSORS = ("eig_dirs", "sym_eigs")
+#: File formats by suffix, the native one first.
+SUFFIXES = {"safetensors": "-eigdirs.safetensors", "pt": "-eigdirs.pt"}
+FORMATS = tuple(SUFFIXES)
+#: Storage types of eig_dirs a file may hold.
+EIG_DIRS_DTYPES = ("float32", "float64", "float16", "bfloat16")
+_SAFETENSORS_DTYPES = {"F16": np.float16, "BF16": np.uint16, "F32": np.float32, "F64": np.float64}
+_TORCH_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32", "torch.float64")
+
+
+def file_format(path):
+    """``"pt"`` for a ``.pt`` file, else ``"safetensors"``."""
+    return "pt" if Path(path).suffix == ".pt" else "safetensors"
+
+
+def read_eigdirs(path):
+    """``{"eig_dirs": ..., "sym_eigs": ...}`` from an eigen-direction file of either format.
+
+    eig_dirs comes back float32 or float64 as stored (float16/bfloat16 widened to float32),
+    read-only; sym_eigs as float64.
+    """
+    return _read_pt(path) if file_format(path) == "pt" else _read_safetensors(path)
+
+
+def write_eigdirs(path, eig_dirs, sym_eigs, eig_dirs_dtype="float32"):
+    """Write ``eig_dirs`` (stored as ``eig_dirs_dtype``) and ``sym_eigs`` (float64) to ``path``,
+    in the format its suffix names (``.pt`` or ``.safetensors``)."""
+    if eig_dirs_dtype not in EIG_DIRS_DTYPES:
+        raise InputError("eig_dirs_dtype", "", " or ".join(EIG_DIRS_DTYPES), repr(eig_dirs_dtype))
+    if file_format(path) == "pt" or eig_dirs_dtype == "bfloat16":  # numpy has no bfloat16: torch writes it
+        import torch
+
+        tensors = {"eig_dirs": torch.from_numpy(np.array(eig_dirs)).to(getattr(torch, eig_dirs_dtype)),
+                   "sym_eigs": torch.from_numpy(np.array(sym_eigs, dtype=np.float64))}
+        if file_format(path) == "pt":
+            torch.save(tensors, path)
+        else:
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(path))
+        return
+    from safetensors.numpy import save_file
+
+    save_file({"eig_dirs": np.ascontiguousarray(eig_dirs, dtype=eig_dirs_dtype),
+               "sym_eigs": np.ascontiguousarray(sym_eigs, dtype=np.float64)}, str(path))
+
+
+def _first_line(exc):
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
+
+
+def _safetensors_header(path):
+    """The JSON header of a safetensors file, the offset where its data begins, and the file size.
+
+    The format: an 8-byte little-endian header length N, N bytes of JSON
+    ``{name: {"dtype", "shape", "data_offsets": [begin, end]}}``, then the data. Read here
+    rather than through the safetensors package, whose Python API copies every tensor it
+    returns: the offsets let numpy map ``eig_dirs`` in place.
+    """
+    expected = "a safetensors file (an 8-byte header length, a JSON header, the tensor data)"
+    try:
+        size = Path(path).stat().st_size
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            length = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else None
+            if length is None or length > size - 8:
+                raise InputError(path, "", expected, f"a truncated or corrupt file of {size} bytes")
+            header = json.loads(f.read(length))
+    except FileNotFoundError:
+        raise InputError(path, "", "an existing eig-dirs file", "no such file") from None
+    except IsADirectoryError:
+        raise InputError(path, "", "an eig-dirs file", "a directory") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise InputError(path, "", expected, f"a corrupt header ({_first_line(exc)})") from None
+    if not isinstance(header, dict):
+        raise InputError(path, "", expected, "a header that is not a JSON object")
+    return header, 8 + length, size
+
+
+def _read_safetensors(path):
+    header, data_start, size = _safetensors_header(path)
+    arrays = {}
+    for key in TENSORS:
+        entry = header.get(key)
+        if entry is None:
+            raise InputError(path, key, "this tensor to be present", "it missing")
+        arrays[key] = _mapped_tensor(path, key, entry, data_start, size)
+    eig_dirs = arrays["eig_dirs"]
+    if eig_dirs.dtype in (np.float16, np.uint16):
+        eig_dirs = _widened_to_float32(eig_dirs)
+    return {"eig_dirs": eig_dirs, "sym_eigs": np.array(arrays["sym_eigs"], dtype=np.float64)}
+
+
+def _mapped_tensor(path, key, entry, data_start, size):
+    """The tensor ``key`` of a safetensors header entry as a read-only memory map, every field checked."""
+    try:
+        dtype, shape, (begin, end) = entry["dtype"], tuple(entry["shape"]), entry["data_offsets"]
+        shape_ok = all(isinstance(d, int) and d >= 0 for d in shape)
+        offsets_ok = isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end
+    except (TypeError, KeyError, ValueError):
+        raise InputError(path, key, "a header entry with dtype, shape and data_offsets", repr(entry)[:160]) from None
+    if dtype not in _SAFETENSORS_DTYPES:
+        raise InputError(path, key, "a F16, BF16, F32 or F64 tensor", dtype)
+    itemsize = np.dtype(_SAFETENSORS_DTYPES[dtype]).itemsize
+    if not (shape_ok and offsets_ok) or end - begin != itemsize * int(np.prod(shape, dtype=np.int64)):
+        raise InputError(path, key, f"data_offsets spanning shape x {itemsize} bytes",
+                         f"shape {list(shape)}, data_offsets {entry['data_offsets']}")
+    if data_start + end > size:
+        raise InputError(path, key, f"data up to byte {data_start + end}", f"a truncated file of {size} bytes")
+    if 0 in shape:
+        return np.empty(shape, dtype=_SAFETENSORS_DTYPES[dtype])
+    return np.memmap(path, dtype=_SAFETENSORS_DTYPES[dtype], mode="r", offset=data_start + begin, shape=shape)
+
+
+def _widened_to_float32(stored):
+    """float16, or bfloat16 as its uint16 bit patterns, to float32: exact, one layer at a time."""
+    out = np.empty(stored.shape, dtype=np.float32)
+    for layer in range(stored.shape[0] if stored.ndim else 0):
+        if stored.dtype == np.uint16:  # bfloat16 is the top half of a float32
+            out[layer] = (stored[layer].astype(np.uint32) << 16).view(np.float32)
+        else:
+            out[layer] = stored[layer]
+    out.setflags(write=False)
+    return out
+
+
+def _read_pt(path):
+    import torch  # imported here: torch takes a second to import and only this file format needs it
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(path, "", "an existing eig-dirs .pt file", "no such file") from None
+    except IsADirectoryError:
+        raise InputError(path, "", "an eig-dirs .pt file", "a directory") from None
+    except pickle.UnpicklingError as exc:
+        raise InputError(path, "", "a .pt holding only tensors (loaded with weights_only=True; "
+                         "pickled code is never run)", f"a pickled object that was refused ({_first_line(exc)})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        raise InputError(path, "", "a readable torch .pt file", f"an unreadable file ({_first_line(exc)})") from None
+    if not isinstance(obj, dict):
+        raise InputError(path, "", "a dict with the tensors eig_dirs and sym_eigs", type(obj).__name__)
+    arrays = {}
+    for key in TENSORS:
+        if key not in obj:
+            raise InputError(path, key, "this tensor to be present", "it missing")
+        value = obj[key]
+        if not isinstance(value, torch.Tensor) or str(value.dtype) not in _TORCH_DTYPES:
+            found = str(value.dtype) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise InputError(path, key, "a float16, bfloat16, float32 or float64 tensor", found)
+        if key == "sym_eigs":
+            arrays[key] = value.detach().to(torch.float64).numpy()
+        elif value.dtype in (torch.float16, torch.bfloat16):
+            arrays[key] = value.detach().to(torch.float32).numpy()  # exact
+        else:
+            arrays[key] = value.detach().numpy()
+    return arrays
