@@ -7,14 +7,19 @@ symmetric parts as rows, and ``sym_eigs`` (L, H, 2 d), their nonzero eigenvalues
 - safetensors is read memory-mapped, without torch: ``eig_dirs`` stored as float32 or
   float64 is used in place (pages are read as the kernels reach them); float16 and bfloat16
   are widened to float32 one layer at a time.
-- ``.pt`` needs torch (imported only here, only then) and is loaded with
-  ``weights_only=True``, so pickled code is never run.
+- ``.pt``: a ``torch.save`` of a dict of tensors in torch's zip format is read without torch
+  (importing torch costs a fresh process ~2 s): its pickle is read by an unpickler that knows
+  only the names such a file uses, and the tensors are mapped from the zip, which stores them
+  uncompressed. Anything else (another layout, another dtype, a pickled object, a damaged
+  file) goes to ``torch.load(weights_only=True)``, which reads it or refuses it; pickled code
+  is never run either way.
 
 ``eig_dirs`` keeps its storage precision (float32, or float64 when stored so): every
 computation reads it and accumulates in float64, and a product of two float32 numbers is
 exact in float64, so no number depends on the file format.
 """
 
+import collections
 import json
 import pickle
 import struct
@@ -153,7 +158,93 @@ def _widened_to_float32(stored):
 
 
 def _read_pt(path):
-    import torch  # imported here: torch takes a second to import and only this file format needs it
+    try:
+        return _read_plain_pt(path)
+    except Exception:  # noqa: BLE001 - whatever stops the fast path, torch reads the file or refuses it
+        return _read_pt_with_torch(path)
+
+
+class _NotPlain(Exception):
+    """The .pt is not a plain dict of float tensors in torch's zip format: torch must read it."""
+
+
+#: torch's typed storages of the accepted dtypes, as pickled by torch.save (bfloat16 as its bits).
+_PT_STORAGES = {"FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+                "BFloat16Storage": np.uint16}
+
+
+class _MappedStorage:
+    def __init__(self, array):
+        self.array = array
+
+
+def _rebuild_tensor(storage, offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    """torch._utils._rebuild_tensor_v2 for a C-contiguous tensor: a view of its mapped storage."""
+    size, stride = tuple(size), tuple(stride)
+    contiguous = tuple(int(np.prod(size[i + 1:], dtype=np.int64)) for i in range(len(size)))
+    count = int(np.prod(size, dtype=np.int64))
+    if not isinstance(storage, _MappedStorage) or stride != contiguous or offset + count > storage.array.size:
+        raise _NotPlain("a strided or offset tensor")
+    return storage.array[offset:offset + count].reshape(size)
+
+
+class _PlainTensorUnpickler(pickle.Unpickler):
+    """Reads torch's pickle of a dict of tensors: only the names that pickle uses resolve (to the
+    functions above); any other name, a pickled object, stops it before anything runs."""
+
+    def __init__(self, file, archive, path):
+        super().__init__(file)
+        self.archive, self.path = archive, path
+        self.prefix = next(name for name in archive.namelist() if name.endswith("data.pkl"))[: -len("data.pkl")]
+
+    def find_class(self, module, name):
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch" and name in _PT_STORAGES:
+            return name
+        raise _NotPlain(f"{module}.{name}")
+
+    def persistent_load(self, pid):
+        kind, storage_type, key, _location, numel = pid
+        if kind != "storage" or storage_type not in _PT_STORAGES:
+            raise _NotPlain(repr(pid))
+        info = self.archive.getinfo(f"{self.prefix}data/{key}")
+        dtype = np.dtype(_PT_STORAGES[storage_type])
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != numel * dtype.itemsize:
+            raise _NotPlain("a compressed or mis-sized storage")
+        with open(self.path, "rb") as f:  # the member's data follows its local header
+            f.seek(info.header_offset)
+            header = f.read(30)
+        name_length, extra_length = struct.unpack("<HH", header[26:30])
+        start = info.header_offset + 30 + name_length + extra_length
+        if numel == 0:
+            return _MappedStorage(np.empty(0, dtype=dtype))
+        return _MappedStorage(np.memmap(self.path, dtype=dtype, mode="r", offset=start, shape=(numel,)))
+
+
+def _read_plain_pt(path):
+    """A .pt holding a dict of float tensors, mapped without torch (see the module docstring)."""
+    with zipfile.ZipFile(path) as archive:
+        byteorder = [n for n in archive.namelist() if n.endswith("/byteorder")]
+        if byteorder and archive.read(byteorder[0]) != b"little":
+            raise _NotPlain("big-endian storages")
+        with archive.open(next(n for n in archive.namelist() if n.endswith("data.pkl"))) as pkl:
+            obj = _PlainTensorUnpickler(pkl, archive, path).load()
+    if not isinstance(obj, dict) or any(not isinstance(obj.get(key), np.ndarray) for key in TENSORS):
+        raise _NotPlain("not a dict of the two tensors")
+    eig_dirs = obj["eig_dirs"]
+    if eig_dirs.dtype in (np.float16, np.uint16):
+        eig_dirs = _widened_to_float32(eig_dirs)
+    sym_eigs = obj["sym_eigs"]
+    if sym_eigs.dtype == np.uint16:
+        sym_eigs = _widened_to_float32(sym_eigs)
+    return {"eig_dirs": eig_dirs, "sym_eigs": np.array(sym_eigs, dtype=np.float64)}
+
+
+def _read_pt_with_torch(path):
+    import torch  # imported here: torch takes a fresh process ~2 s to import and only this path needs it
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -74,13 +74,43 @@ def test_native_file_is_found_before_the_pt(data36, tmp_path):
 
 
 @pytest.mark.slow
-def test_analyze_on_safetensors_imports_neither_torch_nor_matplotlib(pair):
+@pytest.mark.parametrize("file_format", ["safetensors", "pt"])
+def test_analyze_imports_neither_torch_nor_matplotlib(data36, tmp_path, file_format):
+    json_path, _ = save(data36, tmp_path / "m", file_format=file_format)
     code = ("import sys, qkalign.cli; code = qkalign.cli.main(['analyze', sys.argv[1]]); "
             "print('loaded:', sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))")
-    proc = run_python(["-c", code, pair[0]])
+    proc = run_python(["-c", code, json_path])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "loaded: []"
     assert "=== Verdict ===" in proc.stdout
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_plain_pt_is_mapped_without_torch_as_torch_reads_it(data36, tmp_path, dtype):
+    from qkalign.eigdirs_files import _read_plain_pt, _read_pt_with_torch
+
+    _, path = save(data36, tmp_path / "m", eig_dirs_dtype=dtype, file_format="pt")
+    fast, slow = _read_plain_pt(path), _read_pt_with_torch(path)
+    for key in ("eig_dirs", "sym_eigs"):
+        assert fast[key].dtype == slow[key].dtype
+        np.testing.assert_array_equal(fast[key], slow[key])
+    if dtype in ("float32", "float64"):
+        assert isinstance(fast["eig_dirs"], np.memmap)
+
+
+def test_a_pt_the_fast_path_does_not_know_is_read_by_torch(data36, tmp_path):
+    import torch
+
+    from qkalign.eigdirs_files import _NotPlain, _read_plain_pt
+
+    path = tmp_path / "strided-eigdirs.pt"
+    eig = torch.from_numpy(np.ascontiguousarray(np.swapaxes(data36.eig_dirs, 0, 1)))
+    # A transposed view: torch pickles the storage with strides, which the fast path leaves to torch.
+    torch.save({"eig_dirs": eig.transpose(0, 1), "sym_eigs": torch.from_numpy(data36.sym_eigs.copy())}, path)
+    with pytest.raises(_NotPlain):
+        _read_plain_pt(path)
+    loaded = qkalign.load(save(data36, tmp_path / "m", file_format="pt")[0], eigdirs=path)
+    np.testing.assert_array_equal(loaded.eig_dirs, data36.eig_dirs)
 
 
 def test_convert_writes_safetensors_beside_the_json(written36, tmp_path, cli):
