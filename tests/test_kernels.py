@@ -207,3 +207,13 @@ def test_sign_kernels_count_nan_and_inf_as_numpy_does(spectrum, k_values):
     np.testing.assert_array_equal(kernels.sign_agreement_all_pairs(sym_eigs, k_values),
                                   reference.sign_agreement_all_pairs(sym_eigs, k_values))
     assert np.isnan(sym_eigs).any() and not np.all(reference.sign_agreement(sym_eigs, 1, k_values) == 1)
+
+
+def test_all_pairs_angles_in_head_groups_are_the_same_bits(monkeypatch):
+    # Heads are taken in groups so that the cross Grams of a large model never sit in memory at once.
+    from qkalign.kernels import principal_angles
+
+    inputs = random_inputs(5, 7, 4, 20, 8, seed=3, eig_dirs_kind="float16", eig_dirs_dtype="float32")
+    whole = kernels.principal_cosines_all_pairs(inputs.eig_dirs)
+    monkeypatch.setattr(principal_angles, "CROSS_GRAM_BYTES", 1)  # one head at a time
+    np.testing.assert_array_equal(kernels.principal_cosines_all_pairs(inputs.eig_dirs), whole)

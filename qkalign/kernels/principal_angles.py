@@ -124,22 +124,31 @@ def principal_cosines_to_anchor(eig_dirs, anchor):
     return out
 
 
+#: Bytes of cross Grams (one k x k block per layer pair and head) held at once by the all-pairs
+#: angles: heads are taken in groups of this size, so memory stays flat at any model size.
+CROSS_GRAM_BYTES = 64 * 2**20
+
+
 def principal_cosines_all_pairs(eig_dirs):
     """Principal-angle cosines between the top-k spans of every pair of layers, per head.
 
     Same as :func:`qkalign.stats.reference.principal_cosines_all_pairs`; each unordered
     pair is computed once and mirrored, so ``cos[i, j] == cos[j, i]`` exactly, and a
     layer's span with itself has all cosines exactly 1 (as the reference's sines give).
+    Heads are computed in groups (:data:`CROSS_GRAM_BYTES`); each is the same bits either way.
     eig_dirs: (L, H, k, n) -> (L, L, H, k) float64.
     """
     eig_dirs = eig_dirs_array(eig_dirs)
     num_layers, num_heads, k, _ = eig_dirs.shape
-    cross, p, _ = orthonormalized(eig_dirs, _all_pairs_grams)
     first, second = pair_lists.all_unordered(num_layers)
-    pair_cos = np.empty((first.size, num_heads, k))
-    with threads_for(_svd_work(pair_cos.shape)):
-        _principal_cosines(cross, first, second, p, pair_cos)
     out = np.ones((num_layers, num_layers, num_heads, k))
-    out[first, second] = pair_cos
-    out[second, first] = pair_cos
+    group = max(1, CROSS_GRAM_BYTES // max(first.size * k * k * 8, 1))
+    for start in range(0, num_heads, group):
+        heads = slice(start, min(start + group, num_heads))
+        cross, p, _ = orthonormalized(eig_dirs[:, heads], _all_pairs_grams)
+        pair_cos = np.empty((first.size, cross.shape[0], k))
+        with threads_for(_svd_work(pair_cos.shape)):
+            _principal_cosines(cross, first, second, p, pair_cos)
+        out[first, second, heads] = pair_cos
+        out[second, first, heads] = pair_cos
     return out
