@@ -34,7 +34,9 @@ def _parser():
     an.add_argument("--eigdirs", help="eigen-direction file, .safetensors or .pt (default: the JSON's eigdirs_path, "
                                       "else <stem>-eigdirs.safetensors, else <stem>-eigdirs.pt)")
     an.add_argument("--anchor", type=int, default=-1, help="anchor layer, Python indexing (-1 = last)")
-    an.add_argument("--backend", default=DEFAULT_BACKEND, help="compute backend: " + " or ".join(BACKEND_NAMES))
+    an.add_argument("--backend", default=DEFAULT_BACKEND,
+                    help="compute backend: " + ", ".join(BACKEND_NAMES) + " (default auto: the numpy reference for "
+                         "small inputs, else the Numba kernels; the same numbers)")
     an.add_argument("--json", metavar="OUT", help="also write every number as JSON to OUT")
     an.add_argument("--plot", metavar="DIR", help="also write PNG figures into DIR")
     an.add_argument("--match-heads", action="store_true",

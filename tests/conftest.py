@@ -4,12 +4,16 @@ Helpers that tests import (fresh processes, dense float64 constructions, tiny mo
 live in ``qkalign.testing``.
 """
 
+import os
 from types import SimpleNamespace
 
 import pytest
 
 from qkalign.seed_format import save
 from qkalign.weights.synthetic import PRESETS, SyntheticSpec, make_qkdata
+
+# Tests that want a background compile start one themselves (tests/test_compile_state.py).
+os.environ["QKALIGN_BACKGROUND_COMPILE"] = "0"
 
 #: 36 layers (the seed's fixed layer ranges fit), small heads so the suite stays fast.
 SPEC_36 = SyntheticSpec(36, 4, 2, 8, 40, topk=6, drift=0.15, seed=3)

@@ -11,13 +11,17 @@ from qkalign.testing.processes import run_qkalign
 from qkalign.weights.synthetic import PRESETS, make_qkdata
 
 
-def test_numba_is_the_default_backend(data_small, cli):
-    # Called without a backend, analyze and the CLI run the kernels: the same numbers as asking for numba.
-    default = qkalign.analyze(data_small, chance=False)
-    assert default.meta["backend"] == "numba"
-    np.testing.assert_array_equal(default.operator_cos, qkalign.analyze(data_small, backend="numba",
-                                                                         chance=False).operator_cos)
-    assert cli("analyze").stdout.splitlines()[0].endswith("(backend numba)")
+def test_auto_backend_answers_small_inputs_with_numpy_and_large_ones_with_numba(data_small, cli, monkeypatch):
+    from qkalign.stats import backends
+
+    small = qkalign.analyze(data_small, chance=False)
+    assert small.meta["backend"] == "numpy" and backends.analysis_work(data_small) < backends.NUMPY_FASTER_WORK
+    assert cli("analyze").stdout.splitlines()[0].endswith("(backend numpy)")  # the bundled example is small
+    qkalign.analyze(data_small, backend="numba", chance=False)  # compiled in this process: auto may use them
+    monkeypatch.setattr(backends, "NUMPY_FASTER_WORK", 0)
+    large = qkalign.analyze(data_small, chance=False)
+    assert large.meta["backend"] == "numba"
+    np.testing.assert_allclose(large.operator_cos, small.operator_cos, rtol=RTOL)
     assert get_backend("numba") is kernels
     assert all(callable(getattr(kernels, name)) for name in BACKEND_FUNCTIONS)
 

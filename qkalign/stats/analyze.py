@@ -14,7 +14,7 @@ from ..checks import int_in_range, is_integer
 from ..errors import InputError
 from . import reference
 from .all_pairs import all_pair_arrays, distance_profile, layer_pair_statistics
-from .backends import DEFAULT_BACKEND, get_backend
+from .backends import DEFAULT_BACKEND, choose_backend
 from .chance import DEFAULT_SEED, chance_levels
 from .result import AnalysisResult
 
@@ -38,8 +38,10 @@ def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None, pairs=True,
     data : QKData
     anchor : int
         Anchor layer, Python indexing (-1 = last); out of range raises InputError.
-    backend : {"numpy", "numba"}
-        Which implementation computes the numbers (default ``DEFAULT_BACKEND``).
+    backend : {"auto", "numpy", "numba"}
+        Which implementation computes the numbers: the numpy reference, the Numba kernels, or
+        (``"auto"``, the default) whichever answers sooner (``qkalign.stats.backends.choose_backend``).
+        The result's ``meta["backend"]`` names the one that ran.
     k_values : sequence of int, optional
         Top-k values for the sign agreement; default the seed's 2, 4, ..., 256
         up to the spectrum length.
@@ -58,7 +60,7 @@ def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None, pairs=True,
     AnalysisResult
     """
     anchor = normalize_anchor(anchor, data.num_layers)
-    impl = get_backend(backend)
+    impl, backend = choose_backend(backend, data)
     k_values = checked_k_values(k_values, data.sym_eigs.shape[2])
     ranges = layer_ranges(data.num_layers)
     operators = operator_statistics(data.gram, impl, anchor)
