@@ -39,7 +39,7 @@ def preset_json(preset=PRESET):
     """The seed-format JSON of ``preset`` in the cache, written first if missing (float32 eig_dirs)."""
     json_path = cache_dir() / f"{preset}.json"
     if not json_path.exists():
-        save(make_qkdata(PRESETS[preset]), cache_dir() / preset)
+        save(make_qkdata(PRESETS[preset]), cache_dir() / preset, file_format="pt")  # the seed reads .pt
     return json_path
 
 

@@ -10,8 +10,9 @@ kernels included), timed from outside; peak memory is the process's maximum resi
 (``wait4``), memory-mapped pages included. The commands of a round run one after the other,
 alternating qkalign with the seed, for ``--rounds`` rounds (default 4); the table gives medians.
 
-- ``qwen3-4b``: the preset of the other benchmarks (``conftest.preset_json``; its ``.pt`` as the
-  seed reads it, and the same data converted to safetensors);
+- ``qwen3-4b``: the preset of the other benchmarks (``conftest.preset_json``, or
+  ``QKALIGN_BENCH_PRESET``; its ``.pt`` as the seed reads it, and the same data converted to
+  safetensors);
 - first run after an install: the bundled example with an empty numba cache and no bytecode cache;
 - ``llama-3-70b``: a Llama-3-70B-shaped input (L=80, H=64, head_dim 128, hidden 8192, topk 16;
   random unit rows, 2.7 GB of float32 eig_dirs), written once to the cache (``--skip-large``
@@ -30,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from conftest import cache_dir, preset_json  # noqa: E402
+from conftest import PRESET, cache_dir, preset_json  # noqa: E402
 
 from qkalign.testing.processes import SEED_SCRIPT, checkout_env  # noqa: E402
 
@@ -61,11 +62,11 @@ def run_measured(args, **env):
     return wall, usage.ru_maxrss * 1024  # kilobytes on Linux
 
 
-def qwen_inputs():
-    """(json with .pt, json with safetensors) of the qwen3-4b preset; the safetensors pair is made once."""
+def preset_inputs():
+    """(json with .pt, json with safetensors) of the benchmark preset; the safetensors pair is made once."""
     pt_json = preset_json()
-    native = cache_dir() / "qwen3-4b-safetensors"
-    if not (native.parent / "qwen3-4b-safetensors-eigdirs.safetensors").exists():
+    native = cache_dir() / f"{PRESET}-safetensors"
+    if not native.with_name(native.name + "-eigdirs.safetensors").exists():
         subprocess.run([sys.executable, "-m", "qkalign", "convert", pt_json, "-o", native], check=True,
                        env=checkout_env(), stdout=subprocess.DEVNULL)
     return pt_json, native.with_suffix(".json")
@@ -101,7 +102,7 @@ def large_input():
 
 def measure_all(rounds, skip_large):
     """Every measurement of the table: {name: [(wall, rss), ...]} plus file sizes."""
-    pt_json, native_json = qwen_inputs()
+    pt_json, native_json = preset_inputs()
     qkalign = [sys.executable, "-m", "qkalign", "analyze"]
     runs = {"seed": [], "qkalign_safetensors": [], "qkalign_pt": [], "first_run": [], "large": []}
     for _ in range(rounds):  # alternated, so that a slow minute of the machine hits all alike
@@ -114,7 +115,7 @@ def measure_all(rounds, skip_large):
             # than pip's, which precompiles the libraries' .pyc)
             runs["first_run"].append(run_measured([*qkalign], NUMBA_CACHE_DIR=numba_cache,
                                                   PYTHONPYCACHEPREFIX=bytecode, QKALIGN_BACKGROUND_COMPILE=0))
-    sizes = {"qwen_eigdirs": (native_json.parent / "qwen3-4b-safetensors-eigdirs.safetensors").stat().st_size}
+    sizes = {"preset_eigdirs": native_json.with_name(native_json.stem + "-eigdirs.safetensors").stat().st_size}
     if not skip_large:
         large_json, eigdirs = large_input()
         sizes["large_eigdirs"] = eigdirs.stat().st_size
@@ -156,8 +157,8 @@ def table(runs, sizes):
     counts = {name: len(r) for name, r in runs.items() if r}
     head = ["| command | wall | peak RSS | target | measured | met? |", "| --- | ---: | ---: | ---: | ---: | --- |"]
     foot = (f"Medians of {counts.get('qkalign_safetensors', 0)} rounds ({counts.get('seed', 0)} seed runs, "
-            f"{counts.get('large', 0)} of the 70B shape); `qwen3-4b` preset, eig_dirs "
-            f"{sizes['qwen_eigdirs'] / 1e6:.0f} MB float32. Command: `python benchmarks/end_to_end.py`.")
+            f"{counts.get('large', 0)} of the 70B shape); `{PRESET}` preset, eig_dirs "
+            f"{sizes['preset_eigdirs'] / 1e6:.0f} MB float32. Command: `python benchmarks/end_to_end.py`.")
     return "\n".join(head + rows + ["", foot])
 
 
