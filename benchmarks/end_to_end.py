@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from conftest import PRESET, cache_dir, preset_json  # noqa: E402
+from summary import replace_block, verdict  # noqa: E402
 
 from qkalign.testing.processes import SEED_SCRIPT, checkout_env  # noqa: E402
 
@@ -50,15 +51,15 @@ TARGETS = {
 
 def run_measured(args, **env):
     """``(wall seconds, peak RSS bytes)`` of one process running ``args``; raises on failure."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=checkout_env(**env))
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode()
-    proc.stderr.close()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(map(str, args))} failed:\n{err}")
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty child cannot block on it
+        start = time.perf_counter()
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env=checkout_env(**env))
+        _, status, usage = os.wait4(proc.pid, 0)  # wait4: this child's own peak memory
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(map(str, args))} failed:\n{err.read().decode()}")
     return wall, usage.ru_maxrss * 1024  # kilobytes on Linux
 
 
@@ -133,7 +134,7 @@ def table(runs, sizes):
     rows = []
 
     def row(what, wall, rss, target, ratio):
-        met = "met" if ratio <= TARGETS[target] else "missed"
+        met = verdict(ratio, TARGETS[target])
         rows.append(f"| {what} | {wall} | {rss} | ≤ {TARGETS[target]}{'x' if target != 'first_run_s' else ' s'} "
                     f"| {ratio:.2f}{'x' if target != 'first_run_s' else ' s'} | {met} |")
 
@@ -183,9 +184,7 @@ def machine_line():
 
 def write_between_markers(path, text):
     path = Path(path)
-    page = path.read_text()
-    start, end = (page.index(marker) for marker in MARKERS)
-    path.write_text(page[:start + len(MARKERS[0])] + "\n" + text + "\n" + page[end:])
+    path.write_text(replace_block(path.read_text(), text.splitlines(), MARKERS))
 
 
 def main(argv=None):

@@ -272,15 +272,16 @@ def summary(run):
     return lines
 
 
-def replace_block(text, block_lines):
+def replace_block(text, block_lines, markers=(START_MARKER, END_MARKER)):
     """``text`` with the lines between the marker lines (each a line of its own) replaced by ``block_lines``."""
+    start_marker, end_marker = markers
     lines = text.splitlines(keepends=True)
     stripped = [line.strip() for line in lines]
-    if stripped.count(START_MARKER) != 1 or stripped.count(END_MARKER) != 1:
-        raise ValueError(f"needs one line {START_MARKER} and one line {END_MARKER}")
-    start, end = stripped.index(START_MARKER), stripped.index(END_MARKER)
+    if stripped.count(start_marker) != 1 or stripped.count(end_marker) != 1:
+        raise ValueError(f"needs one line {start_marker} and one line {end_marker}")
+    start, end = stripped.index(start_marker), stripped.index(end_marker)
     if end < start:
-        raise ValueError(f"{END_MARKER} comes before {START_MARKER}")
+        raise ValueError(f"{end_marker} comes before {start_marker}")
     return "".join(lines[:start + 1]) + "".join(line + "\n" for line in block_lines) + "".join(lines[end:])
 
 

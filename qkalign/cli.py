@@ -9,8 +9,8 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import InputError, QKAlignError
+from .stats import DEFAULT_CHANCE_SEED
 from .stats.backends import BACKEND_NAMES, DEFAULT_BACKEND
-from .stats.chance import DEFAULT_SEED
 from .weights import DEFAULT_PRECISION, DEFAULT_TOPK, PRECISIONS
 
 EXIT_INPUT_ERROR = 2
@@ -41,7 +41,7 @@ def _parser():
     an.add_argument("--plot", metavar="DIR", help="also write PNG figures into DIR")
     an.add_argument("--match-heads", action="store_true",
                     help="also pair the heads of two layers by their best assignment and report matched statistics")
-    an.add_argument("--chance-seed", type=int, default=DEFAULT_SEED, help="seed of the Monte Carlo chance levels")
+    an.add_argument("--chance-seed", type=int, default=DEFAULT_CHANCE_SEED, help="seed of the Monte Carlo chance levels")
     _add_measure_options(an, for_analyze=True)
     pl = sub.add_parser("plot", help="write the figures of a --json result",
                         description="Write PNG heatmaps and to-anchor curves of a RESULT.json into DIR.")
@@ -54,16 +54,16 @@ def _parser():
     _add_output_options(me)
     _add_measure_options(me, for_analyze=False)
     sy = sub.add_parser("synthetic", help="write a synthetic model's grams and eigen-directions",
-                        description="Write PREFIX.json and PREFIX-eigdirs.pt of a synthetic model preset "
-                                    "(deterministic weights with a controllable inter-layer drift).")
+                        description="Write PREFIX.json and PREFIX-eigdirs.safetensors (or .pt) of a synthetic model "
+                                    "preset (deterministic weights with a controllable inter-layer drift).")
     sy.add_argument("preset", choices=_preset_names())
     _add_output_options(sy)
     sy.add_argument("--num-layers", type=int, help="number of layers instead of the preset's")
     sy.add_argument("--drift", type=float, help="inter-layer drift in [0, 1] instead of the preset's")
     sy.add_argument("--seed", type=int, help="random seed instead of the preset's")
     co = sub.add_parser("convert", help="write a grams JSON's eigen-directions as safetensors",
-                        description="Read GRAMS.json and its eigen-direction file (a .pt) and write PREFIX.json and "
-                                    "PREFIX-eigdirs.safetensors: loaded memory-mapped, without torch.")
+                        description="Read GRAMS.json and its eigen-direction file (the seed's .pt) and write its "
+                                    "eigen-directions as safetensors, the format qkalign maps without torch.")
     co.add_argument("grams", help="grams JSON")
     co.add_argument("--eigdirs", help="its eigen-direction file (default: found as analyze finds it)")
     co.add_argument("-o", "--output", metavar="PREFIX",
@@ -110,12 +110,12 @@ def _measure_options(args):
                 progress=not opts["quiet"])
 
 
-def _save(data, prefix, file_format):
+def _save(data, prefix, file_format, eig_dirs_dtype="float32"):
     """Write ``data`` at ``prefix`` and say so; an unwritable prefix is an input error."""
     from .seed_format import save
 
     try:
-        json_path, eigdirs_path = save(data, prefix, file_format=file_format)
+        json_path, eigdirs_path = save(data, prefix, eig_dirs_dtype=eig_dirs_dtype, file_format=file_format)
     except OSError as exc:
         raise InputError(prefix, "-o", "a writable output prefix", exc.strerror or str(exc)) from None
     print(f"wrote {json_path} and {eigdirs_path}")
@@ -129,14 +129,17 @@ def _measure(args):
 
 
 def _convert(args):
-    """Without ``-o`` the safetensors file is written beside the JSON, which (and whose .pt) stays as it is."""
+    """Without ``-o`` (or with the JSON's own prefix) the safetensors file is written beside the JSON,
+    which, like its .pt, stays as it is. The stored precision is kept."""
     from .checks import read_json_object
     from .eigdirs_files import write_eigdirs
     from .seed_format import default_eigdirs_path, load
 
     data = load(args.grams, eigdirs=args.eigdirs)
-    if args.output is not None:
-        return _save(data, args.output, "safetensors")
+    own_prefix = Path(args.grams).with_suffix("")
+    if args.output is not None and Path(args.output).resolve() != own_prefix.resolve():
+        return _save(data, args.output, "safetensors", eig_dirs_dtype=str(data.eig_dirs.dtype))
+    # the one key load() leaves out of QKData: a declared path would keep analyze on the old file
     declared = read_json_object(args.grams, "grams JSON").get("eigdirs_path")
     if declared is not None:  # analyze would keep reading the file it names
         raise InputError(args.grams, "eigdirs_path", "no eigdirs_path key, or -o PREFIX to write a new pair",
@@ -190,7 +193,7 @@ def _analyze(args):
 
     data, description = _analysis_input(args)
     result = analyze(data, anchor=args.anchor, backend=args.backend, match_heads=args.match_heads,
-                     chance_seed=args.chance_seed)
+                     chance_seed=args.chance_seed, background_compile=True)
     sys.stdout.write(format_report(result, description))
     if args.json:
         try:

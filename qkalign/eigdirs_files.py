@@ -21,6 +21,7 @@ exact in float64, so no number depends on the file format.
 
 import collections
 import json
+import math
 import pickle
 import struct
 import zipfile
@@ -41,8 +42,19 @@ _TORCH_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32", "torch.floa
 
 
 def file_format(path):
-    """``"pt"`` for a ``.pt`` file, else ``"safetensors"``."""
+    """``"pt"`` for a ``.pt`` file, else ``"safetensors"``: the suffix, for a file to write."""
     return "pt" if Path(path).suffix == ".pt" else "safetensors"
+
+
+def stored_format(path):
+    """The format of an existing file by its first bytes: torch's zip (``PK``) or legacy pickle
+    (``0x80``) is ``"pt"`` whatever its name (``.pth``, ``.bin``); else by suffix."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        return file_format(path)  # the reader names the problem
+    return "pt" if magic.startswith((b"PK\x03\x04", b"\x80")) else file_format(path)
 
 
 def read_eigdirs(path):
@@ -51,7 +63,7 @@ def read_eigdirs(path):
     eig_dirs comes back float32 or float64 as stored (float16/bfloat16 widened to float32),
     read-only; sym_eigs as float64.
     """
-    return _read_pt(path) if file_format(path) == "pt" else _read_safetensors(path)
+    return _read_pt(path) if stored_format(path) == "pt" else _read_safetensors(path)
 
 
 def write_eigdirs(path, eig_dirs, sym_eigs, eig_dirs_dtype="float32"):
@@ -59,12 +71,13 @@ def write_eigdirs(path, eig_dirs, sym_eigs, eig_dirs_dtype="float32"):
     in the format its suffix names (``.pt`` or ``.safetensors``)."""
     if eig_dirs_dtype not in EIG_DIRS_DTYPES:
         raise InputError("eig_dirs_dtype", "", " or ".join(EIG_DIRS_DTYPES), repr(eig_dirs_dtype))
-    if file_format(path) == "pt" or eig_dirs_dtype == "bfloat16":  # numpy has no bfloat16: torch writes it
+    fmt = file_format(path)
+    if fmt == "pt" or eig_dirs_dtype == "bfloat16":  # numpy has no bfloat16: torch writes it
         import torch
 
         tensors = {"eig_dirs": torch.from_numpy(np.array(eig_dirs)).to(getattr(torch, eig_dirs_dtype)),
                    "sym_eigs": torch.from_numpy(np.array(sym_eigs, dtype=np.float64))}
-        if file_format(path) == "pt":
+        if fmt == "pt":
             torch.save(tensors, path)
         else:
             from safetensors.torch import save_file
@@ -103,6 +116,8 @@ def _safetensors_header(path):
         raise InputError(path, "", "an existing eig-dirs file", "no such file") from None
     except IsADirectoryError:
         raise InputError(path, "", "an eig-dirs file", "a directory") from None
+    except OSError as exc:
+        raise InputError(path, "", "a readable eig-dirs file", exc.strerror or _first_line(exc)) from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InputError(path, "", expected, f"a corrupt header ({_first_line(exc)})") from None
     if not isinstance(header, dict):
@@ -118,10 +133,17 @@ def _read_safetensors(path):
         if entry is None:
             raise InputError(path, key, "this tensor to be present", "it missing")
         arrays[key] = _mapped_tensor(path, key, entry, data_start, size)
-    eig_dirs = arrays["eig_dirs"]
+    return _as_read(arrays["eig_dirs"], arrays["sym_eigs"])
+
+
+def _as_read(eig_dirs, sym_eigs):
+    """What a reader returns from the stored arrays (bfloat16 as its uint16 bits): eig_dirs in float32
+    or float64 (float16 and bfloat16 widened to float32), sym_eigs in float64."""
     if eig_dirs.dtype in (np.float16, np.uint16):
         eig_dirs = _widened_to_float32(eig_dirs)
-    return {"eig_dirs": eig_dirs, "sym_eigs": np.array(arrays["sym_eigs"], dtype=np.float64)}
+    if sym_eigs.dtype == np.uint16:
+        sym_eigs = _widened_to_float32(sym_eigs)
+    return {"eig_dirs": eig_dirs, "sym_eigs": np.array(sym_eigs, dtype=np.float64)}
 
 
 def _mapped_tensor(path, key, entry, data_start, size):
@@ -132,17 +154,21 @@ def _mapped_tensor(path, key, entry, data_start, size):
         offsets_ok = isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end
     except (TypeError, KeyError, ValueError):
         raise InputError(path, key, "a header entry with dtype, shape and data_offsets", repr(entry)[:160]) from None
-    if dtype not in _SAFETENSORS_DTYPES:
-        raise InputError(path, key, "a F16, BF16, F32 or F64 tensor", dtype)
+    if not isinstance(dtype, str) or dtype not in _SAFETENSORS_DTYPES:
+        raise InputError(path, key, "a F16, BF16, F32 or F64 tensor", repr(dtype)[:80])
     itemsize = np.dtype(_SAFETENSORS_DTYPES[dtype]).itemsize
-    if not (shape_ok and offsets_ok) or end - begin != itemsize * int(np.prod(shape, dtype=np.int64)):
+    # Python integers: a hostile shape cannot overflow the byte count.
+    if not (shape_ok and offsets_ok) or end - begin != itemsize * math.prod(shape):
         raise InputError(path, key, f"data_offsets spanning shape x {itemsize} bytes",
                          f"shape {list(shape)}, data_offsets {entry['data_offsets']}")
     if data_start + end > size:
         raise InputError(path, key, f"data up to byte {data_start + end}", f"a truncated file of {size} bytes")
     if 0 in shape:
         return np.empty(shape, dtype=_SAFETENSORS_DTYPES[dtype])
-    return np.memmap(path, dtype=_SAFETENSORS_DTYPES[dtype], mode="r", offset=data_start + begin, shape=shape)
+    try:
+        return np.memmap(path, dtype=_SAFETENSORS_DTYPES[dtype], mode="r", offset=data_start + begin, shape=shape)
+    except (OSError, ValueError) as exc:
+        raise InputError(path, key, "tensor data that can be mapped", _first_line(exc)) from None
 
 
 def _widened_to_float32(stored):
@@ -234,13 +260,7 @@ def _read_plain_pt(path):
             obj = _PlainTensorUnpickler(pkl, archive, path).load()
     if not isinstance(obj, dict) or any(not isinstance(obj.get(key), np.ndarray) for key in TENSORS):
         raise _NotPlain("not a dict of the two tensors")
-    eig_dirs = obj["eig_dirs"]
-    if eig_dirs.dtype in (np.float16, np.uint16):
-        eig_dirs = _widened_to_float32(eig_dirs)
-    sym_eigs = obj["sym_eigs"]
-    if sym_eigs.dtype == np.uint16:
-        sym_eigs = _widened_to_float32(sym_eigs)
-    return {"eig_dirs": eig_dirs, "sym_eigs": np.array(sym_eigs, dtype=np.float64)}
+    return _as_read(obj["eig_dirs"], obj["sym_eigs"])
 
 
 def _read_pt_with_torch(path):
@@ -273,4 +293,5 @@ def _read_pt_with_torch(path):
             arrays[key] = value.detach().to(torch.float32).numpy()  # exact
         else:
             arrays[key] = value.detach().numpy()
+        arrays[key].setflags(write=False)  # private to this reader: QKData need not copy it
     return arrays

@@ -1,4 +1,4 @@
-"""Cholesky-QR factors from Grams (``qkalign.cholesky_qr``), against Householder QR."""
+"""Cholesky-QR factors from Grams (``qkalign.linalg.cholesky_qr``), against Householder QR."""
 
 import numpy as np
 

@@ -56,11 +56,13 @@ def cold_kernels(monkeypatch):
 def test_a_mid_sized_input_is_answered_by_numpy_while_the_kernels_compile(data_small, cold_kernels, capsys,
                                                                         monkeypatch):
     monkeypatch.setattr(backends, "NUMPY_FASTER_WORK", 0)  # data_small counts as mid-sized
-    result = qkalign.analyze(data_small, chance=False)
+    assert qkalign.analyze(data_small, chance=False).meta["backend"] == "numpy"
+    assert cold_kernels == [] and capsys.readouterr().err == ""  # the library starts no process by itself
+    result = qkalign.analyze(data_small, chance=False, background_compile=True)  # as the command line does
     assert result.meta["backend"] == "numpy" and cold_kernels == [True]
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("qkalign: the Numba kernels are not compiled yet")
-    qkalign.analyze(data_small, chance=False)
+    qkalign.analyze(data_small, chance=False, background_compile=True)
     assert capsys.readouterr().err == ""  # told once
 
 

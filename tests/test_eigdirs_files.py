@@ -178,3 +178,28 @@ def test_json_naming_a_missing_eigdirs_file(pair, cli, tmp_path):
     doc["eigdirs_path"] = "gone-eigdirs.safetensors"
     pair[0].write_text(json.dumps(doc))
     assert_one_line_error(cli("analyze", pair[0]), "gone-eigdirs.safetensors", "no such file")
+
+
+def test_bfloat16_and_float16_sym_eigs_in_safetensors_are_widened_not_reinterpreted(data36, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    for dtype in (torch.bfloat16, torch.float16):
+        path = tmp_path / f"{dtype}-eigdirs.safetensors"
+        sym = torch.from_numpy(data36.sym_eigs.copy()).to(dtype)
+        save_file({"eig_dirs": torch.from_numpy(data36.eig_dirs.astype(np.float32)), "sym_eigs": sym}, str(path))
+        loaded = qkalign.load(save(data36, tmp_path / "m")[0], eigdirs=path)
+        np.testing.assert_array_equal(loaded.sym_eigs, sym.to(torch.float64).numpy())
+
+
+def test_a_torch_file_is_recognised_by_its_bytes_not_its_name(data36, tmp_path):
+    json_path, pt_path = save(data36, tmp_path / "m", file_format="pt")
+    renamed = pt_path.rename(tmp_path / "weights.pth")
+    np.testing.assert_array_equal(qkalign.load(json_path, eigdirs=renamed).eig_dirs, data36.eig_dirs.astype(np.float32))
+
+
+def test_convert_keeps_the_stored_precision_into_a_new_pair(written36, tmp_path, cli):
+    assert cli("convert", written36[0], "-o", tmp_path / "new").returncode == 0
+    converted = qkalign.load(tmp_path / "new.json")
+    assert converted.eig_dirs.dtype == np.float64  # written36 stores float64
+    np.testing.assert_array_equal(converted.eig_dirs, qkalign.load(written36[0]).eig_dirs)

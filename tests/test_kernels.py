@@ -1,4 +1,4 @@
-"""Every Numba kernel equals its numpy reference (the rows of ``qkalign.comparison``).
+"""Every Numba kernel equals its numpy reference (the rows of ``qkalign.testing.comparisons``).
 
 Shapes, seeds and kinds of eigenvector rows come from hypothesis; the edge cases
 the issue names are pinned as explicit examples. This module also runs once with

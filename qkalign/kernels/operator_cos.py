@@ -1,7 +1,7 @@
 """Operator cosines from the gram tensor: per head, and the rescale onto an anchor layer.
 
 Serial kernels: an O(L^2 H) pass over a gram of a few MB takes well under a
-millisecond, less than waking the worker threads of a ``prange`` (see ``threads``).
+millisecond, less than waking the worker threads of a ``prange`` (see ``thread_count``).
 """
 
 import numpy as np

@@ -7,4 +7,10 @@
 - ``all_pairs``: every statistic for all layer pairs, and its profile over layer distance;
 - ``chance``: the level of each statistic for unrelated operators of the same shape;
 - ``head_matching``: heads paired across layers by their best assignment.
+
+The default seed of the Monte Carlo chance levels is here, where the CLI reads it without
+importing the statistics.
 """
+
+#: Seed of the Monte Carlo chance levels unless one is given (recorded in the result).
+DEFAULT_CHANCE_SEED = 20261126

@@ -30,7 +30,7 @@ RANGE_NAMES = ("early", "mid", "late")
 
 
 def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None, pairs=True, chance=True,
-            match_heads=False, chance_seed=DEFAULT_SEED):
+            match_heads=False, chance_seed=DEFAULT_SEED, background_compile=False):
     """Compare every layer's QK operators with the anchor layer's, as the seed did, and beyond.
 
     Parameters
@@ -54,13 +54,16 @@ def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None, pairs=True,
         Also compute the chance levels (Monte Carlo seeded by ``chance_seed``).
     match_heads : bool
         Also match heads across layers by their best assignment (``matched``).
+    background_compile : bool
+        With ``backend="auto"``, let a mid-sized input whose kernels are not compiled yet start
+        their compilation in a detached background process (the command line does).
 
     Returns
     -------
     AnalysisResult
     """
     anchor = normalize_anchor(anchor, data.num_layers)
-    impl, backend = choose_backend(backend, data)
+    impl, backend = choose_backend(backend, data, background_compile)
     k_values = checked_k_values(k_values, data.sym_eigs.shape[2])
     ranges = layer_ranges(data.num_layers)
     operators = operator_statistics(data.gram, impl, anchor)

@@ -61,35 +61,31 @@ def analysis_work(data):
     return float(data.num_layers) ** 2 * data.num_heads * data.topk**2 * data.hidden_size
 
 
-def choose_backend(name, data):
+def choose_backend(name, data, background_compile=False):
     """``(module, name)`` of the backend that computes ``data``'s numbers (the same numbers either way).
 
     ``"auto"`` takes the numpy reference for small inputs (:data:`NUMPY_FASTER_WORK`), else
     the Numba kernels; while those are not compiled (the first run after an install), inputs
-    below :data:`NUMPY_FASTER_THAN_COMPILING_WORK` are answered by numpy as the kernels compile
-    in the background for the next run. Whenever a run has to wait for a compilation, or
-    starts one, it says so once on stderr.
+    below :data:`NUMPY_FASTER_THAN_COMPILING_WORK` are answered by numpy, and with
+    ``background_compile`` (the command line's choice) the kernels compile in a background
+    process for the next run. Whenever a run has to wait for a compilation, or starts one,
+    it says so once on stderr.
     """
-    if name == "auto":
-        work = analysis_work(data)
-        if work < NUMPY_FASTER_WORK:
-            return reference, "numpy"
-        from ..kernels.compile_state import compile_in_background, kernels_compiled
+    if name == "numpy" or (name == "auto" and analysis_work(data) < NUMPY_FASTER_WORK):
+        return reference, "numpy"
+    module = get_backend(name if name != "auto" else "numba")
+    from ..kernels.compile_state import COMPILE_SECONDS, compile_in_background, kernels_compiled
 
-        if not kernels_compiled() and work < NUMPY_FASTER_THAN_COMPILING_WORK:
-            if compile_in_background():
-                _tell("the Numba kernels are not compiled yet: this run uses the numpy reference (the same "
-                      "numbers) while they compile in the background for the next one")
-            return reference, "numpy"
-        name = "numba"
-    module = get_backend(name)
-    if name == "numba":
-        from ..kernels.compile_state import COMPILE_SECONDS, kernels_compiled
-
-        if not kernels_compiled():
-            _tell(f"compiling the Numba kernels: about {COMPILE_SECONDS} s on 2 cores, once after an install "
-                  "(numba keeps them in its cache)")
-    return module, name
+    if kernels_compiled():
+        return module, "numba"
+    if name == "auto" and analysis_work(data) < NUMPY_FASTER_THAN_COMPILING_WORK:
+        if background_compile and compile_in_background():
+            _tell("the Numba kernels are not compiled yet: this run uses the numpy reference (the same "
+                  "numbers) while they compile in the background for the next one")
+        return reference, "numpy"
+    _tell(f"compiling the Numba kernels: about {COMPILE_SECONDS} s on 2 cores, once after an install "
+          "(numba keeps them in its cache)")
+    return module, "numba"
 
 
 def _tell(message):

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..linalg.blas_threads import on_cores
+from . import DEFAULT_CHANCE_SEED
 
 #: Default Monte Carlo sizes, for ~0.1 s at the Qwen3-4B shape (d 128, n 2560, k 16) on two
 #: cores: a spectrum costs ~2.8 ms of one core (a 256 x 256 eigenvalue problem), a pair of
@@ -57,7 +58,7 @@ from ..linalg.blas_threads import on_cores
 #: pa_mean_cos, pa_min_cos have sd / sqrt(500) ~ sd / 22. The sds are good to ~ 1 / sqrt(2 samples).
 SPECTRA_SAMPLES = 48
 SUBSPACE_SAMPLES = 500
-DEFAULT_SEED = 20261126
+DEFAULT_SEED = DEFAULT_CHANCE_SEED
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,8 @@
-"""Tiny Hugging Face model folders of every layout ``qkalign measure`` reads, and their dense truth.
+"""Tiny Hugging Face model folders of every layout ``qkalign measure`` reads.
 
 Each folder is written from per-head weights the way the architecture's modeling code
-lays them out (built here independently of ``qkalign.weights.layouts``), and ``dense_truth``
-computes the expected arrays the slow obvious way: ``g = K^T Q`` as an (n, n) float64
-matrix, Frobenius products, and ``eigh`` of ``(g + g^T)/2``.
+lays them out (built here independently of ``qkalign.weights.layouts``); the weights it
+stores come back in a :class:`TinyModel`, for :func:`qkalign.testing.dense.dense_truth`.
 """
 
 import json

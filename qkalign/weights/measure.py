@@ -147,13 +147,15 @@ def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress)
     """The arrays of :class:`QKData` (gram, fro_sq, sym_eigs, eig_dirs) from the model's weights."""
     import torch
 
+    from ..kernels.block_sums import layer_gram_accumulated  # numba: imported when measuring
+
     reader = _HeadReader(layout, shape, folder, fold_norms, getattr(torch, precision))
     torch_threads = torch.get_num_threads()
     # torch only widens slices and runs single-threaded eigen-problems in worker threads;
     # its multithreaded copies of small slices are ten times slower on a busy machine.
     torch.set_num_threads(1)
     try:
-        return _HeadTasks(reader, shape, topk, precision).run(progress)
+        return _HeadTasks(reader, shape, topk, precision, layer_gram_accumulated).run(progress)
     finally:
         torch.set_num_threads(torch_threads)
 
@@ -203,8 +205,9 @@ class _HeadTasks:
     until the work is done.
     """
 
-    def __init__(self, reader, shape, topk, precision):
+    def __init__(self, reader, shape, topk, precision, layer_gram):
         self.reader, self.shape, self.topk, self.precision = reader, shape, topk, precision
+        self.layer_gram = layer_gram  # gram[L, L'] of one head from its stacked Grams (a numba kernel)
         L, H, d, n = shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size
         self.out = dict(gram=np.empty((L, L, H)), fro_sq=np.empty((L, H)), sym_eigs=np.empty((L, H, 2 * d)),
                         eig_dirs=np.empty((L, H, topk, n)))
@@ -214,13 +217,11 @@ class _HeadTasks:
         return k, stacked_gram(k)
 
     def query_task(self, head, key_job):
-        from ..kernels.block_sums import layer_gram_accumulated  # numba: imported when measuring
-
         k, kk = key_job.result()
         q = self.reader.query(head)
         qq = stacked_gram(q)
         out = self.out
-        out["gram"][:, :, head] = layer_gram_accumulated(qq, kk, self.shape.num_layers, self.shape.head_dim)
+        out["gram"][:, :, head] = self.layer_gram(qq, kk, self.shape.num_layers, self.shape.head_dim)
         out["fro_sq"][:, head], out["sym_eigs"][:, head], out["eig_dirs"][:, head] = \
             _layer_work(k, q, kk, qq, self.topk, self.precision)
 

@@ -7,7 +7,7 @@ layer (up to scale), ``drift = 1`` independent layers, and in between the operat
 cosine decays roughly as ``(1 - drift)^|L - L'|``. Weights are float32 like a
 checkpoint; everything derived from them is float64.
 
-``qkalign synthetic PRESET -o PREFIX`` writes a preset's files in the seed's format.
+``qkalign synthetic PRESET -o PREFIX`` writes a preset's grams JSON and eigen-direction file.
 """
 
 from dataclasses import asdict, dataclass, replace
