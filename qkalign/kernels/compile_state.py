@@ -83,21 +83,16 @@ def compile_in_background():
 
 
 def compile_kernels():
-    """Run every kernel once on small inputs of each storage precision, filling numba's cache."""
+    """Run the kernels of a default ``analyze`` (their types do not depend on the storage precision)
+    and of ``measure`` once on small inputs, filling numba's cache."""
     import numpy as np
 
-    from ..qkdata import QKData
     from ..stats.analyze import analyze
     from ..weights.synthetic import SyntheticSpec, make_qkdata
     from .block_sums import layer_gram_accumulated
 
-    data = make_qkdata(SyntheticSpec(4, 2, 1, 4, 16, topk=3))
-    stored32 = QKData(4, 2, 4, 16, gram=data.gram, fro_sq=data.fro_sq,
-                      eig_dirs=data.eig_dirs.astype(np.float32), sym_eigs=data.sym_eigs)
-    for each in (data, stored32):
-        analyze(each, backend="numba", chance=False)
-        analyze(each, backend="numba", pairs=False, chance=False)
-    for dtype in (np.float32, np.float64):
+    analyze(make_qkdata(SyntheticSpec(4, 2, 1, 4, 16, topk=3)), backend="numba", chance=False)
+    for dtype in (np.float32, np.float64):  # measure's two precisions
         layer_gram_accumulated(np.eye(8, dtype=dtype), np.eye(8, dtype=dtype), 2, 4)
 
 
