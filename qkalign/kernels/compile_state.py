@@ -78,7 +78,7 @@ def compile_in_background():
         return False
     subprocess.Popen([sys.executable, "-m", "qkalign.kernels.compile_state", str(lock)],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     start_new_session=True, env=os.environ.copy())
+                     start_new_session=True)
     return True
 
 
