@@ -5,6 +5,8 @@ the field and what was expected.
 """
 
 import json
+import os
+import stat
 
 import numpy as np
 
@@ -22,24 +24,46 @@ def read_json_object(path, what, required=()):
     required : sequence of str
         Keys that must be present.
     """
+    regular_file(path, what)
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
-    except FileNotFoundError:
-        raise InputError(path, "", f"an existing {what}", "no such file") from None
-    except IsADirectoryError:
-        raise InputError(path, "", f"a {what}", "a directory") from None
+    except OSError as exc:
+        raise InputError(path, "", f"a readable {what}", exc.strerror or str(exc)) from None
     except UnicodeDecodeError as exc:
         raise InputError(path, "", f"a {what} in UTF-8 JSON", f"undecodable bytes ({exc.reason})") from None
     except json.JSONDecodeError as exc:
         raise InputError(path, "", f"a {what} in JSON",
                          f"malformed JSON at line {exc.lineno} column {exc.colno} ({exc.msg})") from None
+    except ValueError as exc:  # an integer of more digits than Python converts (4,300 by default)
+        raise InputError(path, "", f"a {what} with numbers of sensible size", str(exc).split(";")[0]) from None
+    except RecursionError:
+        raise InputError(path, "", f"a {what} of sensible nesting depth", "lists or objects nested too deeply") from None
     if not isinstance(doc, dict):
         raise InputError(path, "", f"a {what} holding a JSON object", type(doc).__name__)
     for key in required:
         if key not in doc:
             raise InputError(path, key, "this key to be present", "it missing")
     return doc
+
+
+def regular_file(path, what):
+    """Raise unless ``path`` is an existing regular file (symlinks followed).
+
+    A FIFO, socket or device would block a reader forever or stream without end: refused
+    before anything opens it.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(path, "", f"an existing {what}", "no such file") from None
+    except OSError as exc:
+        raise InputError(path, "", f"a readable {what}", exc.strerror or str(exc)) from None
+    if stat.S_ISDIR(mode):
+        raise InputError(path, "", f"a {what}", "a directory")
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device or special file"
+        raise InputError(path, "", f"a {what} (a regular file)", kind)
 
 
 def is_integer(value):

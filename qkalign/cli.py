@@ -1,19 +1,23 @@
 """The ``qkalign`` command line: ``analyze``, ``measure``, ``plot``, ``synthetic`` and ``convert``.
 
-Bad input ends in one ``qkalign: error: ...`` line on stderr and exit code 2.
+Bad input (a file, a value or an option) ends in one ``qkalign: error: ...`` line on stderr and
+exit code 2; Ctrl-C in one ``qkalign: interrupted`` line and exit code 130. Output paths are
+checked before the work starts, and outputs are written whole or not at all.
 """
 
 import argparse
+import os
 import sys
 from importlib import resources
 from pathlib import Path
 
-from .errors import InputError, QKAlignError
+from .errors import InputError, QKAlignError, UsageError
 from .stats import DEFAULT_CHANCE_SEED
 from .stats.backends import BACKEND_NAMES, DEFAULT_BACKEND
 from .weights import DEFAULT_PRECISION, DEFAULT_TOPK, PRECISIONS
 
 EXIT_INPUT_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 # Defaults of the measure options; analyze takes them too, but only with a model folder.
 MEASURE_DEFAULTS = {"topk": DEFAULT_TOPK, "fold_norms": False, "precision": DEFAULT_PRECISION, "quiet": False}
@@ -24,8 +28,15 @@ def bundled_example_path():
     return resources.files("qkalign") / "data" / "example.json"
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors (an unknown option, ``--topk x``) as one ``qkalign: error:`` line."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def _parser():
-    ap = argparse.ArgumentParser(prog="qkalign", description="Inter-layer alignment of attention QK operators.")
+    ap = _OneLineParser(prog="qkalign", description="Inter-layer alignment of attention QK operators.")
     sub = ap.add_subparsers(dest="command", required=True)
     an = sub.add_parser("analyze", help="report how alike the QK operators of the layers are",
                         description="Analyse a grams JSON and its eigen-direction file (the bundled example "
@@ -123,8 +134,10 @@ def _save(data, prefix, file_format, eig_dirs_dtype="float32"):
 
 
 def _measure(args):
+    from .seed_format import output_paths
     from .weights.measure import measure
 
+    output_paths(args.output, args.format)
     return _save(measure(args.model_dir, **_measure_options(args)), args.output, args.format)
 
 
@@ -132,21 +145,27 @@ def _convert(args):
     """Without ``-o`` (or with the JSON's own prefix) the safetensors file is written beside the JSON,
     which, like its .pt, stays as it is. The stored precision is kept."""
     from .checks import read_json_object
-    from .eigdirs_files import write_eigdirs
-    from .seed_format import default_eigdirs_path, load
+    from .eigdirs_files import RUN_ID, write_eigdirs
+    from .output_files import atomic_path, check_output_file
+    from .seed_format import default_eigdirs_path, load, output_paths
 
-    data = load(args.grams, eigdirs=args.eigdirs)
     own_prefix = Path(args.grams).with_suffix("")
     if args.output is not None and Path(args.output).resolve() != own_prefix.resolve():
+        output_paths(args.output, "safetensors")
+        data = load(args.grams, eigdirs=args.eigdirs)
         return _save(data, args.output, "safetensors", eig_dirs_dtype=str(data.eig_dirs.dtype))
-    # the one key load() leaves out of QKData: a declared path would keep analyze on the old file
-    declared = read_json_object(args.grams, "grams JSON").get("eigdirs_path")
-    if declared is not None:  # analyze would keep reading the file it names
+    data = load(args.grams, eigdirs=args.eigdirs)
+    # the keys load() leaves out of QKData: a declared path would keep analyze on the old file,
+    # and the run id links the JSON to the file written here
+    doc = read_json_object(args.grams, "grams JSON")
+    if doc.get("eigdirs_path") is not None:  # analyze would keep reading the file it names
         raise InputError(args.grams, "eigdirs_path", "no eigdirs_path key, or -o PREFIX to write a new pair",
-                         repr(declared))
-    target = default_eigdirs_path(args.grams, "safetensors")
+                         repr(doc["eigdirs_path"]))
+    target = check_output_file(default_eigdirs_path(args.grams, "safetensors"), "convert")
     try:
-        write_eigdirs(target, data.eig_dirs, data.sym_eigs, eig_dirs_dtype=str(data.eig_dirs.dtype))
+        with atomic_path(target) as tmp:
+            write_eigdirs(tmp, data.eig_dirs, data.sym_eigs, eig_dirs_dtype=str(data.eig_dirs.dtype),
+                          run_id=doc.get(RUN_ID), fmt="safetensors")
     except OSError as exc:
         raise InputError(target, "", "a writable file beside the JSON", exc.strerror or str(exc)) from None
     print(f"wrote {target}")
@@ -154,8 +173,10 @@ def _convert(args):
 
 
 def _synthetic(args):
+    from .seed_format import output_paths
     from .weights.synthetic import make_qkdata, spec_from_args
 
+    output_paths(args.output, args.format)
     try:
         spec = spec_from_args(args.preset, num_layers=args.num_layers, drift=args.drift, seed=args.seed)
     except ValueError as exc:
@@ -188,9 +209,14 @@ def _analysis_input(args):
 
 
 def _analyze(args):
+    from .output_files import check_output_file, check_output_folder
     from .report import format_report
     from .stats.analyze import analyze
 
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.plot:
+        check_output_folder(args.plot, "--plot")
     data, description = _analysis_input(args)
     result = analyze(data, anchor=args.anchor, backend=args.backend, match_heads=args.match_heads,
                      chance_seed=args.chance_seed, background_compile=True)
@@ -205,11 +231,11 @@ def _analyze(args):
     return 0
 
 
-def _write_figures(result_dict, out_dir):
+def _write_figures(result_dict, out_dir, source="result"):
     from .plots import write_figures
 
     try:
-        paths = write_figures(result_dict, out_dir)
+        paths = write_figures(result_dict, out_dir, source)
     except OSError as exc:
         raise InputError(out_dir, "--plot", "a writable folder", exc.strerror or str(exc)) from None
     print(f"wrote {len(paths)} figures to {out_dir}", file=sys.stderr)
@@ -217,10 +243,12 @@ def _write_figures(result_dict, out_dir):
 
 def _plot(args):
     from .checks import read_json_object
+    from .output_files import check_output_folder
 
     doc = read_json_object(args.result, "result JSON (qkalign analyze --json)",
                            required=("meta", "to_anchor", "principal_angles"))
-    _write_figures(doc, args.out_dir)
+    check_output_folder(args.out_dir, "out_dir")
+    _write_figures(doc, args.out_dir, args.result)
     return 0
 
 
@@ -229,12 +257,18 @@ COMMANDS = {"analyze": _analyze, "plot": _plot, "measure": _measure, "synthetic"
 
 def main(argv=None):
     """Entry point of the ``qkalign`` command; returns the exit code."""
-    args = _parser().parse_args(argv)
     try:
+        args = _parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except QKAlignError as exc:
         print(f"qkalign: error: {exc}", file=sys.stderr)
         return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        print("qkalign: interrupted (no output was left half-written)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of stdout went away (`qkalign analyze | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
 
 
 if __name__ == "__main__":

@@ -29,9 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import regular_file
 from .errors import InputError
 
 TENSORS = ("eig_dirs", "sym_eigs")
+#: The key under which a file holds the id of the run that wrote it (and its grams JSON).
+RUN_ID = "run_id"
 #: File formats by suffix, the native one first.
 SUFFIXES = {"safetensors": "-eigdirs.safetensors", "pt": "-eigdirs.pt"}
 FORMATS = tuple(SUFFIXES)
@@ -58,36 +61,42 @@ def stored_format(path):
 
 
 def read_eigdirs(path):
-    """``{"eig_dirs": ..., "sym_eigs": ...}`` from an eigen-direction file of either format.
+    """``{"eig_dirs": ..., "sym_eigs": ..., "run_id": ...}`` from an eigen-direction file of either format.
 
     eig_dirs comes back float32 or float64 as stored (float16/bfloat16 widened to float32),
-    read-only; sym_eigs as float64.
+    read-only; sym_eigs as float64; run_id is the writer's run id, or None.
     """
+    regular_file(path, "eig-dirs file")
     return _read_pt(path) if stored_format(path) == "pt" else _read_safetensors(path)
 
 
-def write_eigdirs(path, eig_dirs, sym_eigs, eig_dirs_dtype="float32"):
-    """Write ``eig_dirs`` (stored as ``eig_dirs_dtype``) and ``sym_eigs`` (float64) to ``path``,
-    in the format its suffix names (``.pt`` or ``.safetensors``)."""
+def write_eigdirs(path, eig_dirs, sym_eigs, eig_dirs_dtype="float32", run_id=None, fmt=None):
+    """Write ``eig_dirs`` (stored as ``eig_dirs_dtype``) and ``sym_eigs`` (float64) to ``path``.
+
+    ``fmt`` (``"pt"`` or ``"safetensors"``) defaults to what the suffix names. ``run_id``, when
+    given, is stored with the tensors (safetensors metadata, or a string entry of the .pt's
+    dict, which the seed ignores) so that the grams JSON of the same run can be matched to it.
+    """
     if eig_dirs_dtype not in EIG_DIRS_DTYPES:
         raise InputError("eig_dirs_dtype", "", " or ".join(EIG_DIRS_DTYPES), repr(eig_dirs_dtype))
-    fmt = file_format(path)
+    fmt = fmt or file_format(path)
+    metadata = None if run_id is None else {RUN_ID: str(run_id)}
     if fmt == "pt" or eig_dirs_dtype == "bfloat16":  # numpy has no bfloat16: torch writes it
         import torch
 
         tensors = {"eig_dirs": torch.from_numpy(np.array(eig_dirs)).to(getattr(torch, eig_dirs_dtype)),
                    "sym_eigs": torch.from_numpy(np.array(sym_eigs, dtype=np.float64))}
         if fmt == "pt":
-            torch.save(tensors, path)
+            torch.save({**tensors, **(metadata or {})}, path)
         else:
             from safetensors.torch import save_file
 
-            save_file(tensors, str(path))
+            save_file(tensors, str(path), metadata=metadata)
         return
     from safetensors.numpy import save_file
 
     save_file({"eig_dirs": np.ascontiguousarray(eig_dirs, dtype=eig_dirs_dtype),
-               "sym_eigs": np.ascontiguousarray(sym_eigs, dtype=np.float64)}, str(path))
+               "sym_eigs": np.ascontiguousarray(sym_eigs, dtype=np.float64)}, str(path), metadata=metadata)
 
 
 def _first_line(exc):
@@ -133,17 +142,19 @@ def _read_safetensors(path):
         if entry is None:
             raise InputError(path, key, "this tensor to be present", "it missing")
         arrays[key] = _mapped_tensor(path, key, entry, data_start, size)
-    return _as_read(arrays["eig_dirs"], arrays["sym_eigs"])
+    metadata = header.get("__metadata__")
+    return _as_read(arrays["eig_dirs"], arrays["sym_eigs"], metadata.get(RUN_ID) if isinstance(metadata, dict) else None)
 
 
-def _as_read(eig_dirs, sym_eigs):
+def _as_read(eig_dirs, sym_eigs, run_id):
     """What a reader returns from the stored arrays (bfloat16 as its uint16 bits): eig_dirs in float32
-    or float64 (float16 and bfloat16 widened to float32), sym_eigs in float64."""
+    or float64 (float16 and bfloat16 widened to float32), sym_eigs in float64, the run id (a str or None)."""
     if eig_dirs.dtype in (np.float16, np.uint16):
         eig_dirs = _widened_to_float32(eig_dirs)
     if sym_eigs.dtype == np.uint16:
         sym_eigs = _widened_to_float32(sym_eigs)
-    return {"eig_dirs": eig_dirs, "sym_eigs": np.array(sym_eigs, dtype=np.float64)}
+    return {"eig_dirs": eig_dirs, "sym_eigs": np.array(sym_eigs, dtype=np.float64),
+            RUN_ID: run_id if isinstance(run_id, str) else None}
 
 
 def _mapped_tensor(path, key, entry, data_start, size):
@@ -260,7 +271,7 @@ def _read_plain_pt(path):
             obj = _PlainTensorUnpickler(pkl, archive, path).load()
     if not isinstance(obj, dict) or any(not isinstance(obj.get(key), np.ndarray) for key in TENSORS):
         raise _NotPlain("not a dict of the two tensors")
-    return _as_read(obj["eig_dirs"], obj["sym_eigs"])
+    return _as_read(obj["eig_dirs"], obj["sym_eigs"], obj.get(RUN_ID))
 
 
 def _read_pt_with_torch(path):
@@ -294,4 +305,5 @@ def _read_pt_with_torch(path):
         else:
             arrays[key] = value.detach().numpy()
         arrays[key].setflags(write=False)  # private to this reader: QKData need not copy it
+    arrays[RUN_ID] = obj.get(RUN_ID) if isinstance(obj.get(RUN_ID), str) else None
     return arrays

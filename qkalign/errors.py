@@ -38,3 +38,7 @@ class InputError(QKAlignError, ValueError):
             text += f", found {found}"
         parts.append(text)
         super().__init__(": ".join(parts))
+
+
+class UsageError(QKAlignError):
+    """A command line that does not parse (an unknown option, ``--topk x``): its one-line message."""

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import int_in_range, positive_int
+from .errors import InputError
+from .output_files import atomic_path
+
 #: Figure size in inches and resolution: every PNG is FIGSIZE * DPI pixels.
 FIGSIZE = (6.4, 5.2)
 DPI = 150
@@ -23,6 +27,9 @@ HEATMAPS = (
     ("spectral_abs_cos", "Spectral cosine (|eigenvalues|)", r"cos($|\lambda_L|$, $|\lambda_{L'}|$)", "spectral_abs_cos",
      (0, 1)),
 )
+
+#: The chance levels the figures draw (as bands or in titles).
+CHANCE_KEYS = {h[3] for h in HEATMAPS} | {"operator_cos", "pa_mean_cos", "top1_overlap", "spectral_abs_cos"}
 
 
 def _pyplot():
@@ -46,8 +53,7 @@ def _heatmap(plt, matrix, title, label, chance, limits, path, num_heads):
     if chance is not None and chance.get("mean") is not None:
         subtitle += f"; chance {chance['mean']:.3g}"
     ax.set_title(f"{title}\n{subtitle}", fontsize=10)
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def _curve(ax, x, y, chance, num_heads, label, color):
@@ -59,7 +65,70 @@ def _curve(ax, x, y, chance, num_heads, label, color):
         ax.axhspan(mean - half, mean + half, color=color, alpha=0.15, linewidth=0, label=f"{label}: chance ±2 s.e.")
 
 
-def write_figures(result, out_dir):
+def _save(plt, fig, path):
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def checked_result(result, source):
+    """The parts of a result dict that the figures draw, each checked before anything is drawn.
+
+    Returns ``(meta, curves, heatmaps, chance)``: ``curves`` maps ``to_anchor.cos``,
+    ``principal_angles.mean_cos`` and ``principal_angles.top1_overlap`` to (L,) float arrays,
+    ``heatmaps`` the present ``pairs.*.mean`` to (L, L) arrays (nan where the JSON has null),
+    ``chance`` the chance levels as ``{key: {"mean": float or None, "sd": float or None}}``.
+    The lengths come from the arrays in the file, so a declared ``num_layers`` cannot make
+    this allocate more than the file holds.
+    """
+    meta = _part(result, "meta", source)
+    num_layers = positive_int(meta.get("num_layers"), source, "meta.num_layers")
+    clean_meta = {"num_layers": num_layers,
+                  "num_heads": positive_int(meta.get("num_heads"), source, "meta.num_heads"),
+                  "topk": positive_int(meta.get("topk"), source, "meta.topk"),
+                  "anchor": int_in_range(meta.get("anchor"), 0, num_layers - 1, source, "meta.anchor")}
+    curves = {}
+    for part, key in (("to_anchor", "cos"), ("principal_angles", "mean_cos"), ("principal_angles", "top1_overlap")):
+        curves[f"{part}.{key}"] = _numbers(_part(result, part, source).get(key), (num_layers,), source, f"{part}.{key}")
+    pairs = result.get("pairs") or {}
+    if not isinstance(pairs, dict):
+        raise InputError(source, "pairs", "an object", type(pairs).__name__)
+    heatmaps = {key: _numbers(_part(pairs, key, source, "pairs.").get("mean"), (num_layers, num_layers), source,
+                              f"pairs.{key}.mean")
+                for key, *_ in HEATMAPS if key in pairs}
+    chance = result.get("chance") or {}
+    if not isinstance(chance, dict):
+        raise InputError(source, "chance", "an object", type(chance).__name__)
+    levels = {}
+    for key in CHANCE_KEYS & chance.keys():
+        level = _part(chance, key, source, "chance.")
+        levels[key] = {name: None if level.get(name) is None else
+                       float(_numbers(level.get(name), (), source, f"chance.{key}.{name}"))
+                       for name in ("mean", "sd")}
+    return clean_meta, curves, heatmaps, levels
+
+
+def _part(doc, key, source, prefix=""):
+    value = doc.get(key)
+    if not isinstance(value, dict):
+        raise InputError(source, prefix + key, "an object", type(value).__name__ if key in doc else "it missing")
+    return value
+
+
+def _numbers(value, shape, source, field):
+    """``value`` as a float array of ``shape`` (JSON null as nan); one error line if it is anything else."""
+    try:
+        array = np.array(value, dtype=float)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(source, field, f"numbers (or null) of shape {shape}", repr(value)[:60]) from None
+    if array.shape != shape:
+        raise InputError(source, field, f"numbers of shape {shape}", f"shape {array.shape}")
+    if np.isinf(array).any():
+        raise InputError(source, field, "finite numbers (or null)", "an infinite value")
+    return array
+
+
+def write_figures(result, out_dir, source="result"):
     """Write the heatmaps and curves of ``result`` (a result dict) into ``out_dir``.
 
     Parameters
@@ -69,34 +138,35 @@ def write_figures(result, out_dir):
         ``chance`` (the all-pairs analysis) for the heatmaps and bands.
     out_dir : str or Path
         Created if missing.
+    source : str
+        What the result came from, for error lines (the JSON's path).
 
     Returns
     -------
     list of Path
         The PNG files written.
     """
+    meta, curves, heatmaps, chance = checked_result(result, source)
     plt = _pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = result["meta"]
     num_heads, anchor = meta["num_heads"], meta["anchor"]
-    pairs, chance = result.get("pairs") or {}, result.get("chance") or {}
     written = []
     for key, title, label, chance_key, limits in HEATMAPS:
-        if key in pairs:
+        if key in heatmaps:
             path = out_dir / f"pairs_{key}.png"
-            _heatmap(plt, pairs[key]["mean"], title, label, chance.get(chance_key), limits, path, num_heads)
+            _heatmap(plt, heatmaps[key], title, label, chance.get(chance_key), limits, path, num_heads)
             written.append(path)
 
     layers = np.arange(meta["num_layers"])
     fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
-    _curve(ax, layers, result["to_anchor"]["cos"], chance.get("operator_cos"), num_heads, "operator cosine", "C0")
-    _curve(ax, layers, result["principal_angles"]["mean_cos"], chance.get("pa_mean_cos"), num_heads,
+    _curve(ax, layers, curves["to_anchor.cos"], chance.get("operator_cos"), num_heads, "operator cosine", "C0")
+    _curve(ax, layers, curves["principal_angles.mean_cos"], chance.get("pa_mean_cos"), num_heads,
            f"top-{meta['topk']} subspace mean cos", "C1")
-    _curve(ax, layers, result["principal_angles"]["top1_overlap"], chance.get("top1_overlap"), num_heads,
+    _curve(ax, layers, curves["principal_angles.top1_overlap"], chance.get("top1_overlap"), num_heads,
            "top-1 overlap", "C2")
-    if "spectral_abs_cos" in pairs:
-        _curve(ax, layers, np.asarray(pairs["spectral_abs_cos"]["mean"])[:, anchor], chance.get("spectral_abs_cos"),
+    if "spectral_abs_cos" in heatmaps:
+        _curve(ax, layers, heatmaps["spectral_abs_cos"][:, anchor], chance.get("spectral_abs_cos"),
                num_heads, r"spectral cosine ($|\lambda|$)", "C3")
     ax.set_xlabel("layer L")
     ax.set_ylabel("similarity to the anchor layer")
@@ -104,7 +174,6 @@ def write_figures(result, out_dir):
     ax.set_ylim(-0.05, 1.05)
     ax.legend(fontsize=7, loc="best")
     path = out_dir / "to_anchor.png"
-    fig.savefig(path)
-    plt.close(fig)
+    _save(plt, fig, path)
     written.append(path)
     return written

@@ -8,11 +8,13 @@ The JSON holds ``num_layers``, ``num_heads``, ``head_dim``, ``hidden_size``, ``g
 """
 
 import json
+import uuid
 from pathlib import Path
 
 from .checks import positive_int, read_json_object
-from .eigdirs_files import FORMATS, SUFFIXES, read_eigdirs, write_eigdirs
+from .eigdirs_files import FORMATS, RUN_ID, SUFFIXES, read_eigdirs, write_eigdirs
 from .errors import InputError
+from .output_files import atomic_paths, check_output_prefix
 from .qkdata import SHAPE_FIELDS, QKData
 
 #: The keys every grams JSON has.
@@ -53,9 +55,24 @@ def _read_grams_json(path):
     doc = read_json_object(path, "grams JSON", required=JSON_KEYS)
     for key in SHAPE_FIELDS:
         positive_int(doc[key], path, key)
-    if "eigdirs_path" in doc and not isinstance(doc["eigdirs_path"], str):
-        raise InputError(path, "eigdirs_path", "a string path", repr(doc["eigdirs_path"]))
+    for key in ("eigdirs_path", RUN_ID):
+        if key in doc and not isinstance(doc[key], str):
+            raise InputError(path, key, "a string", repr(doc[key])[:80])
     return doc
+
+
+def check_same_run(json_path, doc, eigdirs_path, tensors):
+    """A JSON that records its run id is read only with the eig-dirs file of the same run.
+
+    (An interrupted or failed write, or files copied from two runs, would otherwise pair the
+    numbers of two different models without a word.) Files without a run id (the seed's,
+    earlier qkalign versions') are accepted as they are.
+    """
+    expected = doc.get(RUN_ID)
+    if expected is not None and tensors[RUN_ID] != expected:
+        found = f"run {tensors[RUN_ID]}" if tensors[RUN_ID] else "a file without a run id"
+        raise InputError(eigdirs_path, RUN_ID, f"the eig-dirs file written with {Path(json_path).name} "
+                         f"(run {expected})", f"{found}: a pair from two different runs")
 
 
 def load(path, eigdirs=None):
@@ -83,7 +100,8 @@ def load(path, eigdirs=None):
     doc = _read_grams_json(path)
     eigdirs_path = resolve_eigdirs_path(path, doc.get("eigdirs_path"), eigdirs)
     tensors = read_eigdirs(eigdirs_path)
-    extra = {k: v for k, v in doc.items() if k not in JSON_KEYS + ("eigdirs_path",)}
+    check_same_run(path, doc, eigdirs_path, tensors)
+    extra = {k: v for k, v in doc.items() if k not in JSON_KEYS + ("eigdirs_path", RUN_ID)}
     return QKData(**{key: doc[key] for key in SHAPE_FIELDS}, gram=doc["gram"], fro_sq=doc["fro_sq"],
                   eig_dirs=tensors["eig_dirs"], sym_eigs=tensors["sym_eigs"],
                   json_path=str(path), eigdirs_path=str(eigdirs_path), extra=extra)
@@ -95,6 +113,9 @@ def save(data, prefix, eig_dirs_dtype="float32", file_format="safetensors"):
     No ``eigdirs_path`` key is written: readers (the seed included, for ``.pt``) then find
     the eigen-direction file next to the JSON whatever their current directory. A file of the
     other format at the same prefix (an earlier run's) is removed, so the pair is unambiguous.
+    Both files are written whole or not at all (temporary files renamed into place; a failure
+    leaves the previous pair as it was) and hold the same new ``run_id``, which :func:`load`
+    checks.
 
     Parameters
     ----------
@@ -113,18 +134,24 @@ def save(data, prefix, eig_dirs_dtype="float32", file_format="safetensors"):
     """
     if file_format not in FORMATS:
         raise InputError("--format", "", " or ".join(FORMATS), repr(file_format))
-    prefix = Path(prefix)
-    json_path = prefix.with_name(prefix.name + ".json")
-    eigdirs_path = default_eigdirs_path(json_path, file_format)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path, eigdirs_path = output_paths(prefix, file_format)
+    run_id = uuid.uuid4().hex
     doc = {key: getattr(data, key) for key in SHAPE_FIELDS}
-    doc.update({k: v for k, v in data.extra.items() if k not in doc})
+    doc.update({k: v for k, v in data.extra.items() if k not in doc and k not in ("eigdirs_path", RUN_ID)})
+    doc[RUN_ID] = run_id
     doc["gram"] = data.gram.tolist()
     doc["fro_sq"] = data.fro_sq.tolist()
-    with open(json_path, "w", encoding="utf-8") as f:
-        json.dump(doc, f)
-    write_eigdirs(eigdirs_path, data.eig_dirs, data.sym_eigs, eig_dirs_dtype)
+    with atomic_paths([eigdirs_path, json_path]) as (eigdirs_tmp, json_tmp):
+        write_eigdirs(eigdirs_tmp, data.eig_dirs, data.sym_eigs, eig_dirs_dtype, run_id=run_id, fmt=file_format)
+        with open(json_tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
     for other in FORMATS:  # an older run's file of the other format would be found first, or instead
         if other != file_format:
             default_eigdirs_path(json_path, other).unlink(missing_ok=True)
+    return json_path, eigdirs_path
+
+
+def output_paths(prefix, file_format, option="-o"):
+    """``(PREFIX.json, PREFIX-eigdirs.<format>)``, checked as writable before any work is done."""
+    json_path, eigdirs_path = check_output_prefix(prefix, option, (".json", SUFFIXES[file_format]))
     return json_path, eigdirs_path

@@ -68,13 +68,13 @@ def test_missing_key(case, key, cli):
 
 def test_layer_count_disagrees_with_eig_dirs(case, cli):
     json_path, pt_path, _, pt = case
-    torch.save({"eig_dirs": pt["eig_dirs"][:-1], "sym_eigs": pt["sym_eigs"]}, pt_path)
+    torch.save({**pt, "eig_dirs": pt["eig_dirs"][:-1]}, pt_path)  # the same run id: only the shape is wrong
     assert_one_line_error(cli("analyze", json_path), "m-eigdirs.pt", "eig_dirs", "num_layers=36", "(35, ")
 
 
 def test_spectrum_length_disagrees_with_head_dim(case, cli):
     json_path, pt_path, _, pt = case
-    torch.save({"eig_dirs": pt["eig_dirs"], "sym_eigs": pt["sym_eigs"][..., :-2]}, pt_path)
+    torch.save({**pt, "sym_eigs": pt["sym_eigs"][..., :-2]}, pt_path)
     assert_one_line_error(cli("analyze", json_path), "m-eigdirs.pt", "sym_eigs", "2*head_dim")
 
 
@@ -177,9 +177,15 @@ def test_corrupt_pt(case, cli):
     assert_one_line_error(cli("analyze", json_path), "m-eigdirs.pt", "unreadable")
 
 
-def test_unwritable_json_output(case, tmp_path, cli):
-    proc = cli("analyze", case[0], "--json", tmp_path / "no" / "such" / "dir" / "out.json")
-    assert proc.returncode == 2 and "out.json" in proc.stderr and "Traceback" not in proc.stderr
+def test_unwritable_json_output_is_refused_before_the_analysis(case, tmp_path, cli):
+    (tmp_path / "a_file").write_text("")
+    # the folder cannot be created under a file: refused before any number is computed or printed
+    assert_one_line_error(cli("analyze", case[0], "--json", tmp_path / "a_file" / "out.json"), "a_file", "--json",
+                          "a folder for the output, found a file")
+    assert_one_line_error(cli("analyze", case[0], "--json", tmp_path), "--json", "a directory")
+    # a folder that does not exist yet is created
+    assert cli("analyze", case[0], "--json", tmp_path / "new" / "out.json").returncode == 0
+    assert json.loads((tmp_path / "new" / "out.json").read_text())["meta"]["num_layers"] == 36
 
 
 def test_api_raises_input_error_naming_the_file(case):

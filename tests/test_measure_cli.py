@@ -110,7 +110,7 @@ def _bad_cases(root):
     cases["fold_norms_gain_missing"] = (["measure", f, "-o", root / "out", "--fold-norms"],
                                         ["model.layers.1.input_layernorm.weight", "missing"])
     (root / "a_file").write_text("")
-    cases["unwritable_output"] = (["measure", root / "ok", "-o", root / "a_file" / "out", "--quiet"], ["-o", "writable"])
+    cases["unwritable_output"] = (["measure", root / "ok", "-o", root / "a_file" / "out", "--quiet"], ["a_file", "-o", "a folder for the output, found a file"])
     cases["measure_option_on_a_json"] = (["analyze", "--fold-norms"], ["--fold-norms", "model folder"])
     return cases
 

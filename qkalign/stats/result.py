@@ -76,10 +76,12 @@ class AnalysisResult:
         return {f.name: plain(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}
 
     def to_json(self, path=None, indent=None):
-        """The JSON text; also written to ``path`` when given."""
+        """The JSON text; also written to ``path`` when given (whole or not at all)."""
+        from ..output_files import atomic_path
+
         text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
         if path is not None:
-            with open(path, "w", encoding="utf-8") as f:
+            with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
                 f.write(text + "\n")
         return text
 

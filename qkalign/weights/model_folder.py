@@ -11,7 +11,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from ..checks import read_json_object
+from ..checks import read_json_object, regular_file
 from ..errors import InputError
 
 CONFIG_NAME = "config.json"
@@ -28,6 +28,17 @@ def read_config(model_dir):
         raise InputError(model_dir, "", "a model folder (config.json plus safetensors weights)",
                          "no such directory" if not model_dir.exists() else "a file")
     return read_json_object(model_dir / CONFIG_NAME, "model config")
+
+
+def _plain_file_name(index_path, tensor, shard):
+    """``shard`` when it names a file in the folder itself: an index may not reach outside it.
+
+    (Symlinks in the folder may point elsewhere, as a Hugging Face cache snapshot's do.)
+    """
+    if shard in ("", ".", "..") or Path(shard).name != shard or "\\" in shard:
+        raise InputError(index_path, f"weight_map[{tensor!r}]", "a file name in the model folder",
+                         repr(shard)[:120])
+    return shard
 
 
 class ModelFolder:
@@ -50,7 +61,8 @@ class ModelFolder:
             if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
                 raise InputError(index_path, "weight_map", "an object mapping tensor names to shard files",
                                  type(weight_map).__name__)
-            self._file_of = {name: self.model_dir / shard for name, shard in weight_map.items()}
+            self._file_of = {name: self.model_dir / _plain_file_name(index_path, name, shard)
+                             for name, shard in weight_map.items()}
         elif single_path.exists():
             self.source = single_path
             self._file_of = {name: single_path for name in self._open(single_path).keys()}
@@ -63,6 +75,7 @@ class ModelFolder:
     def _open(self, path):
         handle = self._handles.get(path)
         if handle is None:
+            regular_file(path, f"safetensors shard listed in {INDEX_NAME}" if path != self.source else "safetensors file")
             try:
                 handle = safe_open(str(path), framework="pt")
             except FileNotFoundError:

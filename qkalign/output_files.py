@@ -1,0 +1,116 @@
+"""Outputs written whole or not at all: paths checked before any work, files replaced atomically.
+
+Every file qkalign writes is first written to a temporary file in the same folder and then
+renamed over its target (``os.replace``, atomic on POSIX and Windows), so a reader sees the
+old file or the new one, never a half-written one; a failed or interrupted write removes its
+temporary file. :func:`check_output_file` and :func:`check_output_prefix` refuse an unusable
+path with one line before a long computation starts rather than after it.
+"""
+
+import contextlib
+import os
+import signal
+import tempfile
+import threading
+from pathlib import Path
+
+from .errors import InputError
+
+
+def check_output_file(path, option):
+    """``path`` as a Path, or one error line when a file cannot be written there.
+
+    The name must be non-empty and not a directory; its folder must exist as a writable
+    folder, or be creatable under the nearest existing one.
+    """
+    text = str(path)
+    path = Path(text)
+    if not text or text.endswith(("/", os.sep)) or path.name in ("", ".", ".."):
+        raise InputError(option, "", "a file path (FOLDER/NAME)", repr(text))
+    if path.is_dir():
+        raise InputError(path, option, "a file path", "a directory")
+    check_output_folder(path.parent, option)
+    return path
+
+
+def check_output_folder(folder, option):
+    """One error line unless ``folder`` is, or can be created as, a writable folder."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists():  # the nearest existing ancestor decides whether mkdir can work
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise InputError(existing, option, "a folder for the output", "a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(existing, option, "a writable folder for the output", "no write permission")
+    return folder
+
+
+def check_output_prefix(prefix, option, suffixes):
+    """The paths ``PREFIX + suffix`` for each suffix, each checked by :func:`check_output_file`."""
+    text = str(prefix)
+    if not text or text.endswith(("/", os.sep)) or Path(text).name in ("", ".", ".."):
+        raise InputError(option, "", "an output prefix FOLDER/NAME (files NAME.json ... are written)", repr(text))
+    if Path(text).is_dir():
+        raise InputError(text, option, "an output prefix FOLDER/NAME, not a folder (files NAME.json ... "
+                         "are written)", "a directory")
+    return [check_output_file(text + suffix, option) for suffix in suffixes]
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on any failure
+    (an exception, Ctrl-C) it is removed and ``path`` is left as it was."""
+    with atomic_paths([path]) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_paths(paths):
+    """Like :func:`atomic_path` for files that belong together: each is written to a temporary
+    file first, then all are renamed in order with Ctrl-C held back, so an interrupt leaves
+    every old file or every new one."""
+    with contextlib.ExitStack() as temps:
+        tmps = []
+        for path in map(Path, paths):
+            tmps.append(_temporary_beside(path))
+            temps.callback(tmps[-1].unlink, missing_ok=True)
+        yield tmps
+        with _signals_held():
+            for tmp, path in zip(tmps, paths):
+                os.replace(tmp, path)
+
+
+def _temporary_beside(path):
+    """A new empty file in ``path``'s folder (created if missing), with the permissions a plain
+    ``open(path, "w")`` would give (mkstemp's are private to the owner)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
+    return Path(tmp)
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Delay SIGINT and SIGTERM (delivered on exit) around a few renames, where Python can."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
