@@ -31,6 +31,7 @@ import numpy as np
 
 from .checks import regular_file
 from .errors import InputError
+from .memory import check_fits
 
 TENSORS = ("eig_dirs", "sym_eigs")
 #: The key under which a file holds the id of the run that wrote it (and its grams JSON).
@@ -81,6 +82,15 @@ def write_eigdirs(path, eig_dirs, sym_eigs, eig_dirs_dtype="float32", run_id=Non
         raise InputError("eig_dirs_dtype", "", " or ".join(EIG_DIRS_DTYPES), repr(eig_dirs_dtype))
     fmt = fmt or file_format(path)
     metadata = None if run_id is None else {RUN_ID: str(run_id)}
+    from safetensors import SafetensorError
+
+    try:
+        _write(path, fmt, eig_dirs, sym_eigs, eig_dirs_dtype, metadata)
+    except (SafetensorError, RuntimeError) as exc:  # how safetensors and torch report a failed write
+        raise OSError(f"the write failed ({_first_line(exc)})") from None
+
+
+def _write(path, fmt, eig_dirs, sym_eigs, eig_dirs_dtype, metadata):
     if fmt == "pt" or eig_dirs_dtype == "bfloat16":  # numpy has no bfloat16: torch writes it
         import torch
 
@@ -274,9 +284,40 @@ def _read_plain_pt(path):
     return _as_read(obj["eig_dirs"], obj["sym_eigs"], obj.get(RUN_ID))
 
 
+def _check_declared_sizes(path):
+    """Refuse a .pt whose stored data, as its zip directory declares it, would not fit in memory
+    (a deflate bomb declares its true size), or that is not a zip (legacy torch files allocate
+    what their pickle declares before reading it)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+    except zipfile.BadZipFile:
+        raise InputError(path, "", "a .pt in torch's zip format (torch.save since torch 1.6)",
+                         "another format (re-save it with a current torch)") from None
+    except OSError as exc:
+        raise InputError(path, "", "a readable eig-dirs .pt file", exc.strerror or _first_line(exc)) from None
+    check_fits(declared, path, "", "its tensors, as the zip directory declares them,")
+
+
+def _check_views(path, obj):
+    """Refuse tensors that claim more elements than their storage holds (zero or overlapping
+    strides), and tensors whose float64 copy would not fit in memory: before anything copies them."""
+    for key in TENSORS:
+        value = obj.get(key)
+        if not hasattr(value, "untyped_storage"):
+            continue
+        stored = value.untyped_storage().nbytes() // max(value.element_size(), 1)
+        if value.numel() > stored:
+            raise InputError(path, key, "a tensor backed by its own data",
+                             f"a view of {value.numel():,} elements on a storage of {stored:,} "
+                             "(zero or overlapping strides)")
+        check_fits(8 * value.numel(), path, key, "its float64 copy")
+
+
 def _read_pt_with_torch(path):
     import torch  # imported here: torch takes a fresh process ~2 s to import and only this path needs it
 
+    _check_declared_sizes(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -290,6 +331,7 @@ def _read_pt_with_torch(path):
         raise InputError(path, "", "a readable torch .pt file", f"an unreadable file ({_first_line(exc)})") from None
     if not isinstance(obj, dict):
         raise InputError(path, "", "a dict with the tensors eig_dirs and sym_eigs", type(obj).__name__)
+    _check_views(path, obj)
     arrays = {}
     for key in TENSORS:
         if key not in obj:

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from ..checks import int_in_range
 from ..errors import InputError
 from ..linalg.blas_threads import core_count, one_blas_thread
+from ..memory import check_fits
 from ..qkdata import QKData
 from . import DEFAULT_PRECISION, DEFAULT_TOPK, PRECISIONS
 from .factored_operator import RANK_TOL, stacked_gram, symmetric_part_eigen_from_gram
@@ -80,6 +81,9 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
     folder, layout, shape = open_model(model_dir)
     check_topk(topk, shape)
     dtypes = check_tensors(layout, shape, folder, fold_norms)
+    check_fits(peak_bytes(shape, topk, precision), Path(model_dir) / "config.json", "",
+               f"measuring {shape.num_layers} layers x {shape.num_heads} heads (head_dim {shape.head_dim}, "
+               f"hidden_size {shape.hidden_size}, topk {topk})")
     arrays = compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress)
     extra = measure_metadata(model_dir, layout, shape, folder, dtypes, precision, fold_norms, arrays)
     return QKData(shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size, **arrays,
@@ -118,6 +122,21 @@ def check_tensors(layout, shape, folder, fold_norms):
         for name, tensor_shape in expected.items():
             dtypes.add(folder.check(name, tensor_shape))
     return sorted(dtypes)
+
+
+def peak_bytes(shape, topk, precision):
+    """Estimated peak memory of :func:`measure` and writing its result, in bytes.
+
+    The outputs (float64), one ``(L d, n)`` stack and its ``(L d)^2`` Gram per running task
+    (one per core) and per held kv head (two), and the JSON's gram as Python floats
+    (~56 bytes a number) when it is written.
+    """
+    L, H, d, n = shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size
+    item = np.dtype(precision).itemsize
+    outputs = 8 * (L * L * H + L * H + L * H * 2 * d + L * H * topk * n)
+    stack = item * ((L * d) ** 2 + L * d * n)
+    per_task = stack + 8 * (L * L + L * topk * n + 3 * L * (2 * d) ** 2)
+    return outputs + core_count() * per_task + 2 * stack + 56 * L * L * H
 
 
 def measure_metadata(model_dir, layout, shape, folder, dtypes, precision, fold_norms, arrays):
