@@ -291,9 +291,12 @@ def _check_declared_sizes(path):
     try:
         with zipfile.ZipFile(path) as archive:
             declared = sum(info.file_size for info in archive.infolist())
-    except zipfile.BadZipFile:
-        raise InputError(path, "", "a .pt in torch's zip format (torch.save since torch 1.6)",
-                         "another format (re-save it with a current torch)") from None
+    except zipfile.BadZipFile as exc:
+        with open(path, "rb") as f:
+            legacy = f.read(1) == b"\x80"
+        raise InputError(path, "", "a readable .pt in torch's zip format (torch.save since torch 1.6)",
+                         "torch's legacy format (re-save it with a current torch)" if legacy else
+                         f"an unreadable file ({_first_line(exc)})") from None
     except OSError as exc:
         raise InputError(path, "", "a readable eig-dirs .pt file", exc.strerror or _first_line(exc)) from None
     check_fits(declared, path, "", "its tensors, as the zip directory declares them,")
