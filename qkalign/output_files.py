@@ -78,21 +78,19 @@ def atomic_paths(paths):
             tmps.append(_temporary_beside(path))
             temps.callback(tmps[-1].unlink, missing_ok=True)
         yield tmps
+        mode = 0o666 & ~_umask()  # what open(path, "w") gives; mkstemp's files are private to the owner
+        for tmp in tmps:
+            os.chmod(tmp, mode)  # after the writer: some writers replace the file they were given
         with _signals_held():
             for tmp, path in zip(tmps, paths):
                 os.replace(tmp, path)
 
 
 def _temporary_beside(path):
-    """A new empty file in ``path``'s folder (created if missing), with the permissions a plain
-    ``open(path, "w")`` would give (mkstemp's are private to the owner)."""
+    """A new empty file in ``path``'s folder (created if missing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o666 & ~_umask())
-    finally:
-        os.close(fd)
+    os.close(fd)
     return Path(tmp)
 
 

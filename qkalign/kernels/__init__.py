@@ -11,8 +11,12 @@ kernels whose whole work is a fraction of a millisecond run on one thread (``thr
 Modules: ``operator_cos`` (a, b), ``signs`` (c and the spectra's signs), ``grams`` +
 ``principal_angles`` + ``small_linalg`` (d), ``top1``, ``spectral``; ``pair_lists`` names the
 layer pairs a kernel loops over. ``block_sums`` serves ``qkalign.weights.measure``, not the
-backend.
+backend. ``cache_dir`` makes sure numba has somewhere to cache them before any is defined.
 """
+
+from .cache_dir import ensure_writable_cache
+
+ensure_writable_cache()
 
 from .operator_cos import operator_cos_per_head, rescale_to_anchor
 from .principal_angles import principal_cosines_all_pairs, principal_cosines_to_anchor

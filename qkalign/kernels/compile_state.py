@@ -63,7 +63,9 @@ def _lock_path():
 def compile_in_background():
     """Start ``python -m qkalign.kernels.compile_state`` detached, unless one is running or
     ``QKALIGN_BACKGROUND_COMPILE=0``. Returns True when a process was started."""
-    if os.environ.get(BACKGROUND_ENV, "1") == "0":
+    from .cache_dir import using_fallback
+
+    if os.environ.get(BACKGROUND_ENV, "1") == "0" or using_fallback():  # nothing would be kept
         return False
     lock = _lock_path()
     try:

@@ -83,8 +83,11 @@ def choose_backend(name, data, background_compile=False):
             _tell("the Numba kernels are not compiled yet: this run uses the numpy reference (the same "
                   "numbers) while they compile in the background for the next one")
         return reference, "numpy"
-    _tell(f"compiling the Numba kernels: about {COMPILE_SECONDS} s on 2 cores, once after an install "
-          "(numba keeps them in its cache)")
+    from ..kernels.cache_dir import using_fallback
+
+    if not using_fallback():  # else its warning has said that every run compiles
+        _tell(f"compiling the Numba kernels: about {COMPILE_SECONDS} s on 2 cores, once after an install "
+              "(numba keeps them in its cache)")
     return module, "numba"
 
 
