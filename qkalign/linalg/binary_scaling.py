@@ -21,7 +21,8 @@ def max_exponent(values, axis=None, keepdims=False):
 def normalize_in_place(values):
     """Scale ``values`` (a float numpy array) by ``2^-e`` so that ``max |values|`` lies in [0.5, 1); return ``e``."""
     exponent = int(max_exponent(values))
-    np.ldexp(values, -exponent, out=values)
+    if exponent:
+        np.ldexp(values, -exponent, out=values)
     return exponent
 
 

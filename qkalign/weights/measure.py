@@ -16,7 +16,10 @@ Weights are read one head slice at a time. In ``float32`` mode the products and 
 2d x 2d eigen-problems run in float32, while the sums over blocks, ``G``, its Cholesky
 factor and a Rayleigh-Ritz refinement of the leading eigenpairs are float64;
 ``float64`` mode is float64 throughout; the eigenvector rows are orthonormalised in float64
-either way. torch (for reading bfloat16) and numba are imported on first use.
+either way. Each layer's K and Q blocks are read scaled by exact powers of two that bring their
+largest entries near 1, undone in float64: weights anywhere in the float32 range (huge, or near the
+subnormal range) give the numbers of the same weights at unit scale. torch (for reading bfloat16)
+and numba are imported on first use.
 """
 
 import sys
@@ -248,7 +251,8 @@ class _HeadTasks:
         # g_L 2^-e[L]: its gram entries scale by 2^-(e[L] + e[L']), fro_sq by 2^-2e[L], the spectrum
         # by 2^-e[L], and the eigenvectors not at all. ldexp undoes that exactly in float64.
         e = k_exponents + q_exponents
-        fro_sq = np.ldexp(fro_sq, 2 * e)
+        with np.errstate(over="ignore"):  # refused just below
+            fro_sq = np.ldexp(fro_sq, 2 * e)
         self._check_float64_range(head, np.diagonal(gram), e, fro_sq)
         out = self.out
         out["gram"][:, :, head] = np.ldexp(gram, e[:, None] + e[None, :])
