@@ -5,6 +5,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
+from ..linalg.binary_scaling import normalized_rows
 from . import pair_lists
 from .arguments import float_array, k_value, k_value_array, layer_index
 from .thread_count import threads_for
@@ -137,6 +138,8 @@ def _signed_spectra_of(sym_eigs, k, with_mass):
     unless ``with_mass``)."""
     sym_eigs = float_array(sym_eigs, 3, "sym_eigs", check_finite=False)  # nan/inf propagate as in numpy
     k = k_value(k, sym_eigs.shape[2])
+    if with_mass:  # as the reference: each spectrum scaled by a power of two keeps the sums in range
+        sym_eigs = normalized_rows(sym_eigs)
     mass = np.empty(sym_eigs.shape[:2])
     positive = np.empty(sym_eigs.shape[:2])
     _signed_spectra(sym_eigs, k, with_mass, mass, positive)

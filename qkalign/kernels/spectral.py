@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from ..linalg.binary_scaling import normalized_rows
 from .arguments import float_array
 
 
@@ -13,6 +14,7 @@ def spectral_cos_all_pairs(sym_eigs, absolute=False):
     (one batched call over heads, no kernel): like the all-pairs top-1 overlap, the work is a GEMM.
     """
     sym_eigs = float_array(sym_eigs, 3, "sym_eigs", check_finite=False)  # nan/inf propagate as in numpy
+    sym_eigs = normalized_rows(sym_eigs)  # as the reference: squared norms in range at any scale
     with np.errstate(invalid="ignore", divide="ignore"):  # an all-zero spectrum: nan, as the reference
         unit = sym_eigs / np.linalg.norm(sym_eigs, axis=-1, keepdims=True)
     if absolute:

@@ -2,7 +2,8 @@
 
 - ``blas_threads``: BLAS on one thread per call and batches split across the cores;
 - ``cholesky_qr``: orthonormal rows of many small blocks from their Grams (Householder QR
-  where Cholesky-QR cannot be trusted).
+  where Cholesky-QR cannot be trusted);
+- ``binary_scaling``: exact power-of-two rescaling that keeps products inside the float range.
 
 The Numba kernels' own k x k linear algebra (run inside ``prange``) is ``qkalign.kernels.small_linalg``.
 """

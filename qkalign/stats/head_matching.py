@@ -25,6 +25,7 @@ level that selection alone reaches for random subspaces.
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from ..linalg.binary_scaling import normalized_rows
 from ..linalg.blas_threads import one_blas_thread
 from ..linalg.cholesky_qr import cholesky_qr_factors
 from .chance import bartlett_wishart_factor
@@ -108,8 +109,9 @@ def _pair_statistics(data, cross, layer_a, layer_b, perm, k_values):
     b0 = dirs[layer_b, perm, 0].astype(np.float64)
     top1 = np.einsum("hn,hn->h", a0, b0) ** 2 / np.einsum("hn,hn->h", a0, a0) / np.einsum("hn,hn->h", b0, b0)
     eig_a, eig_b = data.sym_eigs[layer_a, heads], data.sym_eigs[layer_b, perm]
+    scaled_a, scaled_b = normalized_rows(eig_a), normalized_rows(eig_b)  # exact: norms in range at any scale
     spectral = {}
-    for name, va, vb in (("spectral_cos", eig_a, eig_b), ("spectral_abs_cos", np.abs(eig_a), np.abs(eig_b))):
+    for name, va, vb in (("spectral_cos", scaled_a, scaled_b), ("spectral_abs_cos", np.abs(scaled_a), np.abs(scaled_b))):
         spectral[name] = float((np.einsum("hm,hm->h", va, vb) / np.linalg.norm(va, axis=1)
                                 / np.linalg.norm(vb, axis=1)).mean())
     same_sign = np.sign(eig_a) == np.sign(eig_b)

@@ -13,6 +13,7 @@ Stored eigenvectors may be float32: every function computes with their float64 v
 
 import numpy as np
 
+from ..linalg.binary_scaling import normalized_rows
 from ..linalg.blas_threads import one_blas_thread
 
 #: The seed's list of top-k values for the sign agreement (only those <= spectrum length are used).
@@ -210,16 +211,22 @@ def spectral_cos_all_pairs(sym_eigs, absolute=False):
 
     ``spectral_cos[L, L', h] = <lambda_L^h, lambda_L'^h> / (|lambda_L^h| |lambda_L'^h|)``,
     with ``lambda`` replaced by ``|lambda|`` when ``absolute`` (spectral *shape* only).
+    Each spectrum is first scaled by a power of two (exact; the cosine does not depend on it)
+    so that its squared norm cannot overflow or underflow, whatever the eigenvalues' scale.
     sym_eigs: (L, H, m) -> (L, L, H) float64.
     """
-    v = np.abs(sym_eigs) if absolute else sym_eigs
+    v = normalized_rows(np.abs(sym_eigs) if absolute else sym_eigs)
     unit = v / np.linalg.norm(v, axis=-1, keepdims=True)
     return np.einsum("lhm,khm->lkh", unit, unit)
 
 
 def signed_mass(sym_eigs):
-    """Signed spectral mass ``sum(lambda) / sum(|lambda|) = tr(g) / ||spectrum||_1``: (L, H, m) -> (L, H)."""
-    return sym_eigs.sum(axis=-1) / np.abs(sym_eigs).sum(axis=-1)
+    """Signed spectral mass ``sum(lambda) / sum(|lambda|) = tr(g) / ||spectrum||_1``: (L, H, m) -> (L, H).
+
+    Computed on each spectrum scaled by a power of two (exact) that keeps the sums in range.
+    """
+    v = normalized_rows(sym_eigs)
+    return v.sum(axis=-1) / np.abs(v).sum(axis=-1)
 
 
 def fraction_positive_topk(sym_eigs, k):

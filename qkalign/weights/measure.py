@@ -16,7 +16,10 @@ Weights are read one head slice at a time. In ``float32`` mode the products and 
 2d x 2d eigen-problems run in float32, while the sums over blocks, ``G``, its Cholesky
 factor and a Rayleigh-Ritz refinement of the leading eigenpairs are float64;
 ``float64`` mode is float64 throughout; the eigenvector rows are orthonormalised in float64
-either way. torch (for reading bfloat16) and numba are imported on first use.
+either way. Each layer's K and Q blocks are read scaled by exact powers of two that bring their
+largest entries near 1, undone in float64: weights anywhere in the float32 range (huge, or near the
+subnormal range) give the numbers of the same weights at unit scale. torch (for reading bfloat16)
+and numba are imported on first use.
 """
 
 import sys
@@ -30,6 +33,7 @@ from tqdm import tqdm
 
 from ..checks import int_in_range
 from ..errors import InputError
+from ..linalg.binary_scaling import normalize_in_place
 from ..linalg.blas_threads import core_count, one_blas_thread
 from ..memory import check_fits
 from ..qkdata import QKData
@@ -181,7 +185,14 @@ def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress)
 
 @dataclass(frozen=True)
 class _HeadReader:
-    """Reads a head's ``(L, d, n)`` stack of blocks, norm gains folded in when asked."""
+    """Reads a head's ``(L, d, n)`` stack of blocks, norm gains folded in when asked.
+
+    Each layer's block comes scaled by a power of two, ``2^-e[L]``, that puts its largest entry
+    in [0.5, 1): float32 products of weights near the format's limits (huge, or near the
+    subnormal range) would overflow or underflow. The scaling is exact, commutes with rounding
+    and is undone in float64 (:meth:`_HeadTasks.query_task`). Each gain is scaled the same way
+    before it is folded in, so that products of large or tiny gains stay in range too.
+    """
 
     layout: object
     shape: object
@@ -190,9 +201,11 @@ class _HeadReader:
     dtype: object  # torch.float32 or torch.float64
 
     def query(self, head):
+        """``(blocks, exponents)``: (L, d, n) float array, (L,) int64; the weights are ``blocks 2^exponents``."""
         return self._stack(self.layout.q_block, self.layout.q_gain, head)
 
     def key(self, kv_head):
+        """As :meth:`query`, for a kv head."""
         return self._stack(self.layout.k_block, self.layout.k_gain, kv_head)
 
     def _stack(self, block_of, row_gain_of, head):
@@ -200,16 +213,28 @@ class _HeadReader:
 
         shape = self.shape
         out = torch.empty((shape.num_layers, shape.head_dim, shape.hidden_size), dtype=self.dtype)
+        blocks = out.numpy()  # the same memory
+        exponents = np.zeros(shape.num_layers, dtype=np.int64)
         for layer in range(shape.num_layers):
             out[layer].copy_(self.folder.read_block(block_of(shape, layer, head)))  # widening is exact
+            exponents[layer] = normalize_in_place(blocks[layer])
             if self.fold_norms:
                 column_gain = self.layout.input_gain(shape, layer)
                 if column_gain is not None:  # W diag(gamma): the norm's output feeds W
-                    out[layer] *= self.folder.read_gain(column_gain, self.dtype)
+                    exponents[layer] += self._fold(out[layer], column_gain)
                 row_gain = row_gain_of(shape, layer, head)
                 if row_gain is not None:  # diag(gamma) W: a QK-norm scales W's output
-                    out[layer] *= self.folder.read_gain(row_gain, self.dtype)[:, None]
-        return out.numpy()
+                    exponents[layer] += self._fold(out[layer], row_gain, rows=True)
+                exponents[layer] += normalize_in_place(blocks[layer])  # gains can move the largest entry
+        return blocks, exponents
+
+    def _fold(self, block, source, rows=False):
+        """Multiply ``block`` (d, n) by a gain (along its rows or columns) scaled to max in [0.5, 1);
+        return the gain's exponent."""
+        gain = self.folder.read_gain(source, self.dtype)
+        exponent = normalize_in_place(gain.numpy())
+        block *= gain[:, None] if rows else gain
+        return exponent
 
 
 class _HeadTasks:
@@ -232,17 +257,42 @@ class _HeadTasks:
                         eig_dirs=np.empty((L, H, topk, n)))
 
     def key_task(self, kv_head):
-        k = self.reader.key(kv_head)
-        return k, stacked_gram(k)
+        k, k_exponents = self.reader.key(kv_head)
+        return k, stacked_gram(k), k_exponents
 
     def query_task(self, head, key_job):
-        k, kk = key_job.result()
-        q = self.reader.query(head)
+        k, kk, k_exponents = key_job.result()
+        q, q_exponents = self.reader.query(head)
         qq = stacked_gram(q)
+        gram = self.layer_gram(qq, kk, self.shape.num_layers, self.shape.head_dim)
+        fro_sq, sym_eigs, eig_dirs = _layer_work(k, q, kk, qq, self.topk, self.precision)
+        # The blocks were K_L 2^-ek[L] and Q_L 2^-eq[L], so the operator computed for layer L was
+        # g_L 2^-e[L]: its gram entries scale by 2^-(e[L] + e[L']), fro_sq by 2^-2e[L], the spectrum
+        # by 2^-e[L], and the eigenvectors not at all. ldexp undoes that exactly in float64.
+        e = k_exponents + q_exponents
+        with np.errstate(over="ignore"):  # refused just below
+            fro_sq = np.ldexp(fro_sq, 2 * e)
+        self._check_float64_range(head, np.diagonal(gram), e, fro_sq)
         out = self.out
-        out["gram"][:, :, head] = self.layer_gram(qq, kk, self.shape.num_layers, self.shape.head_dim)
-        out["fro_sq"][:, head], out["sym_eigs"][:, head], out["eig_dirs"][:, head] = \
-            _layer_work(k, q, kk, qq, self.topk, self.precision)
+        out["gram"][:, :, head] = np.ldexp(gram, e[:, None] + e[None, :])
+        out["fro_sq"][:, head] = fro_sq
+        out["sym_eigs"][:, head] = np.ldexp(sym_eigs, e[:, None])
+        out["eig_dirs"][:, head] = eig_dirs
+
+    def _check_float64_range(self, head, scaled_norms_sq, exponents, fro_sq):
+        """Refuse, with one line, an operator whose squared norm ``scaled_norms_sq 2^(2 exponents)``
+        (L,) leaves float64's normal range (weights times folded gains beyond ~1e77 or below ~1e-77),
+        or whose ``fro_sq`` (L,) overflows, rather than let it fail later as a non-finite or zero
+        gram. The spectrum, at most ``||g||_F``, fits when the squared norm does."""
+        with np.errstate(divide="ignore"):
+            log2_norms_sq = np.log2(scaled_norms_sq) + 2 * exponents  # -inf for a zero head (refused later)
+        bad = (log2_norms_sq >= 1024) | ((log2_norms_sq < -1022) & (scaled_norms_sq > 0)) | ~np.isfinite(fro_sq)
+        if bad.any():
+            layer = int(np.flatnonzero(bad)[0])
+            raise InputError(self.reader.folder.source, f"layer {layer}, query head {head}",
+                             "Q/K weights (times any folded gains) whose operator W_K^T W_Q has a squared "
+                             "Frobenius norm within float64's range (2^-1022 to 2^1024)",
+                             f"a squared norm of 2^{log2_norms_sq[layer]:.1f}")
 
     def run(self, progress):
         """Every task, a progress bar over query heads on stderr; returns the arrays."""
