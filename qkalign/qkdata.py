@@ -109,6 +109,8 @@ class QKData:
         except (TypeError, ValueError):
             raise InputError(source, name, f"a numeric array of shape {shape_text or ''}".rstrip(),
                              "ragged or non-numeric data") from None
+        except OverflowError:  # a JSON integer beyond float64's range
+            raise InputError(source, name, "numbers within float64's range", "an integer too large") from None
         if shape is not None and arr.shape != shape:
             raise InputError(source, name, f"shape {shape_text} = {shape}", f"{arr.shape}")
         bad = ~np.isfinite(arr)

@@ -128,19 +128,23 @@ def check_tensors(layout, shape, folder, fold_norms):
     return sorted(dtypes)
 
 
+#: Memory of the interpreter, torch and numba's working sets, added to every estimate.
+BASE_BYTES = 64 * 2**20
+
+
 def peak_bytes(shape, topk, precision):
     """Estimated peak memory of :func:`measure` and writing its result, in bytes.
 
-    The outputs (float64), one ``(L d, n)`` stack and its ``(L d)^2`` Gram per running task
-    (one per core) and per held kv head (two), and the JSON's gram as Python floats
-    (~56 bytes a number) when it is written.
+    :data:`BASE_BYTES`, the outputs (float64), per running task (one per core) one ``(L d, n)``
+    stack, its ``(L d)^2`` Gram and the float64 ``[K_L; Q_L]`` rows and ``2d x 2d`` problems of
+    its layers, two held kv heads, and the JSON's gram as Python floats (~56 bytes a number).
     """
     L, H, d, n = shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size
     item = np.dtype(precision).itemsize
     outputs = 8 * (L * L * H + L * H + L * H * 2 * d + L * H * topk * n)
     stack = item * ((L * d) ** 2 + L * d * n)
-    per_task = stack + 8 * (L * L + L * topk * n + 3 * L * (2 * d) ** 2)
-    return outputs + core_count() * per_task + 2 * stack + 56 * L * L * H
+    per_task = stack + 8 * (L * L + L * topk * n + 3 * L * (2 * d) ** 2 + 2 * L * 2 * d * n)
+    return BASE_BYTES + outputs + core_count() * per_task + 2 * stack + 56 * L * L * H
 
 
 def measure_metadata(model_dir, layout, shape, folder, dtypes, precision, fold_norms, arrays):
