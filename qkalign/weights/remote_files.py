@@ -1,0 +1,155 @@
+"""The files of a remote model folder, read by byte ranges through fsspec, with retries.
+
+:class:`RemoteFiles` names each file by a URL (``url_of(name)``) on an fsspec filesystem
+(HTTP for ``https://`` URLs and the Hugging Face Hub, s3fs, gcsfs, ...). Every read asks for
+exact byte ranges and checks that exactly those bytes came back (a server ignoring ``Range``
+is an error, not a silently whole shard). Transient failures (HTTP 408/425/429/5xx, a dropped
+connection, a timeout) are retried with exponential back-off; anything else (a 404, access
+denied, a refused connection, an unknown host) is one :class:`~qkalign.errors.InputError` line.
+"""
+
+import asyncio
+import json
+import time
+
+from ..errors import InputError
+
+#: Attempts of one read before a transient failure is reported, and the first wait (doubled each time).
+ATTEMPTS = 5
+FIRST_WAIT_SECONDS = 0.5
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Exceptions of aiohttp, fsspec and httpx that mean "try again", by name (their modules are optional).
+TRANSIENT_NAMES = frozenset({"ServerDisconnectedError", "ClientPayloadError", "ServerTimeoutError",
+                             "ClientConnectionResetError", "FSTimeoutError", "ReadTimeout", "RemoteProtocolError",
+                             "ReadError", "ConnectTimeout", "PoolTimeout"})
+ACCESS_HINT = "a private or gated model needs a token: set HF_TOKEN or run `hf auth login`"
+
+
+def _chain(exc):
+    """``exc`` and the exceptions it was raised from (fsspec re-raises HTTP failures as FileNotFoundError)."""
+    seen = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def http_status(exc):
+    """The HTTP status behind ``exc`` (aiohttp, httpx or huggingface_hub), or None."""
+    for e in _chain(exc):
+        status = getattr(e, "status", None)
+        if not isinstance(status, int):
+            status = getattr(getattr(e, "response", None), "status_code", None)
+        if isinstance(status, int):
+            return status
+    return None
+
+
+def is_transient(exc):
+    """Whether a retry of the request that raised ``exc`` may succeed."""
+    status = http_status(exc)
+    if status is not None:
+        return status in TRANSIENT_STATUS
+    chain = _chain(exc)
+    if any(isinstance(e, ConnectionRefusedError) or isinstance(getattr(e, "os_error", None), ConnectionRefusedError)
+           for e in chain):
+        return False
+    return any(isinstance(e, (TimeoutError, asyncio.TimeoutError, ConnectionResetError, BrokenPipeError))
+               or type(e).__name__ in TRANSIENT_NAMES for e in chain)
+
+
+def describe_failure(exc):
+    """What went wrong, in a few words, for the ``found ...`` part of an error line."""
+    status = http_status(exc)
+    if status == 404:
+        return "HTTP 404 (no such file)"
+    if status in (401, 403):
+        return f"HTTP {status} (access denied; {ACCESS_HINT})"
+    if status is not None:
+        return f"HTTP {status}"
+    chain = _chain(exc)
+    if any(isinstance(e, ConnectionRefusedError) or isinstance(getattr(e, "os_error", None), ConnectionRefusedError)
+           or "connection refused" in str(e).lower() for e in chain):
+        return "connection refused (no server answers at that address)"
+    if any(isinstance(e, FileNotFoundError) for e in chain):
+        return "no such file"
+    root = chain[-1]
+    return f"{type(root).__name__}: {root}".strip().rstrip(":").replace("\n", " ")
+
+
+def with_retries(call, label, expected):
+    """``call()``, retried on transient failures; any failure becomes one InputError naming ``label``."""
+    for attempt in range(ATTEMPTS):
+        try:
+            return call()
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every library's failure becomes one error line
+            if is_transient(exc) and attempt + 1 < ATTEMPTS:
+                time.sleep(FIRST_WAIT_SECONDS * 2 ** attempt)
+                continue
+            tries = f" after {attempt + 1} attempts" if attempt else ""
+            raise InputError(label, "", expected, describe_failure(exc) + tries) from None
+
+
+class RemoteFiles:
+    """Byte-range access to the files of one remote folder.
+
+    Parameters
+    ----------
+    fs : fsspec.AbstractFileSystem
+    url_of : callable
+        File name in the folder (``"config.json"``) -> its URL (or path) on ``fs``.
+    """
+
+    def __init__(self, fs, url_of):
+        self.fs = fs
+        self.url_of = url_of
+        self._sizes = {}
+
+    def size(self, name):
+        """Size in bytes of the file ``name``."""
+        if name not in self._sizes:
+            url = self.url_of(name)
+            size = with_retries(lambda: self.fs.info(url).get("size"), url, "a readable file")
+            if not isinstance(size, int):
+                raise InputError(url, "", "a server that reports the file's size (Content-Length)", repr(size))
+            self._sizes[name] = size
+        return self._sizes[name]
+
+    def read_ranges(self, name, ranges):
+        """The bytes ``start:end`` of the file ``name`` for each ``(start, end)`` in ``ranges`` (read concurrently
+        where the filesystem can)."""
+        url = self.url_of(name)
+        starts, ends = [s for s, _ in ranges], [e for _, e in ranges]
+        if len(ranges) == 1:
+            parts = [with_retries(lambda: self.fs.cat_file(url, start=starts[0], end=ends[0]), url,
+                                  "a readable file")]
+        else:
+            parts = with_retries(lambda: self.fs.cat_ranges([url] * len(ranges), starts, ends, on_error="raise"),
+                                 url, "a readable file")
+        for (start, end), part in zip(ranges, parts):
+            if len(part) != end - start:
+                why = "a truncated file" if len(part) < end - start else "the server ignored the Range request"
+                raise InputError(url, "", f"bytes {start}:{end} ({end - start} bytes)", f"{len(part)} bytes ({why})")
+        return parts
+
+    def read_json(self, name, what, missing_ok=False):
+        """The JSON object in the file ``name`` (``what`` it is, for errors); None if missing and ``missing_ok``."""
+        url = self.url_of(name)
+        if missing_ok:
+            try:
+                raw = with_retries(lambda: self.fs.cat_file(url), url, f"a readable {what}")
+            except InputError as exc:
+                if exc.found and exc.found.startswith(("HTTP 404", "no such file")):
+                    return None
+                raise
+        else:
+            raw = with_retries(lambda: self.fs.cat_file(url), url, f"an existing {what}")
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(url, "", f"a {what} in UTF-8 JSON", f"unreadable JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise InputError(url, "", f"a {what} holding a JSON object", type(doc).__name__)
+        return doc
