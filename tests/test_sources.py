@@ -213,7 +213,10 @@ def test_hub_cache_offline_cli(models, tmp_path):
 
 
 def test_hub_missing_revision_offline(models, hub, cli, tmp_path):
-    write_hub_snapshot(tmp_path / "hub", "org/tiny", "step1", models[case_name(CASES[0])][0].folder)
+    commit = write_hub_snapshot(tmp_path / "hub", "org/tiny", "step1", models[case_name(CASES[0])][0].folder)
+    r = cli("analyze", "org/tiny", "--revision", "step1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert f"model org/tiny revision step1 (commit {commit}) (measured: llama-style" in r.stdout
     r = cli("measure", "org/tiny", "--revision", "step2", "-o", tmp_path / "out", "--quiet")
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "org/tiny@step2" in r.stderr and "HF_HUB_OFFLINE" in r.stderr and "cached revisions: step1" in r.stderr
@@ -231,6 +234,9 @@ def test_hub_cache_is_used_without_network(models, hub, monkeypatch, tmp_path):
     assert_same(data, local)
     assert (data.extra["revision"], data.extra["commit_hash"]) == ("main", commit)
     assert data.extra["read_from"].startswith("local Hub cache")
+    by_commit = measure("org/tiny", revision=commit, topk=4, precision="float64", progress=False)
+    assert by_commit.extra["commit_hash"] == commit
+    np.testing.assert_array_equal(by_commit.gram, data.gram)
     # Without its weights in the cache the network is needed: the closed port is one error line.
     partial = tmp_path / "partial"
     partial.mkdir()

@@ -82,9 +82,9 @@ def with_retries(call, label, expected):
     for attempt in range(ATTEMPTS):
         try:
             return call()
-        except InputError:
+        except (InputError, TypeError, AttributeError, NameError):  # ours, or a bug: not a remote failure
             raise
-        except Exception as exc:  # noqa: BLE001 - every library's failure becomes one error line
+        except Exception as exc:  # noqa: BLE001 - each library (aiohttp, httpx, s3fs, ...) has its own errors
             if is_transient(exc) and attempt + 1 < ATTEMPTS:
                 time.sleep(FIRST_WAIT_SECONDS * 2 ** attempt)
                 continue
