@@ -18,7 +18,7 @@ from qkalign.testing.http_server import RangeServer
 from qkalign.testing.hub import commit_of, hub_routes, write_hub_snapshot
 from qkalign.testing.model_folders import write_model
 from qkalign.testing.processes import run_qkalign
-from qkalign.weights import remote_files
+from qkalign.weights import remote_files, remote_folder
 from qkalign.weights.measure import measure
 from qkalign.weights.remote_files import RemoteFiles
 from qkalign.weights.safetensors_ranges import read_header
@@ -98,6 +98,26 @@ def test_http_equals_local_and_reads_only_the_qk_bytes(models, case):
         assert 0 < sent < shard.stat().st_size
     weight_gets = [r for r in server.requests if r[0] == "GET" and r[1].endswith(".safetensors")]
     assert weight_gets and all(r[2] is not None and r[3] == 206 for r in weight_gets)
+
+
+@pytest.mark.parametrize("cache_bytes, heads_per_chunk", [(None, 4), (8000, 2), (1000, 1)])
+def test_conv1d_columns_are_read_a_chunk_of_heads_at_a_time(models, monkeypatch, cache_bytes, heads_per_chunk):
+    """GPT-2's c_attn (n, 3n): a head is a column range, one byte range per row; c heads are read at once,
+    c the most for which 4 chunks of each of the 3 layers fit the cache (4 x 3 x c x 24 rows x 6 columns x 2 bytes
+    <= cache_bytes; 8000 bytes: c = 2 and no chunk is evicted, 12 chunks of 576 bytes)."""
+    if cache_bytes is not None:
+        monkeypatch.setattr(remote_folder, "COLUMN_CACHE_BYTES", cache_bytes)
+    name = case_name(CASES[2])
+    model, local = models[name]
+    with RangeServer(models["root"]) as server:
+        remote = measure(f"{server.url}/{name}", topk=4, precision="float64", progress=False)
+    assert_same(remote, local)
+    L, H, d, n = model.w_q.shape
+    qk = qk_bytes(model, 2)
+    assert qk <= server.total_sent <= 1.1 * qk + metadata_bytes(model.folder)
+    row_reads = [r for r in server.requests if r[0] == "GET" and r[1].endswith(".safetensors")
+                 and int(r[2].split("-")[1]) - int(r[2].split("=")[1].split("-")[0]) + 1 == heads_per_chunk * d * 2]
+    assert len(row_reads) == L * 2 * (H // heads_per_chunk) * n  # Q and K parts, every row, every chunk
 
 
 def test_http_fold_norms_reads_the_gains_once(models):

@@ -70,6 +70,15 @@ class RangeServer:
         return None
 
 
+def _read(content, start, stop):
+    """Bytes ``start:stop`` of ``content`` (bytes, or a file read from ``start`` on)."""
+    if isinstance(content, bytes):
+        return content[start:stop]
+    with open(content, "rb") as f:
+        f.seek(start)
+        return f.read(stop - start)
+
+
 def _handler(server):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections for many small ranges
@@ -101,21 +110,21 @@ def _handler(server):
             if content is None:
                 self._finish(404, b"", method)
                 return
-            data = content if isinstance(content, bytes) else content.read_bytes()
-            start, stop, status = 0, len(data), 200
+            size = len(content) if isinstance(content, bytes) else content.stat().st_size
+            start, stop, status = 0, size, 200
             header = self.headers.get("Range")
             if header is not None:
                 match = RANGE.match(header.strip())
-                if match is None or int(match.group(1)) >= len(data):
-                    self._finish(416, b"", method, {"Content-Range": f"bytes */{len(data)}"})
+                if match is None or int(match.group(1)) >= size:
+                    self._finish(416, b"", method, {"Content-Range": f"bytes */{size}"})
                     return
                 start = int(match.group(1))
-                stop = min(int(match.group(2)) + 1, len(data)) if match.group(2) else len(data)
+                stop = min(int(match.group(2)) + 1, size) if match.group(2) else size
                 status = 206
             extra = {"Accept-Ranges": "bytes"}
             if status == 206:
-                extra["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
-            self._finish(status, data[start:stop], method, extra, send_body=body, path=path)
+                extra["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+            self._finish(status, _read(content, start, stop), method, extra, send_body=body, path=path)
 
         def _finish(self, status, payload, method, extra=None, send_body=True, path=None):
             self.send_response(status)
