@@ -24,10 +24,11 @@ from qkalign.weights.remote_files import RemoteFiles
 from qkalign.weights.safetensors_ranges import read_header
 from qkalign.weights.sources import is_remote_source
 
-# (model_type, shards, dtype): single files and sharded folders, every dtype read, the transposed
-# GPT-2 Conv1D (a head's block is a column range: one range per row) and fused Q/K/V tensors.
-CASES = [("llama", 1, torch.float32), ("llama", 3, torch.bfloat16), ("gpt2", 2, torch.bfloat16),
-         ("phi3", 1, torch.float16), ("gpt_neox", 1, torch.float64)]
+# (model_type, shards, dtype): single files and sharded folders, every dtype read, fused Q/K/V tensors.
+CASES = [("llama", 1, torch.float32), ("llama", 3, torch.bfloat16), ("phi3", 1, torch.float16),
+         ("gpt_neox", 1, torch.float64)]
+# GPT-2's Conv1D c_attn (n, 3n): a head's block is a column range, one byte range per row.
+GPT2 = ("gpt2", 2, torch.bfloat16)
 # Same bytes, same arithmetic: the remote result equals the local one to rounding of float64 sums.
 TOL = 1e-12
 ARRAYS = ("gram", "fro_sq", "sym_eigs", "eig_dirs")
@@ -43,7 +44,7 @@ def models(tmp_path_factory):
     """``{name: (TinyModel, local float64 QKData)}`` under one served root."""
     root = tmp_path_factory.mktemp("served")
     out = {}
-    for i, case in enumerate(CASES):
+    for i, case in enumerate(CASES + [GPT2]):
         model_type, shards, dtype = case
         model = write_model(root / case_name(case), model_type, shards=shards, dtype=dtype, seed=i)
         out[case_name(case)] = (model, measure(model.folder, topk=4, precision="float64", progress=False))
@@ -107,7 +108,7 @@ def test_conv1d_columns_are_read_a_chunk_of_heads_at_a_time(models, monkeypatch,
     <= cache_bytes; 8000 bytes: c = 2 and no chunk is evicted, 12 chunks of 576 bytes)."""
     if cache_bytes is not None:
         monkeypatch.setattr(remote_folder, "COLUMN_CACHE_BYTES", cache_bytes)
-    name = case_name(CASES[2])
+    name = case_name(GPT2)
     model, local = models[name]
     with RangeServer(models["root"]) as server:
         remote = measure(f"{server.url}/{name}", topk=4, precision="float64", progress=False)
@@ -115,6 +116,8 @@ def test_conv1d_columns_are_read_a_chunk_of_heads_at_a_time(models, monkeypatch,
     L, H, d, n = model.w_q.shape
     qk = qk_bytes(model, 2)
     assert qk <= server.total_sent <= 1.1 * qk + metadata_bytes(model.folder)
+    for shard in model.folder.glob("*.safetensors"):  # never a whole shard
+        assert server.bytes_sent[f"/{name}/{shard.name}"] < shard.stat().st_size
     row_reads = [r for r in server.requests if r[0] == "GET" and r[1].endswith(".safetensors")
                  and int(r[2].split("-")[1]) - int(r[2].split("=")[1].split("-")[0]) + 1 == heads_per_chunk * d * 2]
     assert len(row_reads) == L * 2 * (H // heads_per_chunk) * n  # Q and K parts, every row, every chunk
@@ -246,7 +249,7 @@ def test_hub_missing_revision_offline(models, hub, cli, tmp_path):
 
 def test_hub_cache_is_used_without_network(models, hub, monkeypatch, tmp_path):
     """A complete cached snapshot needs no network even when online (the endpoint is a closed port)."""
-    model, local = models[case_name(CASES[2])]
+    model, local = models[case_name(GPT2)]
     hub.HF_HUB_OFFLINE = False
     endpoint(monkeypatch, hub, closed_port_url())
     commit = write_hub_snapshot(tmp_path / "hub", "org/tiny", "main", model.folder)
@@ -268,20 +271,31 @@ def test_hub_cache_is_used_without_network(models, hub, monkeypatch, tmp_path):
 
 def test_hub_over_http(models, hub, monkeypatch, cli, tmp_path):
     """Not cached: the revision is resolved on the endpoint (HF_ENDPOINT) and the files read by ranges."""
-    model, local = models[case_name(CASES[2])]
+    model, local = models[case_name(GPT2)]
     hub.HF_HUB_OFFLINE = False
     routes = hub_routes("org/tiny", {"v1": (commit_of("v1"), model.folder)}, missing=("v2",))
     with RangeServer(tmp_path, routes=routes) as server:
         endpoint(monkeypatch, hub, server.url)
         data = measure("org/tiny", revision="v1", topk=4, precision="float64", progress=False)
-        sent = server.total_sent
+        sent, requests = server.total_sent, list(server.requests)
+        # A signed CDN URL that expired mid-run (403): the resolve URL is asked again.
+        server.fail_next(1, status=403, path="/cdn/")
+        again = measure("org/tiny", revision="v1", topk=4, precision="float64", progress=False)
+        expired = [r[3] for r in server.requests[len(requests):]].count(403)
         r = cli("measure", "org/tiny", "--revision", "v2", "-o", tmp_path / "out", "--quiet")
     assert_same(data, local)
+    assert_same(again, local)
+    assert expired == 1
     assert (data.extra["revision"], data.extra["commit_hash"], data.extra["source_kind"]) == \
         ("v1", commit_of("v1"), "hub")
     qk = qk_bytes(model, 2)
     api_answer = len(routes["/api/models/org/tiny/revision/v1"])
     assert qk <= sent <= 1.1 * qk + metadata_bytes(model.folder) + api_answer
+    # The weights' resolve URLs are asked once each (for the size, redirected); their ranges go to the CDN.
+    shards = sorted(p.name for p in model.folder.glob("*.safetensors"))
+    resolved = sorted(r[1].rsplit("/", 1)[1] for r in requests if "/resolve/" in r[1] and r[1].endswith(".safetensors"))
+    assert resolved == shards
+    assert all(r[1].startswith("/cdn/") for r in requests if r[0] == "GET" and r[1].endswith(".safetensors"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "'v2': no such revision" in r.stderr
 
 

@@ -34,7 +34,7 @@ class RangeServer:
         self.routes = dict(routes or {})
         self.bytes_sent = Counter()
         self.requests = []
-        self._failures = []  # statuses of the next requests to fail
+        self._failures = []  # (status, path prefix or None) of the next requests to fail
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
@@ -49,10 +49,11 @@ class RangeServer:
         self._server.shutdown()
         self._server.server_close()
 
-    def fail_next(self, count=1, status=503):
-        """Answer the next ``count`` GET requests with ``status`` (a transient failure by default)."""
+    def fail_next(self, count=1, status=503, path=None):
+        """Answer the next ``count`` GET requests (to paths starting with ``path``, if given) with ``status``
+        (a transient failure by default)."""
         with self._lock:
-            self._failures.extend([status] * count)
+            self._failures.extend([(status, path)] * count)
 
     @property
     def total_sent(self):
@@ -91,8 +92,10 @@ def _handler(server):
             self._serve(body=False)
 
         def do_GET(self):
+            path = urlparse(self.path).path
             with server._lock:
-                status = server._failures.pop(0) if server._failures else None
+                due = [i for i, (_, prefix) in enumerate(server._failures) if prefix is None or path.startswith(prefix)]
+                status = server._failures.pop(due[0])[0] if due else None
             if status is not None:
                 self._finish(status, b"", "GET")
                 return

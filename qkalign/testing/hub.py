@@ -6,7 +6,8 @@
 - :func:`hub_routes` are the URL routes of a :class:`~qkalign.testing.http_server.RangeServer`
   that answer like the Hub endpoint (``HF_ENDPOINT``): ``/api/models/ORG/NAME/revision/REV``
   (the commit of a revision, or the Hub's ``RevisionNotFound`` answer for the ``missing`` ones)
-  and ``/ORG/NAME/resolve/COMMIT/FILE``.
+  and ``/ORG/NAME/resolve/COMMIT/FILE``, which for safetensors files redirects (302) to
+  ``/cdn/COMMIT/FILE``, as the Hub sends large files to its CDN.
 """
 
 import hashlib
@@ -51,5 +52,10 @@ def hub_routes(repo_id, revisions, missing=()):
         for rev in (revision, commit):
             routes[f"/api/models/{repo_id}/revision/{rev}"] = info
         for file in Path(folder).iterdir():
-            routes[f"/{repo_id}/resolve/{commit}/{file.name}"] = file
+            resolve = f"/{repo_id}/resolve/{commit}/{file.name}"
+            if file.suffix == ".safetensors":
+                routes[resolve] = (302, {"Location": f"/cdn/{commit}/{file.name}"}, b"")
+                routes[f"/cdn/{commit}/{file.name}"] = file
+            else:
+                routes[resolve] = file
     return routes

@@ -6,6 +6,9 @@ exact byte ranges and checks that exactly those bytes came back (a server ignori
 is an error, not a silently whole shard). Transient failures (HTTP 408/425/429/5xx, a dropped
 connection, a timeout) are retried with exponential back-off; anything else (a 404, access
 denied, a refused connection, an unknown host) is one :class:`~qkalign.errors.InputError` line.
+A file's ranges are read from where its URL redirects (the Hub sends weights to a CDN), learnt
+once with its size; when that location stops answering (an expired signed URL) the file's own
+URL is asked again.
 """
 
 import asyncio
@@ -89,7 +92,9 @@ def with_retries(call, label, expected):
                 time.sleep(FIRST_WAIT_SECONDS * 2 ** attempt)
                 continue
             tries = f" after {attempt + 1} attempts" if attempt else ""
-            raise InputError(label, "", expected, describe_failure(exc) + tries) from None
+            error = InputError(label, "", expected, describe_failure(exc) + tries)
+            error.http_status = http_status(exc)
+            raise error from None
 
 
 class RemoteFiles:
@@ -106,15 +111,20 @@ class RemoteFiles:
         self.fs = fs
         self.url_of = url_of
         self._sizes = {}
+        self._located = {}  # file name -> the URL its own redirects to
 
     def size(self, name):
         """Size in bytes of the file ``name``."""
         if name not in self._sizes:
             url = self.url_of(name)
-            size = with_retries(lambda: self.fs.info(url).get("size"), url, "a readable file")
-            if not isinstance(size, int):
-                raise InputError(url, "", "a server that reports the file's size (Content-Length)", repr(size))
-            self._sizes[name] = size
+            info = with_retries(lambda: self.fs.info(url), url, "a readable file")
+            if not isinstance(info.get("size"), int):
+                raise InputError(url, "", "a server that reports the file's size (Content-Length)",
+                                 repr(info.get("size")))
+            located = info.get("url")
+            if isinstance(located, str) and located != url and located.startswith(("http://", "https://")):
+                self._located[name] = located
+            self._sizes[name] = info["size"]
         return self._sizes[name]
 
     def read_ranges(self, name, ranges):
@@ -122,12 +132,23 @@ class RemoteFiles:
         where the filesystem can)."""
         url = self.url_of(name)
         starts, ends = [s for s, _ in ranges], [e for _, e in ranges]
-        if len(ranges) == 1:
-            parts = [with_retries(lambda: self.fs.cat_file(url, start=starts[0], end=ends[0]), url,
-                                  "a readable file")]
-        else:
-            parts = with_retries(lambda: self.fs.cat_ranges([url] * len(ranges), starts, ends, on_error="raise"),
-                                 url, "a readable file")
+
+        def read(target):
+            if len(ranges) == 1:
+                return [self.fs.cat_file(target, start=starts[0], end=ends[0])]
+            return self.fs.cat_ranges([target] * len(ranges), starts, ends, on_error="raise")
+
+        located = self._located.get(name)
+        try:
+            parts = with_retries(lambda: read(located or url), url, "a readable file")
+        except InputError as exc:
+            if located is None or getattr(exc, "http_status", None) not in (401, 403, 404, 410):
+                raise
+            # An expired signed URL: the file's own URL redirects afresh.
+            self._located.pop(name, None)
+            self._sizes.pop(name, None)
+            self.size(name)
+            parts = with_retries(lambda: read(self._located.get(name) or url), url, "a readable file")
         for (start, end), part in zip(ranges, parts):
             if len(part) != end - start:
                 why = "a truncated file" if len(part) < end - start else "the server ignored the Range request"
