@@ -17,7 +17,7 @@ from qkalign.errors import InputError
 from qkalign.testing.http_server import RangeServer
 from qkalign.testing.hub import commit_of, hub_routes, write_hub_snapshot
 from qkalign.testing.model_folders import write_model
-from qkalign.testing.processes import run_qkalign
+from qkalign.testing.processes import run_python, run_qkalign
 from qkalign.weights import remote_files, remote_folder
 from qkalign.weights.measure import measure
 from qkalign.weights.remote_files import RemoteFiles
@@ -350,3 +350,14 @@ def test_a_server_ignoring_range_is_an_error():
 
     with pytest.raises(InputError, match="ignored the Range request"):
         RemoteFiles(WholeFiles(), str).read_ranges("f", [(0, 8)])
+
+
+@pytest.mark.slow
+def test_local_folders_import_no_remote_library(models):
+    """fsspec, aiohttp and huggingface_hub are imported for remote sources only (a fresh process)."""
+    folder = models[case_name(CASES[0])][0].folder
+    code = ("import sys; from qkalign.cli import main; main(['analyze', sys.argv[1], '--quiet', '--topk', '4']); "
+            "print([m for m in ('fsspec', 'aiohttp', 'huggingface_hub') if m in sys.modules])")
+    r = run_python(["-c", code, folder])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
