@@ -274,6 +274,10 @@ def test_hub_over_http(models, hub, monkeypatch, cli, tmp_path):
     model, local = models[case_name(GPT2)]
     hub.HF_HUB_OFFLINE = False
     routes = hub_routes("org/tiny", {"v1": (commit_of("v1"), model.folder)}, missing=("v2",))
+    # A gated model without a token, and a private file refused (401) after its revision resolved.
+    routes["/api/models/org/gated/revision/main"] = (403, {"X-Error-Code": "GatedRepo"}, b"{}")
+    routes.update(hub_routes("org/private", {"main": (commit_of("p"), model.folder)}))
+    routes[f"/org/private/resolve/{commit_of('p')}/config.json"] = (401, {}, b"")
     with RangeServer(tmp_path, routes=routes) as server:
         endpoint(monkeypatch, hub, server.url)
         data = measure("org/tiny", revision="v1", topk=4, precision="float64", progress=False)
@@ -283,6 +287,11 @@ def test_hub_over_http(models, hub, monkeypatch, cli, tmp_path):
         again = measure("org/tiny", revision="v1", topk=4, precision="float64", progress=False)
         expired = [r[3] for r in server.requests[len(requests):]].count(403)
         r = cli("measure", "org/tiny", "--revision", "v2", "-o", tmp_path / "out", "--quiet")
+        gated = cli("measure", "org/gated", "-o", tmp_path / "out", "--quiet")
+        private = cli("measure", "org/private", "-o", tmp_path / "out", "--quiet")
+    for refused in (gated, private):
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "HF_TOKEN" in refused.stderr
+    assert "gated" in gated.stderr and "HTTP 401" in private.stderr
     assert_same(data, local)
     assert_same(again, local)
     assert expired == 1
