@@ -20,7 +20,8 @@ EXIT_INPUT_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 # Defaults of the measure options; analyze takes them too, but only with a model folder.
-MEASURE_DEFAULTS = {"topk": DEFAULT_TOPK, "fold_norms": False, "precision": DEFAULT_PRECISION, "quiet": False}
+MEASURE_DEFAULTS = {"topk": DEFAULT_TOPK, "fold_norms": False, "precision": DEFAULT_PRECISION, "quiet": False,
+                    "revision": None}
 
 
 def bundled_example_path():
@@ -41,7 +42,8 @@ def _parser():
     an = sub.add_parser("analyze", help="report how alike the QK operators of the layers are",
                         description="Analyse a grams JSON and its eigen-direction file (the bundled example "
                                     "when no file is given).")
-    an.add_argument("grams", nargs="?", help="grams JSON, or a model folder to measure first (default: the bundled example)")
+    an.add_argument("grams", nargs="?", help="grams JSON, or a model to measure first: a folder, an fsspec URL of one "
+                                             "or a Hub repo id ORG/NAME (default: the bundled example)")
     an.add_argument("--eigdirs", help="eigen-direction file, .safetensors or .pt (default: the JSON's eigdirs_path, "
                                       "else <stem>-eigdirs.safetensors, else <stem>-eigdirs.pt)")
     an.add_argument("--anchor", type=int, default=-1, help="anchor layer, Python indexing (-1 = last)")
@@ -61,7 +63,8 @@ def _parser():
     me = sub.add_parser("measure", help="compute the grams and eigen-directions from a model's safetensors weights",
                         description="Read a Hugging Face model folder (config.json + safetensors) and write "
                                     "PREFIX.json and PREFIX-eigdirs.safetensors for `qkalign analyze`.")
-    me.add_argument("model_dir", help="Hugging Face model folder (config.json, model.safetensors or its index)")
+    me.add_argument("model_dir", metavar="SOURCE", help="Hugging Face model folder (config.json, model.safetensors or "
+                    "its index), an fsspec URL of one (https://, s3://, gs://, file://) or a Hub repo id ORG/NAME")
     _add_output_options(me)
     _add_measure_options(me, for_analyze=False)
     sy = sub.add_parser("synthetic", help="write a synthetic model's grams and eigen-directions",
@@ -111,6 +114,8 @@ def _add_measure_options(parser, for_analyze):
     parser.add_argument("--precision", choices=PRECISIONS, default=default("precision"),
                         help=f"precision of the big products{when} (default {DEFAULT_PRECISION}; sums are float64)")
     parser.add_argument("--quiet", action="store_true", default=default("quiet"), help=f"no progress bar{when}")
+    parser.add_argument("--revision", default=default("revision"),
+                        help="branch, tag or commit of a Hub repo id (default main)")
 
 
 def _measure_options(args):
@@ -118,7 +123,7 @@ def _measure_options(args):
     opts = {key: MEASURE_DEFAULTS[key] if getattr(args, key) is None else getattr(args, key)
             for key in MEASURE_DEFAULTS}
     return dict(topk=opts["topk"], fold_norms=opts["fold_norms"], precision=opts["precision"],
-                progress=not opts["quiet"])
+                progress=not opts["quiet"], revision=opts["revision"])
 
 
 def _save(data, prefix, file_format, eig_dirs_dtype="float32"):
@@ -188,14 +193,18 @@ def _analysis_input(args):
     """``(QKData, description of the input)`` for ``analyze``: a measured model folder, a grams JSON or
     the bundled example."""
     from .seed_format import load
+    from .weights.sources import is_remote_source
 
-    if args.grams is not None and Path(args.grams).is_dir():
+    if args.grams is not None and (Path(args.grams).is_dir() or is_remote_source(args.grams)):
         from .weights.measure import measure
 
         options = _measure_options(args)
         data = measure(args.grams, **options)
         folded = ", norms folded" if options["fold_norms"] else ""
-        return data, f"model folder {args.grams} (measured: {data.extra['layout']}, {options['precision']}{folded})"
+        what = f"model folder {args.grams}" if data.extra["source_kind"] == "local" else f"model {args.grams}"
+        if data.extra["commit_hash"]:
+            what += f" revision {data.extra['revision']} (commit {data.extra['commit_hash']})"
+        return data, f"{what} (measured: {data.extra['layout']}, {options['precision']}{folded})"
     for key in MEASURE_DEFAULTS:
         if getattr(args, key) not in (None, False):
             raise InputError(f"--{key.replace('_', '-')}", "", "a model folder as the input (the option applies "

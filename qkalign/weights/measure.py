@@ -26,7 +26,6 @@ import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -40,7 +39,8 @@ from ..qkdata import QKData
 from . import DEFAULT_PRECISION, DEFAULT_TOPK, PRECISIONS
 from .factored_operator import RANK_TOL, stacked_gram, symmetric_part_eigen_from_gram
 from .layouts import find_prefix, layout_for, text_config
-from .model_folder import ModelFolder, read_config
+from .model_folder import ModelFolder
+from .sources import resolve_source
 
 # Precision of the 2d x 2d eigen-problems: no finer than G, which float32 products round at ~1e-7.
 EIGEN_DTYPE = {"float32": np.float32, "float64": np.float64}
@@ -48,14 +48,16 @@ BIASES_NOTE = "left out: the operator is W_K^T W_Q of the weights alone"
 ROPE_NOTE = "left out: the operator at relative position 0 (no rotary embedding applied)"
 
 
-def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PRECISION, progress=True):
+def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PRECISION, progress=True,
+            revision=None):
     """Grams and eigen-directions of the QK operators of a Hugging Face model's weights.
 
     Parameters
     ----------
     model_dir : str or Path
         Folder with ``config.json`` and ``model.safetensors`` (or ``model.safetensors.index.json``
-        and its shards).
+        and its shards), an fsspec URL of one (``https://``, ``s3://``, ``gs://``, ``file://``;
+        read by byte ranges) or a Hub repo id ``ORG/NAME`` (see :mod:`~qkalign.weights.sources`).
     topk : int
         Eigenvectors kept per layer and head, ``1 <= topk <= min(2 d, n)``.
     fold_norms : bool
@@ -66,13 +68,15 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
         float64 either way. float32 results agree with float64 to about 1e-7 relative.
     progress : bool
         Show a tqdm progress bar on stderr.
+    revision : str, optional
+        Branch, tag or commit of a Hub repo (default ``main``); only with a Hub repo id.
 
     Returns
     -------
     QKData
         ``gram`` (L, L, H), ``fro_sq`` (L, H), ``eig_dirs`` (L, H, topk, n), ``sym_eigs``
-        (L, H, 2 d); ``extra`` records the model, layout, precision, folded gains and what is
-        left out (biases, RoPE).
+        (L, H, 2 d); ``extra`` records the model (source, revision, commit), layout, precision,
+        folded gains and what is left out (biases, RoPE).
 
     Raises
     ------
@@ -82,26 +86,28 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
     """
     if precision not in PRECISIONS:
         raise InputError("--precision", "", " or ".join(PRECISIONS), repr(precision))
-    folder, layout, shape = open_model(model_dir)
+    source = resolve_source(model_dir, revision)
+    folder, layout, shape = open_model(source)
     check_topk(topk, shape)
     dtypes = check_tensors(layout, shape, folder, fold_norms)
     check_fits(peak_bytes(shape, topk, precision), Path(model_dir) / "config.json", "",
                f"measuring {shape.num_layers} layers x {shape.num_heads} heads (head_dim {shape.head_dim}, "
                f"hidden_size {shape.hidden_size}, topk {topk})")
     arrays = compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress)
-    extra = measure_metadata(model_dir, layout, shape, folder, dtypes, precision, fold_norms, arrays)
+    extra = measure_metadata(source, layout, shape, folder, dtypes, precision, fold_norms, arrays)
     return QKData(shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size, **arrays,
                   json_path=str(folder.source), eigdirs_path=str(folder.source), extra=extra)
 
 
-def open_model(model_dir):
-    """``(ModelFolder, Layout, AttentionShape)`` of a model folder, the layout's weight prefix found."""
-    model_dir = Path(model_dir)
-    config_path = model_dir / "config.json"
-    config = text_config(read_config(model_dir))
+def open_model(model_dir, revision=None):
+    """``(ModelFolder or RemoteFolder, Layout, AttentionShape)`` of a model source (a folder, URL, Hub repo
+    or :class:`~qkalign.weights.sources.ModelSource`), the layout's weight prefix found."""
+    source = resolve_source(model_dir, revision)
+    config_path = source.config_label()
+    config = text_config(source.read_config())
     layout = layout_for(config, config_path)
     shape = layout.shape(config, config_path)
-    folder = ModelFolder(model_dir)
+    folder = source.open_folder()
     find_prefix(layout, shape, folder.names(), folder.shape_of, folder.source)
     return folder, layout, shape
 
@@ -153,7 +159,8 @@ def measure_metadata(model_dir, layout, shape, folder, dtypes, precision, fold_n
     has_biases = any(b in folder.names() for b in biases)
     return {
         "source": "qkalign measure",
-        "model_dir": str(model_dir),
+        "model_dir": str(getattr(model_dir, "given", model_dir)),
+        **(model_dir.metadata() if hasattr(model_dir, "metadata") else {}),
         "model_type": layout.model_type,
         "layout": layout.name,
         "weight_prefix": layout.prefix,

@@ -1,0 +1,214 @@
+"""Where a model's files are: a local folder, an fsspec URL of a folder, or a Hugging Face Hub repo.
+
+:func:`resolve_source` turns the ``SOURCE`` of ``qkalign measure SOURCE [--revision REV]`` into a
+:class:`ModelSource`:
+
+- an existing local path, or a ``file://`` URL: the folder, read by
+  :class:`~qkalign.weights.model_folder.ModelFolder` (memory-mapped);
+- another URL (``https://``, ``s3://``, ``gs://``, any fsspec protocol): read by byte ranges
+  (:class:`~qkalign.weights.remote_folder.RemoteFolder`);
+- ``ORG/NAME`` that is no local path: a Hub repo at ``revision`` (default ``main``), through
+  ``huggingface_hub``'s conventions (``HF_HUB_CACHE``, ``HF_TOKEN``, ``HF_ENDPOINT``,
+  ``HF_HUB_OFFLINE``). A snapshot in the local Hub cache holding the config and all safetensors
+  weights is used without network (with ``HF_HUB_OFFLINE=1`` the cache is all there is);
+  otherwise the revision is resolved to its commit on the Hub and the files at that commit
+  are read by HTTP range requests.
+
+fsspec and huggingface_hub are imported only for remote sources.
+"""
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from ..checks import read_json_object
+from ..errors import InputError
+from .model_folder import CONFIG_NAME, INDEX_NAME, SINGLE_FILE_NAME, ModelFolder, read_config
+
+DEFAULT_REVISION = "main"
+# The Hub's repo ids: ORG/NAME of letters, digits, '-', '_', '.' (huggingface_hub validates the rest).
+HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# What measure reads from a Hub snapshot.
+HUB_FILES = [CONFIG_NAME, "*.safetensors", INDEX_NAME]
+SOURCE_FORMS = "a model folder, an fsspec URL of one (https://, s3://, gs://, file://) or a Hub repo id ORG/NAME"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved ``SOURCE``: a local folder (``local_dir``) or remote files (``files``).
+
+    ``given`` is the source as the user wrote it, ``kind`` one of ``"local"``, ``"url"``, ``"hub"``;
+    Hub sources have the ``revision`` asked for and the ``commit_hash`` it resolved to, and
+    ``location`` says where the files were read (a folder, a URL, the Hub cache).
+    """
+
+    given: str
+    kind: str
+    local_dir: Path = None
+    files: object = field(default=None, repr=False)  # RemoteFiles
+    revision: str = None
+    commit_hash: str = None
+    location: str = ""
+
+    def config_label(self):
+        """Path or URL of ``config.json``, for error lines."""
+        return self.local_dir / CONFIG_NAME if self.local_dir is not None else self.files.url_of(CONFIG_NAME)
+
+    def read_config(self):
+        """``config.json`` as a dict."""
+        if self.local_dir is not None:
+            return read_config(self.local_dir)
+        return self.files.read_json(CONFIG_NAME, "model config")
+
+    def open_folder(self):
+        """The checkpoint's tensors: a :class:`ModelFolder` or a :class:`RemoteFolder`."""
+        if self.local_dir is not None:
+            return ModelFolder(self.local_dir)
+        from .remote_folder import RemoteFolder
+
+        return RemoteFolder(self.files)
+
+    def metadata(self):
+        """What ``QKData.extra`` records of the source."""
+        return {"model_source": self.given, "source_kind": self.kind, "read_from": self.location,
+                "revision": self.revision, "commit_hash": self.commit_hash}
+
+
+def is_remote_source(text):
+    """Whether ``text`` names a URL or a Hub repo id rather than a local path or a grams JSON."""
+    text = str(text)
+    if text.endswith(".json") or Path(text).exists():
+        return False
+    return "://" in text or HUB_REPO_ID.match(text) is not None
+
+
+def resolve_source(source, revision=None):
+    """The :class:`ModelSource` that ``source`` (+ ``revision`` for a Hub repo) names."""
+    if isinstance(source, ModelSource):
+        return source
+    text = str(source)
+    if isinstance(source, Path) or Path(text).exists() or not is_remote_source(text):
+        resolved = ModelSource(text, "local", local_dir=Path(source), location=text)
+    elif "://" in text:
+        resolved = _url_source(text)
+    else:
+        return _hub_source(text, revision or DEFAULT_REVISION)
+    if revision is not None:
+        raise InputError("--revision", "", "a Hub repo id ORG/NAME as the source (a revision is a Hub branch, tag "
+                         "or commit)", text)
+    return resolved
+
+
+def _url_source(url):
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        folder = Path(unquote(parsed.path))
+        return ModelSource(url, "url", local_dir=folder, location=str(folder))
+    try:
+        import fsspec
+    except ImportError:
+        raise InputError(url, "", "fsspec installed to read a URL (pip install fsspec[http])", "it missing") from None
+    from .remote_files import RemoteFiles
+
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as exc:  # an unknown protocol, or its package (s3fs, gcsfs) missing
+        raise InputError(url, "", "an fsspec URL whose filesystem is installed (s3:// needs s3fs, gs:// gcsfs, "
+                         "https:// aiohttp)", _first_line(exc)) from None
+    root = root.rstrip("/")
+    files = RemoteFiles(fs, lambda name: f"{root}/{name}" if name else root + "/")
+    return ModelSource(url, "url", files=files, location=url)
+
+
+def _hub_source(repo_id, revision):
+    try:
+        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    except ImportError:
+        raise InputError(repo_id, "", "huggingface_hub installed to read a Hub repo (pip install huggingface_hub)",
+                         "it missing") from None
+    try:
+        snapshot = snapshot_download(repo_id, revision=revision, local_files_only=True, allow_patterns=HUB_FILES)
+    except LocalEntryNotFoundError:
+        snapshot = None
+    except HFValidationError as exc:
+        raise InputError(repo_id, "", f"{SOURCE_FORMS} (no such local path exists)", _first_line(exc)) \
+            from None
+    if snapshot is not None and (constants.HF_HUB_OFFLINE or _complete(Path(snapshot))):
+        return ModelSource(repo_id, "hub", local_dir=Path(snapshot), revision=revision,
+                           commit_hash=Path(snapshot).name, location=f"local Hub cache {snapshot}")
+    if constants.HF_HUB_OFFLINE:
+        raise InputError(f"{repo_id}@{revision}", "--revision", f"a snapshot of this revision in the local Hub "
+                         f"cache {constants.HF_HUB_CACHE} (HF_HUB_OFFLINE is set: no network)",
+                         _cached_revisions(constants.HF_HUB_CACHE, repo_id))
+    return _hub_remote_source(repo_id, revision)
+
+
+def _complete(snapshot):
+    """Whether a cached snapshot holds config.json and all safetensors weights (else they are read remotely)."""
+    if not (snapshot / CONFIG_NAME).is_file():
+        return False
+    if (snapshot / INDEX_NAME).is_file():
+        try:
+            shards = read_json_object(snapshot / INDEX_NAME, "safetensors index").get("weight_map", {}).values()
+            return all((snapshot / shard).is_file() for shard in set(shards))
+        except (InputError, AttributeError, TypeError):
+            return True  # ModelFolder names the fault
+    return (snapshot / SINGLE_FILE_NAME).is_file()
+
+
+def _cached_revisions(cache, repo_id):
+    """``"cached revisions: main, step1"`` or ``"no cached snapshot of ORG/NAME"``."""
+    from huggingface_hub.file_download import repo_folder_name
+
+    repo_dir = Path(cache) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    refs = sorted(str(p.relative_to(repo_dir / "refs")) for p in (repo_dir / "refs").rglob("*") if p.is_file())
+    snapshots = sorted(p.name for p in (repo_dir / "snapshots").glob("*") if p.is_dir())
+    if not refs and not snapshots:
+        return f"no cached snapshot of {repo_id}"
+    return "cached revisions: " + ", ".join(refs + snapshots)
+
+
+def _hub_remote_source(repo_id, revision):
+    """The files of ``repo_id`` at the commit ``revision`` resolves to, read by HTTP range requests."""
+    import fsspec
+    from huggingface_hub import HfApi, hf_hub_url
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.utils import build_hf_headers
+
+    from .remote_files import ACCESS_HINT, RemoteFiles, http_status, with_retries
+
+    api = HfApi()
+    label = f"{api.endpoint}/{repo_id}"
+    no_repo = f"a Hub repo (no local folder {repo_id} exists either; {ACCESS_HINT})"
+
+    def commit():
+        try:
+            return api.model_info(repo_id, revision=revision).sha
+        except GatedRepoError:
+            raise InputError(label, "", f"access to this gated model ({ACCESS_HINT})", "access denied") from None
+        except RevisionNotFoundError:
+            raise InputError(label, "--revision", "a branch, tag or commit of this repo",
+                             f"{revision!r}: no such revision") from None
+        except RepositoryNotFoundError:
+            raise InputError(label, "", no_repo, "no such repo or no access") from None
+        except HfHubHTTPError as exc:
+            if http_status(exc) == 404:
+                raise InputError(label, "", no_repo, "HTTP 404") from None
+            raise
+
+    sha = with_retries(commit, label, f"a reachable Hub ({api.endpoint}; HF_HUB_OFFLINE=1 reads only the "
+                       "local cache)")
+    try:
+        fs = fsspec.filesystem("http", headers=build_hf_headers())
+    except ImportError as exc:
+        raise InputError(label, "", "aiohttp installed for HTTP range reads (pip install fsspec[http])",
+                         _first_line(exc)) from None
+    files = RemoteFiles(fs, lambda name: hf_hub_url(repo_id, name, revision=sha, endpoint=api.endpoint))
+    return ModelSource(repo_id, "hub", files=files, revision=revision, commit_hash=sha, location=label)
+
+
+def _first_line(exc):
+    """The first line of an exception's message (its type name if it has none)."""
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0]

@@ -1,0 +1,372 @@
+"""Models wherever they live: measure over HTTP range reads, file:// URLs and the Hub (cache and endpoint).
+
+Every remote result is compared with ``measure`` of the same folder read locally (memory-mapped
+by safetensors), and the bytes a server sent are compared with the bytes of the Q/K tensors.
+"""
+
+import json
+import socket
+import time
+
+import fsspec
+import numpy as np
+import pytest
+import torch
+
+from qkalign.errors import InputError
+from qkalign.testing.http_server import RangeServer
+from qkalign.testing.hub import commit_of, hub_routes, write_hub_snapshot
+from qkalign.testing.model_folders import write_model
+from qkalign.testing.processes import run_python, run_qkalign
+from qkalign.weights import remote_files, remote_folder
+from qkalign.weights.measure import measure
+from qkalign.weights.remote_files import RemoteFiles
+from qkalign.weights.safetensors_ranges import read_header
+from qkalign.weights.sources import is_remote_source
+
+# (model_type, shards, dtype): single files and sharded folders, every dtype read, fused Q/K/V tensors.
+CASES = [("llama", 1, torch.float32), ("llama", 3, torch.bfloat16), ("phi3", 1, torch.float16),
+         ("gpt_neox", 1, torch.float64)]
+# GPT-2's Conv1D c_attn (n, 3n): a head's block is a column range, one byte range per row.
+GPT2 = ("gpt2", 2, torch.bfloat16)
+# Same bytes, same arithmetic: the remote result equals the local one to rounding of float64 sums.
+TOL = 1e-12
+ARRAYS = ("gram", "fro_sq", "sym_eigs", "eig_dirs")
+
+
+def case_name(case):
+    model_type, shards, dtype = case
+    return f"{model_type}-{shards}shard-{str(dtype).removeprefix('torch.')}"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """``{name: (TinyModel, local float64 QKData)}`` under one served root."""
+    root = tmp_path_factory.mktemp("served")
+    out = {}
+    for i, case in enumerate(CASES + [GPT2]):
+        model_type, shards, dtype = case
+        model = write_model(root / case_name(case), model_type, shards=shards, dtype=dtype, seed=i)
+        out[case_name(case)] = (model, measure(model.folder, topk=4, precision="float64", progress=False))
+    qwen = write_model(root / "qwen3", "qwen3", shards=2, seed=9)
+    out["qwen3"] = (qwen, measure(qwen.folder, topk=4, fold_norms=True, precision="float64", progress=False))
+    out["root"] = root
+    return out
+
+
+def assert_same(remote, local):
+    for key in ARRAYS:
+        a, b = getattr(remote, key), getattr(local, key)
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= TOL * np.abs(b).max(), key
+
+
+def qk_bytes(model, itemsize):
+    """Bytes of every W_Q and W_K block: L (H + H_kv) d n elements."""
+    L, H, d, n = model.w_q.shape
+    return L * (H + model.w_k.shape[1]) * d * n * itemsize
+
+
+def metadata_bytes(folder):
+    """config.json, the index (if any) and each shard's 8-byte length + JSON header."""
+    total = (folder / "config.json").stat().st_size
+    if (folder / "model.safetensors.index.json").exists():
+        total += (folder / "model.safetensors.index.json").stat().st_size
+    for shard in folder.glob("*.safetensors"):
+        total += 8 + int.from_bytes(shard.read_bytes()[:8], "little")
+    return total
+
+
+def closed_port_url():
+    """``http://127.0.0.1:PORT`` of a port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_name)
+def test_http_equals_local_and_reads_only_the_qk_bytes(models, case):
+    model, local = models[case_name(case)]
+    with RangeServer(models["root"]) as server:
+        remote = measure(f"{server.url}/{model.folder.name}/", topk=4, precision="float64", progress=False)
+    assert_same(remote, local)
+    assert remote.extra["source_kind"] == "url" and remote.extra["model_source"].startswith(server.url)
+    qk = qk_bytes(model, case[2].itemsize)
+    assert qk <= server.total_sent <= 1.1 * qk + metadata_bytes(model.folder)
+    for shard in model.folder.glob("*.safetensors"):  # never a whole shard
+        sent = server.bytes_sent[f"/{model.folder.name}/{shard.name}"]
+        assert 0 < sent < shard.stat().st_size
+    weight_gets = [r for r in server.requests if r[0] == "GET" and r[1].endswith(".safetensors")]
+    assert weight_gets and all(r[2] is not None and r[3] == 206 for r in weight_gets)
+
+
+@pytest.mark.parametrize("cache_bytes, heads_per_chunk", [(None, 4), (8000, 2), (1000, 1)])
+def test_conv1d_columns_are_read_a_chunk_of_heads_at_a_time(models, monkeypatch, cache_bytes, heads_per_chunk):
+    """GPT-2's c_attn (n, 3n): a head is a column range, one byte range per row; c heads are read at once,
+    c the most for which 4 chunks of each of the 3 layers fit the cache (4 x 3 x c x 24 rows x 6 columns x 2 bytes
+    <= cache_bytes; 8000 bytes: c = 2 and no chunk is evicted, 12 chunks of 576 bytes)."""
+    if cache_bytes is not None:
+        monkeypatch.setattr(remote_folder, "COLUMN_CACHE_BYTES", cache_bytes)
+    name = case_name(GPT2)
+    model, local = models[name]
+    with RangeServer(models["root"]) as server:
+        remote = measure(f"{server.url}/{name}", topk=4, precision="float64", progress=False)
+    assert_same(remote, local)
+    L, H, d, n = model.w_q.shape
+    qk = qk_bytes(model, 2)
+    assert qk <= server.total_sent <= 1.1 * qk + metadata_bytes(model.folder)
+    for shard in model.folder.glob("*.safetensors"):  # never a whole shard
+        assert server.bytes_sent[f"/{name}/{shard.name}"] < shard.stat().st_size
+    row_reads = [r for r in server.requests if r[0] == "GET" and r[1].endswith(".safetensors")
+                 and int(r[2].split("-")[1]) - int(r[2].split("=")[1].split("-")[0]) + 1 == heads_per_chunk * d * 2]
+    assert len(row_reads) == L * 2 * (H // heads_per_chunk) * n  # Q and K parts, every row, every chunk
+
+
+def test_http_fold_norms_reads_the_gains_once(models):
+    model, local = models["qwen3"]
+    with RangeServer(models["root"]) as server:
+        remote = measure(f"{server.url}/qwen3", topk=4, fold_norms=True, precision="float64", progress=False)
+    assert_same(remote, local)
+    L, H, d, n = model.w_q.shape
+    gains = L * (n + 2 * d) * 4  # input_layernorm (n), q_norm and k_norm (d each) per layer
+    qk = qk_bytes(model, 4)
+    assert qk + gains <= server.total_sent <= 1.1 * qk + gains + metadata_bytes(model.folder)
+
+
+def test_file_url_equals_local(models):
+    model, local = models[case_name(CASES[1])]
+    remote = measure(model.folder.as_uri(), topk=4, precision="float64", progress=False)
+    assert_same(remote, local)
+    assert remote.extra["model_source"] == model.folder.as_uri() and remote.extra["source_kind"] == "url"
+
+
+def test_transient_failure_is_retried(models):
+    model, local = models[case_name(CASES[0])]
+    with RangeServer(models["root"]) as server:
+        server.fail_next(1)
+        remote = measure(f"{server.url}/{model.folder.name}", topk=4, precision="float64", progress=False)
+    assert_same(remote, local)
+    assert [r[3] for r in server.requests].count(503) == 1
+
+
+def test_persistent_failure_is_one_error_line(models, cli, monkeypatch, tmp_path):
+    monkeypatch.setattr(remote_files, "FIRST_WAIT_SECONDS", 0.001)
+    with RangeServer(models["root"]) as server:
+        server.fail_next(100)
+        r = cli("measure", f"{server.url}/llama-1shard-float32", "-o", tmp_path / "out", "--quiet")
+        failed = [x[3] for x in server.requests].count(503)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "config.json" in r.stderr and f"HTTP 503 after {remote_files.ATTEMPTS} attempts" in r.stderr
+    assert failed == remote_files.ATTEMPTS
+
+
+def test_missing_url_and_refused_connection(models, cli, tmp_path):
+    with RangeServer(models["root"]) as server:
+        r = cli("measure", f"{server.url}/no-such-model/", "-o", tmp_path / "out", "--quiet")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "no-such-model/config.json" in r.stderr and "no such file" in r.stderr
+    url = closed_port_url()
+    start = time.perf_counter()
+    r = cli("measure", f"{url}/m", "-o", tmp_path / "out", "--quiet")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "connection refused" in r.stderr
+    # Not retried: the back-off alone would take FIRST_WAIT_SECONDS * (2**(ATTEMPTS - 1) - 1) = 7.5 s.
+    assert time.perf_counter() - start < 5
+
+
+def test_missing_weights_and_hostile_index_over_http(tmp_path, cli):
+    model = write_model(tmp_path / "escape", "llama", shards=2)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_bytes((model.folder / "config.json").read_bytes())
+    index = model.folder / "model.safetensors.index.json"
+    doc = json.loads(index.read_text())
+    doc["weight_map"][next(iter(doc["weight_map"]))] = "../empty/config.json"
+    index.write_text(json.dumps(doc))
+    model = write_model(tmp_path / "llama", "llama")
+    with RangeServer(tmp_path) as server:
+        r = cli("measure", f"{server.url}/empty", "-o", tmp_path / "out", "--quiet")
+        assert r.returncode == 2 and "model.safetensors or model.safetensors.index.json" in r.stderr
+        r = cli("measure", f"{server.url}/escape", "-o", tmp_path / "out", "--quiet")
+        assert r.returncode == 2 and "weight_map" in r.stderr and r.stderr.count("\n") == 1
+        r = cli("measure", f"{server.url}/llama", "--revision", "main", "-o", tmp_path / "out", "--quiet")
+        assert r.returncode == 2 and "--revision" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_analyze_measures_a_url(models, cli):
+    model, local = models[case_name(CASES[0])]
+    with RangeServer(models["root"]) as server:
+        r = cli("analyze", f"{server.url}/{model.folder.name}", "--precision", "float64", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert f"model {server.url}/{model.folder.name} (measured: llama-style" in r.stdout
+
+
+# --- the Hugging Face Hub --------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def hub(monkeypatch, tmp_path):
+    """huggingface_hub's cache in ``tmp_path/hub``, offline unless a test says otherwise."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return constants
+
+
+def endpoint(monkeypatch, constants, url):
+    """Point huggingface_hub at ``url`` as HF_ENDPOINT would (its URL template is fixed at import)."""
+    template = constants.HUGGINGFACE_CO_URL_TEMPLATE.replace(constants.ENDPOINT, url)
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+
+
+@pytest.mark.slow
+def test_hub_cache_offline_cli(models, tmp_path):
+    """``qkalign measure ORG/NAME --revision REV`` with HF_HUB_OFFLINE=1 finds the cached snapshot: the
+    environment variables as a user sets them, in a fresh process (in-process tests set huggingface_hub's
+    constants instead)."""
+    model, local = models[case_name(CASES[1])]
+    commit = write_hub_snapshot(tmp_path / "hub", "org/tiny", "step1", model.folder)
+    r = run_qkalign("measure", "org/tiny", "--revision", "step1", "--precision", "float64", "--topk", 4,
+                    "-o", tmp_path / "out", "--quiet", HF_HUB_OFFLINE=1, HF_HUB_CACHE=tmp_path / "hub")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "out.json").read_text())
+    assert (doc["model_source"], doc["revision"], doc["commit_hash"]) == ("org/tiny", "step1", commit)
+    assert np.abs(np.array(doc["gram"]) - local.gram).max() <= TOL * np.abs(local.gram).max()
+
+
+def test_hub_missing_revision_offline(models, hub, cli, tmp_path):
+    commit = write_hub_snapshot(tmp_path / "hub", "org/tiny", "step1", models[case_name(CASES[0])][0].folder)
+    r = cli("analyze", "org/tiny", "--revision", "step1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert f"model org/tiny revision step1 (commit {commit}) (measured: llama-style" in r.stdout
+    r = cli("measure", "org/tiny", "--revision", "step2", "-o", tmp_path / "out", "--quiet")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "org/tiny@step2" in r.stderr and "HF_HUB_OFFLINE" in r.stderr and "cached revisions: step1" in r.stderr
+    r = cli("measure", "org/absent", "-o", tmp_path / "out", "--quiet")
+    assert r.returncode == 2 and "no cached snapshot of org/absent" in r.stderr
+
+
+def test_hub_cache_is_used_without_network(models, hub, monkeypatch, tmp_path):
+    """A complete cached snapshot needs no network even when online (the endpoint is a closed port)."""
+    model, local = models[case_name(GPT2)]
+    hub.HF_HUB_OFFLINE = False
+    endpoint(monkeypatch, hub, closed_port_url())
+    commit = write_hub_snapshot(tmp_path / "hub", "org/tiny", "main", model.folder)
+    data = measure("org/tiny", topk=4, precision="float64", progress=False)
+    assert_same(data, local)
+    assert (data.extra["revision"], data.extra["commit_hash"]) == ("main", commit)
+    assert data.extra["read_from"].startswith("local Hub cache")
+    by_commit = measure("org/tiny", revision=commit, topk=4, precision="float64", progress=False)
+    assert by_commit.extra["commit_hash"] == commit
+    np.testing.assert_array_equal(by_commit.gram, data.gram)
+    # Without its weights in the cache the network is needed: the closed port is one error line.
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_bytes((model.folder / "config.json").read_bytes())
+    write_hub_snapshot(tmp_path / "hub", "org/partial", "main", partial)
+    with pytest.raises(InputError, match="connection refused"):
+        measure("org/partial", progress=False)
+
+
+def test_hub_over_http(models, hub, monkeypatch, cli, tmp_path):
+    """Not cached: the revision is resolved on the endpoint (HF_ENDPOINT) and the files read by ranges."""
+    model, local = models[case_name(GPT2)]
+    hub.HF_HUB_OFFLINE = False
+    routes = hub_routes("org/tiny", {"v1": (commit_of("v1"), model.folder)}, missing=("v2",))
+    # A gated model without a token, and a private file refused (401) after its revision resolved.
+    routes["/api/models/org/gated/revision/main"] = (403, {"X-Error-Code": "GatedRepo"}, b"{}")
+    routes.update(hub_routes("org/private", {"main": (commit_of("p"), model.folder)}))
+    routes[f"/org/private/resolve/{commit_of('p')}/config.json"] = (401, {}, b"")
+    with RangeServer(tmp_path, routes=routes) as server:
+        endpoint(monkeypatch, hub, server.url)
+        data = measure("org/tiny", revision="v1", topk=4, precision="float64", progress=False)
+        sent, requests = server.total_sent, list(server.requests)
+        # A signed CDN URL that expired mid-run (403): the resolve URL is asked again.
+        server.fail_next(1, status=403, path="/cdn/")
+        again = measure("org/tiny", revision="v1", topk=4, precision="float64", progress=False)
+        expired = [r[3] for r in server.requests[len(requests):]].count(403)
+        r = cli("measure", "org/tiny", "--revision", "v2", "-o", tmp_path / "out", "--quiet")
+        gated = cli("measure", "org/gated", "-o", tmp_path / "out", "--quiet")
+        private = cli("measure", "org/private", "-o", tmp_path / "out", "--quiet")
+    for refused in (gated, private):
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "HF_TOKEN" in refused.stderr
+    assert "gated" in gated.stderr and "HTTP 401" in private.stderr
+    assert_same(data, local)
+    assert_same(again, local)
+    assert expired == 1
+    assert (data.extra["revision"], data.extra["commit_hash"], data.extra["source_kind"]) == \
+        ("v1", commit_of("v1"), "hub")
+    qk = qk_bytes(model, 2)
+    api_answer = len(routes["/api/models/org/tiny/revision/v1"])
+    assert qk <= sent <= 1.1 * qk + metadata_bytes(model.folder) + api_answer
+    # The weights' resolve URLs are asked once each (for the size, redirected); their ranges go to the CDN.
+    shards = sorted(p.name for p in model.folder.glob("*.safetensors"))
+    resolved = sorted(r[1].rsplit("/", 1)[1] for r in requests if "/resolve/" in r[1] and r[1].endswith(".safetensors"))
+    assert resolved == shards
+    assert all(r[1].startswith("/cdn/") for r in requests if r[0] == "GET" and r[1].endswith(".safetensors"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "'v2': no such revision" in r.stderr
+
+
+# --- pieces ----------------------------------------------------------------------------------------------
+
+
+def test_is_remote_source(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert is_remote_source("org/name") and is_remote_source("https://host/models/x") and is_remote_source("s3://b/x")
+    assert not is_remote_source("grams.json") and not is_remote_source("a/b/c") and not is_remote_source("x")
+    (tmp_path / "org" / "name").mkdir(parents=True)
+    assert not is_remote_source("org/name")  # an existing local folder wins
+
+
+def safetensors_bytes(header, data=b"", length=None):
+    raw = json.dumps(header).encode()
+    return (len(raw) if length is None else length).to_bytes(8, "little") + raw + data
+
+
+HEADER_FAULTS = {
+    "length past the end": (safetensors_bytes({}, length=10 ** 6), "header length"),
+    "not JSON": (b"\x04\x00\x00\x00\x00\x00\x00\x00{{{{", "header"),
+    "a list": (safetensors_bytes([1]), "header"),
+    "offsets past the end": (safetensors_bytes({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+                                               b"\0" * 4), "w.data_offsets"),
+    "size disagrees with shape": (safetensors_bytes({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}},
+                                                    b"\0" * 8), "w.data_offsets"),
+    "negative dimension": (safetensors_bytes({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}},
+                                             b"\0" * 8), "w.shape"),
+    "too short": (b"\x01\x00", ""),
+}
+
+
+@pytest.mark.parametrize("fault", HEADER_FAULTS)
+def test_hostile_headers_are_one_error_line(fault):
+    content, field = HEADER_FAULTS[fault]
+    fs = fsspec.filesystem("memory")
+    fs.pipe(f"/hostile/{fault}.safetensors", content)
+    files = RemoteFiles(fs, lambda name: f"/hostile/{name}")
+    with pytest.raises(InputError) as info:
+        read_header(files, f"{fault}.safetensors", f"{fault}.safetensors")
+    assert info.value.field == field and "\n" not in str(info.value)
+
+
+def test_a_server_ignoring_range_is_an_error():
+    class WholeFiles:  # answers every request with the whole file, as a server without Range support
+        def info(self, path):
+            return {"size": 64}
+
+        def cat_file(self, path, start=None, end=None):
+            return b"\0" * 64
+
+    with pytest.raises(InputError, match="ignored the Range request"):
+        RemoteFiles(WholeFiles(), str).read_ranges("f", [(0, 8)])
+
+
+@pytest.mark.slow
+def test_local_folders_import_no_remote_library(models):
+    """fsspec, aiohttp and huggingface_hub are imported for remote sources only (a fresh process)."""
+    folder = models[case_name(CASES[0])][0].folder
+    code = ("import sys; from qkalign.cli import main; main(['analyze', sys.argv[1], '--quiet', '--topk', '4']); "
+            "print([m for m in ('fsspec', 'aiohttp', 'huggingface_hub') if m in sys.modules])")
+    r = run_python(["-c", code, folder])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
