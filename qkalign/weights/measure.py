@@ -36,6 +36,7 @@ from . import DEFAULT_PRECISION, DEFAULT_TOPK, PRECISIONS
 from .factored_operator import RANK_TOL, stacked_gram, symmetric_part_eigen_from_gram
 from .layouts import find_prefix, layout_for, text_config
 from .model_folder import ModelFolder, read_config
+from .quantization import checkpoint_quantization
 
 # Precision of the 2d x 2d eigen-problems: no finer than G, which float32 products round at ~1e-7.
 EIGEN_DTYPE = {"float32": np.float32, "float64": np.float64}
@@ -90,10 +91,13 @@ def open_model(model_dir):
     """``(ModelFolder, Layout, AttentionShape)`` of a model folder, the layout's weight prefix found."""
     model_dir = Path(model_dir)
     config_path = model_dir / "config.json"
-    config = text_config(read_config(model_dir))
+    full_config = read_config(model_dir)
+    config = text_config(full_config)
     layout = layout_for(config, config_path)
     shape = layout.shape(config, config_path)
     folder = ModelFolder(model_dir)
+    # FP8 block size, or one line for an integer-quantised model (before a q_proj.weight is missed).
+    folder.fp8 = checkpoint_quantization(full_config, config_path, folder.names(), folder.source)
     find_prefix(layout, shape, folder.names(), folder.shape_of, folder.source)
     return folder, layout, shape
 
