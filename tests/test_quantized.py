@@ -154,6 +154,7 @@ def test_refused_in_one_line(refused_folders, case, cli, tmp_path):
     assert (proc.returncode, proc.stdout, proc.stderr) == (2, "", f"qkalign: error: {message}\n")
 
 
+@pytest.mark.slow
 def test_cli_refusals_exit_2_in_a_new_process(refused_folders, tmp_path):
     """The command as a user runs it, for an FP8 and an integer-quantised refusal."""
     commands = {case: ("measure", refused_folders[case][0], "-o", tmp_path / case, "--quiet")

@@ -63,7 +63,7 @@ class StateDictTensors(ModelFolder):
         How errors name this collection (``"state_dict"``).
     """
 
-    def __init__(self, tensors, source="state_dict"):  # noqa: D107 -- the folder's files are not opened
+    def __init__(self, tensors, source="state_dict"):
         if not isinstance(tensors, Mapping):
             raise InputError(source, "", "a mapping of tensor names to tensors", type(tensors).__name__)
         self.source = source
@@ -147,7 +147,7 @@ class TransformerLensLayout(Layout):
         return None
 
 
-def from_weights(W_Q, W_K, *, topk=DEFAULT_TOPK, precision=DEFAULT_PRECISION, progress=True):  # noqa: N803
+def from_weights(W_Q, W_K, *, topk=DEFAULT_TOPK, precision=DEFAULT_PRECISION, progress=True):
     """Grams and eigen-directions of ``g = W_K^T W_Q`` from TransformerLens-convention weights.
 
     Parameters
@@ -167,7 +167,7 @@ def from_weights(W_Q, W_K, *, topk=DEFAULT_TOPK, precision=DEFAULT_PRECISION, pr
         in (the arrays are the operators' factors as given).
     """
     _check_precision(precision)
-    W_Q, W_K = _detached(W_Q), _detached(W_K)  # noqa: N806
+    W_Q, W_K = _detached(W_Q), _detached(W_K)
     shape = _tl_shape(W_Q, W_K)
     tensors = {TransformerLensLayout.q_name(l, h): W_Q[l, h]
                for l in range(shape.num_layers) for h in range(shape.num_heads)}
@@ -200,7 +200,7 @@ def from_transformer_lens(model, *, topk=DEFAULT_TOPK, precision=DEFAULT_PRECISI
     if cfg is None or not hasattr(model, "W_Q"):
         raise InputError("from_transformer_lens", "model", "a TransformerLens model (W_Q, W_K, cfg)",
                          type(model).__name__)
-    W_Q, W_K = model.W_Q, _key_weights(model, cfg)  # noqa: N806
+    W_Q, W_K = model.W_Q, _key_weights(model, cfg)
     expected = tuple(getattr(cfg, key, None) for key in ("n_layers", "n_heads", "d_model", "d_head"))
     if tuple(W_Q.shape) != expected:
         raise InputError("from_transformer_lens", "model.W_Q", f"shape (n_layers, n_heads, d_model, d_head) = "
@@ -233,7 +233,7 @@ def _detached(array):
     return array.detach() if hasattr(array, "detach") else array
 
 
-def _tl_shape(W_Q, W_K):  # noqa: N803
+def _tl_shape(W_Q, W_K):
     """:class:`AttentionShape` of TransformerLens-convention ``W_Q``, ``W_K``; one error line if they disagree."""
     for name, array in (("W_Q", W_Q), ("W_K", W_K)):
         if not (hasattr(array, "shape") and hasattr(array, "dtype")) or len(array.shape) != 4:

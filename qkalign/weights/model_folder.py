@@ -5,6 +5,7 @@ Weights come from ``model.safetensors`` or from the shards listed in
 ``safetensors.safe_open``; a read touches only the rows (or columns) asked for.
 Every problem (a missing file or tensor, a corrupt or truncated file, a wrong shape
 or dtype) is an :class:`~qkalign.errors.InputError` naming the file and the tensor.
+FP8 block-scaled weights are dequantised as they are read (:mod:`qkalign.weights.fp8`).
 """
 
 from pathlib import Path
