@@ -2,7 +2,8 @@
 
 Two pipelines meet at :class:`QKData` (the grams and eigen-directions of one model):
 
-- ``qkalign.weights``: a model's weights -> ``QKData`` (:func:`measure`);
+- ``qkalign.weights``: a model's weights -> ``QKData`` (:func:`measure`; in memory
+  :func:`from_weights`, :func:`from_transformer_lens`, :func:`from_state_dict`);
 - ``qkalign.stats``: ``QKData`` -> every number of the report (:func:`analyze`), computed by
   the numpy reference (``qkalign.stats.reference``) or the Numba kernels (``qkalign.kernels``);
 
@@ -25,6 +26,9 @@ _EXPORTS = {
     "QKData": "qkalign.qkdata",
     "analyze": "qkalign.stats.analyze",
     "format_report": "qkalign.report",
+    "from_state_dict": "qkalign.weights.in_memory",
+    "from_transformer_lens": "qkalign.weights.in_memory",
+    "from_weights": "qkalign.weights.in_memory",
     "load": "qkalign.seed_format",
     "measure": "qkalign.weights.measure",
     "save": "qkalign.seed_format",

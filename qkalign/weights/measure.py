@@ -40,6 +40,7 @@ from . import DEFAULT_PRECISION, DEFAULT_TOPK, PRECISIONS
 from .factored_operator import RANK_TOL, stacked_gram, symmetric_part_eigen_from_gram
 from .layouts import find_prefix, layout_for, text_config
 from .model_folder import ModelFolder
+from .quantization import checkpoint_quantization
 from .sources import resolve_source
 
 # Precision of the 2d x 2d eigen-problems: no finer than G, which float32 products round at ~1e-7.
@@ -104,10 +105,13 @@ def open_model(model_dir, revision=None):
     or :class:`~qkalign.weights.sources.ModelSource`), the layout's weight prefix found."""
     source = resolve_source(model_dir, revision)
     config_path = source.config_label()
-    config = text_config(source.read_config())
+    full_config = source.read_config()
+    config = text_config(full_config)
     layout = layout_for(config, config_path)
     shape = layout.shape(config, config_path)
     folder = source.open_folder()
+    # FP8 block size, or one line for an integer-quantised model (before a q_proj.weight is missed).
+    folder.fp8 = checkpoint_quantization(full_config, config_path, folder.names(), folder.source)
     find_prefix(layout, shape, folder.names(), folder.shape_of, folder.source)
     return folder, layout, shape
 

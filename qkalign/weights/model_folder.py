@@ -5,6 +5,7 @@ Weights come from ``model.safetensors`` or from the shards listed in
 ``safetensors.safe_open``; a read touches only the rows (or columns) asked for.
 Every problem (a missing file or tensor, a corrupt or truncated file, a wrong shape
 or dtype) is an :class:`~qkalign.errors.InputError` naming the file and the tensor.
+FP8 block-scaled weights are dequantised as they are read (:mod:`qkalign.weights.fp8`).
 """
 
 from pathlib import Path
@@ -13,6 +14,7 @@ from safetensors import SafetensorError, safe_open
 
 from ..checks import read_json_object, regular_file
 from ..errors import InputError
+from . import fp8
 
 CONFIG_NAME = "config.json"
 SINGLE_FILE_NAME = "model.safetensors"
@@ -106,8 +108,11 @@ class ModelFolder:
         found = tuple(sl.get_shape())
         if found != tuple(shape):
             raise InputError(path, name, f"shape {tuple(shape)} (from config.json)", f"{found}")
-        if sl.get_dtype() not in READABLE_DTYPES:
-            raise InputError(path, name, "dtype " + ", ".join(READABLE_DTYPES), sl.get_dtype())
+        if sl.get_dtype() == fp8.FP8_DTYPE:
+            fp8.check_fp8_weight(self.fp8, self, name, shape, path)
+        elif sl.get_dtype() not in READABLE_DTYPES:
+            raise InputError(path, name, "dtype " + ", ".join(READABLE_DTYPES) + f" or {fp8.FP8_DTYPE} with block "
+                             "scales", sl.get_dtype())
         return sl.get_dtype()
 
     def shape_of(self, name):
@@ -122,12 +127,15 @@ class ModelFolder:
             raise InputError(path, name, "readable tensor data", f"an unreadable slice ({exc})") from None
 
     def read_block(self, source):
-        """The ``(d, n)`` block a :class:`~qkalign.weights.layouts.BlockSource` names, in its stored dtype."""
+        """The ``(d, n)`` block a :class:`~qkalign.weights.layouts.BlockSource` names, in its stored dtype
+        (FP8 dequantised exactly to float64)."""
         rows = slice(source.start, source.stop)
+        index = (slice(None), rows) if source.transposed else rows
+        block = self._read(source.tensor, index)
+        if fp8.is_fp8(block):  # its scales checked by check()
+            block = self.fp8.dequantize_source(block, self._read, source)
         if source.transposed:
-            block = self._read(source.tensor, (slice(None), rows)).T
-        else:
-            block = self._read(source.tensor, rows)
+            block = block.T
         if not block.isfinite().all():
             where = "columns" if source.transposed else "rows"
             raise InputError(self._file_of[source.tensor], source.tensor, "finite weights",
