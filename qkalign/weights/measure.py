@@ -91,7 +91,7 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
     folder, layout, shape = open_model(source)
     check_topk(topk, shape)
     dtypes = check_tensors(layout, shape, folder, fold_norms)
-    check_fits(peak_bytes(shape, topk, precision), Path(model_dir) / "config.json", "",
+    check_fits(peak_bytes(shape, topk, precision), source.config_label(), "",
                f"measuring {shape.num_layers} layers x {shape.num_heads} heads (head_dim {shape.head_dim}, "
                f"hidden_size {shape.hidden_size}, topk {topk})")
     arrays = compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress)
