@@ -135,6 +135,11 @@ def test_plot_folder_under_a_file_is_refused_before_the_analysis(cli, written_sm
     assert "--plot" in one_error_line(proc) and proc.stdout == ""
 
 
+def _sigint_default():
+    """A terminal's Ctrl-C: a child of a background job would otherwise inherit SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_when(proc, marker, collected):
     """Read ``proc``'s stderr; send SIGINT shortly after ``marker`` shows (the work has started)."""
     def read():
@@ -158,7 +163,8 @@ def test_ctrl_c_during_measure_is_one_line_exit_130_and_leaves_nothing(tmp_path)
     out.mkdir()
     collected = []
     with subprocess.Popen([sys.executable, "-m", "qkalign", "measure", model.folder, "-o", out / "m"],
-                          env=checkout_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
+                          env=checkout_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          preexec_fn=_sigint_default) as proc:
         reader = _interrupt_when(proc, b"measure:", collected)
         proc.wait(timeout=300)
         reader.join()
@@ -187,7 +193,7 @@ def test_ctrl_c_between_the_pair_writes_keeps_the_old_pair_or_the_new(tmp_path):
     prefix = tmp_path / "m"
     save(make_qkdata(SyntheticSpec(4, 2, 1, 4, 16, topk=3)), prefix)
     proc = subprocess.run([sys.executable, "-c", code, "synthetic", "small", "-o", prefix], env=checkout_env(),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, preexec_fn=_sigint_default)
     assert proc.returncode == 130, proc.stderr
     data = qkalign.load(tmp_path / "m.json")  # the new pair, whole and linked
     assert data.num_layers == PRESETS["small"].num_layers != 4
