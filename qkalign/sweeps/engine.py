@@ -1,0 +1,110 @@
+"""The Dask side of a sweep: a cluster to run on, and the loop that submits tasks and writes results.
+
+By default a ``distributed.LocalCluster`` of worker processes (one Dask thread each) on this
+machine, with numba's and the BLAS libraries' threads set per worker so that workers x
+threads = cores; or a running cluster at a scheduler address (``dask scheduler`` /
+``dask worker`` on other machines, dask-jobqueue on a batch system), whose workers keep the
+threads they were started with.
+
+Fault tolerance is Dask's: a worker that dies (killed, out of memory) has its task
+rescheduled on another worker by the scheduler, up to ``distributed.scheduler.allowed-failures``
+times; a task that raises is resubmitted ``retries`` times. A task whose input is bad returns
+a failed :class:`~qkalign.sweeps.task.Outcome` instead of raising (no retry); anything that
+still fails after the retries is recorded as failed with its one-line error. Results are
+written by this process as they complete (``distributed.as_completed``).
+"""
+
+import os
+import sys
+from contextlib import contextmanager
+
+from distributed import WorkerPlugin
+
+from ..linalg.blas_threads import core_count
+from .task import Outcome, one_line, run_task
+
+#: Environment variables that set a library's thread count; each worker gets cores // workers.
+THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+DEFAULT_RETRIES = 2
+
+
+class ThreadLimits(WorkerPlugin):
+    """Worker plugin: BLAS libraries already loaded in a worker (numpy's, by distributed) limited to
+    ``threads``; the ones loaded later, numba and torch read the environment the nanny set."""
+
+    name = "qkalign-thread-limits"
+
+    def __init__(self, threads):
+        self.threads = threads
+
+    def setup(self, worker):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=self.threads)
+
+
+@contextmanager
+def cluster_client(workers=None, scheduler=None, tasks=None, quiet=False):
+    """A ``distributed.Client``: on a new LocalCluster of ``workers`` processes, or attached to ``scheduler``.
+
+    ``workers`` defaults to min(cores, tasks); each worker gets max(1, cores // workers)
+    numba and BLAS threads. The dashboard's address is printed on stderr when there is one.
+    """
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        client = Client(scheduler)
+        cluster = None
+    else:
+        cores = core_count()
+        workers = workers or max(1, min(cores, tasks or cores))
+        threads = max(1, cores // workers)
+        env = {name: str(threads) for name in THREAD_VARIABLES}
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, env=env,
+                               dashboard_address=":0" if _has_dashboard() else None)
+        client = Client(cluster)
+        client.register_plugin(ThreadLimits(threads))
+    try:
+        if not quiet and "dashboard" in client.scheduler_info().get("services", {}):
+            print(f"qkalign sweep: Dask dashboard at {client.dashboard_link}", file=sys.stderr)
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _has_dashboard():
+    """Whether the dashboard can be served (it needs bokeh)."""
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def compute_runs(client, store, todo, options, retries=DEFAULT_RETRIES, progress=True, task=run_task):
+    """Submit one task per ``(index, source, revision)`` of ``todo``; write each outcome into ``store``
+    as it completes. Returns the number of runs computed."""
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    futures = {}
+    for index, source, revision in todo:
+        future = client.submit(task, _worker_path(source), revision, options, retries=retries, pure=False,
+                               key=f"qkalign-run-{index}-{os.getpid()}-{id(store)}")
+        futures[future] = index
+    with tqdm(total=len(futures), desc="sweep", unit="run", disable=not progress, file=sys.stderr) as bar:
+        for future in as_completed(futures):
+            try:
+                outcome = future.result()
+            except Exception as exc:  # retries exhausted, a worker lost too often, a bug: recorded, not fatal
+                outcome = Outcome("failed", error=one_line(exc), error_type=type(exc).__name__)
+            store.write(futures.pop(future), outcome)
+            bar.update()
+    return bar.n
+
+
+def _worker_path(source):
+    """An existing local folder as an absolute path (workers may run elsewhere); other sources as given."""
+    return os.path.abspath(source) if os.path.isdir(source) else source
