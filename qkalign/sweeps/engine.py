@@ -18,29 +18,12 @@ import os
 import sys
 from contextlib import contextmanager
 
-from distributed import WorkerPlugin
-
 from ..linalg.blas_threads import core_count
 from .task import Outcome, one_line, run_task
 
 #: Environment variables that set a library's thread count; each worker gets cores // workers.
 THREAD_VARIABLES = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 DEFAULT_RETRIES = 2
-
-
-class ThreadLimits(WorkerPlugin):
-    """Worker plugin: BLAS libraries already loaded in a worker (numpy's, by distributed) limited to
-    ``threads``; the ones loaded later, numba and torch read the environment the nanny set."""
-
-    name = "qkalign-thread-limits"
-
-    def __init__(self, threads):
-        self.threads = threads
-
-    def setup(self, worker):
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=self.threads)
 
 
 @contextmanager
@@ -50,28 +33,36 @@ def cluster_client(workers=None, scheduler=None, tasks=None, quiet=False):
     ``workers`` defaults to min(cores, tasks); each worker gets max(1, cores // workers)
     numba and BLAS threads. The dashboard's address is printed on stderr when there is one.
     """
+    import dask
     from distributed import Client, LocalCluster
 
-    if scheduler is not None:
-        client = Client(scheduler)
-        cluster = None
-    else:
-        cores = core_count()
-        workers = workers or max(1, min(cores, tasks or cores))
-        threads = max(1, cores // workers)
-        env = {name: str(threads) for name in THREAD_VARIABLES}
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, env=env,
-                               dashboard_address=":0" if _has_dashboard() else None)
-        client = Client(cluster)
-        client.register_plugin(ThreadLimits(threads))
+    environment = dict(os.environ)
+    cluster = client = None
     try:
+        if scheduler is not None:
+            client = Client(scheduler)
+        else:
+            cores = core_count()
+            workers = workers or max(1, min(cores, tasks or cores))
+            threads = {name: str(max(1, cores // workers)) for name in THREAD_VARIABLES}
+            # Set before a worker process starts (numpy is loaded before any later setting could act);
+            # the nanny sets them in this process's environment too, which is restored at the end.
+            spawn_env = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **threads}
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0" if _has_dashboard() else None)
+            client = Client(cluster)
         if not quiet and "dashboard" in client.scheduler_info().get("services", {}):
             print(f"qkalign sweep: Dask dashboard at {client.dashboard_link}", file=sys.stderr)
         yield client
     finally:
-        client.close()
+        if client is not None:
+            client.close()
         if cluster is not None:
             cluster.close()
+        if scheduler is None:
+            os.environ.clear()
+            os.environ.update(environment)
 
 
 def _has_dashboard():
@@ -100,9 +91,9 @@ def compute_runs(client, store, todo, options, retries=DEFAULT_RETRIES, progress
                 outcome = future.result()
             except Exception as exc:  # retries exhausted, a worker lost too often, a bug: recorded, not fatal
                 outcome = Outcome("failed", error=one_line(exc), error_type=type(exc).__name__)
-            store.write(futures.pop(future), outcome)
+            store.write(futures[future], outcome)
             bar.update()
-    return bar.n
+    return len(futures)
 
 
 def _worker_path(source):
