@@ -41,7 +41,8 @@ def step_of(text):
 
 
 def run_table(ds):
-    """Per ``ok`` run: dicts with index, label, curve (group name), step (or None)."""
+    """Per ``ok`` run: dicts with index, label, curve (group name), step (or None); by curve and
+    step when every run has a step, else in store order."""
     runs = []
     for i in np.flatnonzero(ds["status"].values == "ok"):
         source, revision = str(ds["source"].values[i]), str(ds["revision"].values[i])
@@ -49,6 +50,8 @@ def run_table(ds):
         curve = source if revision else "all runs"
         label = f"{Path(source).name}@{revision}" if revision else Path(source).name
         runs.append({"index": int(i), "label": label, "curve": curve, "step": step})
+    if all(run["step"] is not None for run in runs):
+        runs.sort(key=lambda run: (run["curve"], run["step"]))
     return runs
 
 
@@ -141,6 +144,8 @@ def _chance_band(ds, indices, key):
 
 
 def _grid_figure(plt, ds, runs, variable, title, label, limits, out_dir):
+    from matplotlib.ticker import MaxNLocator
+
     if len(runs) > MAX_GRID_RUNS:
         runs = [runs[i] for i in np.linspace(0, len(runs) - 1, MAX_GRID_RUNS).round().astype(int)]
     cols = int(np.ceil(np.sqrt(len(runs))))
@@ -155,6 +160,8 @@ def _grid_figure(plt, ds, runs, variable, title, label, limits, out_dir):
         ax.set_xlabel("layer L'", fontsize=7)
         ax.set_ylabel("layer L", fontsize=7)
         ax.tick_params(labelsize=6)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes.flat[len(runs):]:
         ax.axis("off")
     fig.suptitle(f"{title} ({len(runs)} runs, mean over heads)", fontsize=11)

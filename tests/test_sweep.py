@@ -176,6 +176,22 @@ def test_a_killed_worker_does_not_lose_a_run(dask_scheduler, checkpoints, refere
         assert_run_equals(ds, run_index(ds, checkpoints[name]), reference[name])
 
 
+def test_a_task_that_keeps_raising_is_retried_then_recorded(dask_scheduler, checkpoints, tmp_path):
+    attempts = tmp_path / "attempts"
+
+    def always_raises(source, revision, options):
+        with open(attempts, "a") as f:
+            f.write("x")
+        raise ValueError("boom\non two lines")
+
+    summary = run_sweep([str(checkpoints["step0"])], tmp_path / "out.zarr", scheduler=dask_scheduler,
+                        progress=False, retries=2, task=always_raises)
+    assert attempts.read_text() == "xxx"  # the first attempt and 2 retries
+    assert (summary.succeeded, summary.failed, summary.input_failures, summary.exit_code()) == (0, 1, 0, 1)
+    ds = xr.open_zarr(tmp_path / "out.zarr", chunks=None)
+    assert ds["error"].values[0] == "ValueError: boom on two lines" and ds["error_type"].values[0] == "ValueError"
+
+
 INTERRUPTED = textwrap.dedent("""
     import os, signal, sys
     from qkalign.sweeps import store
@@ -240,6 +256,10 @@ def test_the_store_grows_a_dimension_and_pads_earlier_runs(tmp_path):
     assert store.runs() == {("a", None): (0, "ok", ""), ("b", "step5"): (1, "ok", "")}
     with pytest.raises(InputError, match="attrs.options"):
         SweepStore(tmp_path / "s.zarr", {"topk": 8}, "test")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    with pytest.raises(InputError, match="a new path or a store written by qkalign sweep"):
+        SweepStore(tmp_path / "model", {"topk": 4}, "test")
 
 
 def test_revisions_cross_every_source_and_reach_measure(monkeypatch, tmp_path):

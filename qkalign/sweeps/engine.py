@@ -16,6 +16,7 @@ written by this process as they complete (``distributed.as_completed``).
 
 import os
 import sys
+import uuid
 from contextlib import contextmanager
 
 from ..linalg.blas_threads import core_count
@@ -83,7 +84,7 @@ def compute_runs(client, store, todo, options, retries=DEFAULT_RETRIES, progress
     futures = {}
     for index, source, revision in todo:
         future = client.submit(task, _worker_path(source), revision, options, retries=retries, pure=False,
-                               key=f"qkalign-run-{index}-{os.getpid()}-{id(store)}")
+                               key=f"qkalign-run-{index}-{uuid.uuid4().hex}")
         futures[future] = index
     with tqdm(total=len(futures), desc="sweep", unit="run", disable=not progress, file=sys.stderr) as bar:
         for future in as_completed(futures):

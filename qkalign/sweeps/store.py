@@ -59,6 +59,9 @@ class SweepStore:
 
         self.path = Path(path)
         self.options_text = json.dumps(options, sort_keys=True)
+        if self.path.is_dir() and not (self.path / ".zgroup").exists() and any(self.path.iterdir()):
+            raise InputError(self.path, "-o", "a new path or a store written by qkalign sweep",
+                             "a folder with other files")
         try:
             self.group = zarr.open_group(str(self.path), mode="a", zarr_format=2, use_consolidated=False)
         except Exception as exc:  # not a Zarr v2 group, unreadable, not writable
@@ -128,12 +131,6 @@ class SweepStore:
         self.arrays["error"][index] = outcome.error
         self.arrays["error_type"][index] = outcome.error_type
         self.arrays["status"][index] = outcome.status
-
-    def dataset(self):
-        """The store as an ``xarray.Dataset`` (numpy-backed, read lazily)."""
-        import xarray as xr
-
-        return xr.open_zarr(str(self.path), consolidated=True, chunks=None)
 
     # -- shapes ---------------------------------------------------------------------------------
 
