@@ -269,8 +269,13 @@ def _sweep(args):
         revisions += read_revisions(args.revisions_from)
     options = {key: getattr(args, key) for key in ("anchor", "backend", "match_heads", "chance_seed", "topk",
                                                    "fold_norms", "precision")}
-    summary = run_sweep(args.sources, args.output, revisions or None, args.workers, args.scheduler,
-                        retries=args.retries, progress=not args.quiet, **options)
+    try:
+        summary = run_sweep(args.sources, args.output, revisions or None, args.workers, args.scheduler,
+                            retries=args.retries, progress=not args.quiet, **options)
+    except KeyboardInterrupt:
+        print(f"qkalign sweep: interrupted; the runs finished so far are in {args.output} "
+              "(the same command computes the rest)", file=sys.stderr)
+        return 130
     print(summary.line())
     return summary.exit_code()
 

@@ -158,6 +158,15 @@ def test_a_rerun_computes_nothing(swept, dask_scheduler, checkpoints):
     np.testing.assert_array_equal(after["operator_cos"].values, before["operator_cos"].values)
 
 
+def test_without_a_store_the_dataset_is_in_memory(dask_scheduler, checkpoints, reference):
+    import qkalign
+
+    assert qkalign.sweep is sweep
+    ds = qkalign.sweep(checkpoints["bigger"], scheduler=dask_scheduler, progress=False)
+    assert ds.sizes["run"] == 1
+    assert_run_equals(ds, 0, reference["bigger"])
+
+
 def test_a_killed_worker_does_not_lose_a_run(dask_scheduler, checkpoints, reference, tmp_path):
     marker = tmp_path / "killed"
 

@@ -40,7 +40,6 @@ def sweep(sources, out=None, revisions=None, workers=None, scheduler=None, **opt
         (run, layer, layer2), padded with NaN; attrs ``qkalign_version``, ``options``.
     """
     from .run import run_sweep
-    from .store import SweepStore  # noqa: F401  (fails early without the extra)
 
     if out is not None:
         summary = run_sweep(sources, out, revisions, workers, scheduler, **options)

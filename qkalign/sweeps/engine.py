@@ -19,6 +19,8 @@ import sys
 import uuid
 from contextlib import contextmanager
 
+import distributed  # noqa: F401  (a missing sweep extra fails here, before any work)
+
 from ..linalg.blas_threads import core_count
 from .task import Outcome, one_line, run_task
 

@@ -88,8 +88,12 @@ def run_sweep(sources, out, revisions=None, workers=None, scheduler=None, retrie
     """
     import qkalign
 
-    from .engine import DEFAULT_RETRIES, cluster_client, compute_runs
-    from .store import SweepStore
+    try:
+        from .engine import DEFAULT_RETRIES, cluster_client, compute_runs
+        from .store import SweepStore
+    except ImportError as exc:
+        raise InputError("qkalign sweep", "", 'the sweep extra installed: pip install "qkalign[sweep]"',
+                         str(exc)) from None
 
     options = sweep_options(options)
     keys = planned_runs(sources, revisions)
