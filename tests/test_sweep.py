@@ -248,6 +248,27 @@ def test_plot_of_a_store(swept, cli, tmp_path):
     assert (width, height) == (round(6.4 * 2 * 150), round(5.2 * 1.6 * 150))
 
 
+def test_figures_follow_revisions_and_steps(reference, tmp_path):
+    from qkalign.sweep_plots import run_table, statistic, step_of, write_sweep_figures
+
+    assert [step_of(t) for t in ("step1000", "/ckpt/checkpoint-500", "global_step20", "main", "mystep5")] == \
+        [1000, 500, 20, None, None]
+    store = SweepStore(tmp_path / "s.zarr", {"topk": 16}, "test")
+    keys = [("org/a", "step200"), ("org/a", "step100"), ("org/b", "step100"), ("org/b", "main")]
+    for index in store.add_runs(keys)[:3]:
+        store.write(index, Outcome("ok", variables=reference["step0" if index else "bigger"]))
+    ds = xr.open_zarr(tmp_path / "s.zarr", chunks=None)
+    runs = run_table(ds)  # the pending run is left out; by curve, then step
+    assert [(r["curve"], r["step"], r["label"], r["index"]) for r in runs] == [
+        ("org/a", 100, "a@step100", 1), ("org/a", 200, "a@step200", 0), ("org/b", 100, "b@step100", 2)]
+    pa = reference["bigger"]["pairs.pa_mean_cos.mean"]
+    assert statistic(ds, 0, "adjacent_pa_mean_cos") == pytest.approx(np.mean([pa[i, i + 1] for i in range(4)]),
+                                                                      rel=1e-15)
+    mean_cos, anchor = reference["step0"]["principal_angles.mean_cos"], int(reference["step0"]["meta.anchor"])
+    assert statistic(ds, 1, "anchor_pa_mean_cos") == pytest.approx(np.delete(mean_cos, anchor).mean(), rel=1e-15)
+    assert len(write_sweep_figures(tmp_path / "s.zarr", tmp_path / "figs")) == 3
+
+
 def test_the_store_grows_a_dimension_and_pads_earlier_runs(tmp_path):
     store = SweepStore(tmp_path / "s.zarr", {"topk": 4}, "test")
     store.add_runs([("a", None), ("b", "step5")])
