@@ -21,6 +21,7 @@ from contextlib import contextmanager
 
 import distributed  # noqa: F401  (a missing sweep extra fails here, before any work)
 
+from ..errors import InputError
 from ..linalg.blas_threads import core_count
 from .task import Outcome, one_line, run_task
 
@@ -94,7 +95,10 @@ def compute_runs(client, store, todo, options, retries=DEFAULT_RETRIES, progress
                 outcome = future.result()
             except Exception as exc:  # retries exhausted, a worker lost too often, a bug: recorded, not fatal
                 outcome = Outcome("failed", error=one_line(exc), error_type=type(exc).__name__)
-            store.write(futures[future], outcome)
+            try:
+                store.write(futures[future], outcome)
+            except OSError as exc:  # a full disk, a store removed under us
+                raise InputError(store.path, "", "a writable Zarr store", exc.strerror or str(exc)) from None
             bar.update()
     return len(futures)
 
