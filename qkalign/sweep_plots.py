@@ -83,7 +83,14 @@ def write_sweep_figures(store, out_dir):
     """
     import xarray as xr
 
-    ds = xr.open_zarr(str(store), consolidated=True, chunks=None)
+    from .errors import InputError
+
+    try:
+        ds = xr.open_zarr(str(store), consolidated=True, chunks=None)
+    except (OSError, KeyError, ValueError) as exc:  # zarr's and xarray's ways of saying "not a store"
+        raise InputError(store, "", "a Zarr store written by qkalign sweep", f"{type(exc).__name__}: {exc}") from None
+    if "status" not in ds:
+        raise InputError(store, "", "a Zarr store written by qkalign sweep", "other variables")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = run_table(ds)

@@ -246,6 +246,8 @@ def test_plot_of_a_store(swept, cli, tmp_path):
     assert written == ["grid_operator_cos.png", "grid_pairs_pa_mean_cos_mean.png", "statistics_vs_step.png"]
     height, width, _ = matplotlib.image.imread(tmp_path / "figs" / "statistics_vs_step.png").shape
     assert (width, height) == (round(6.4 * 2 * 150), round(5.2 * 1.6 * 150))
+    not_a_store = cli("plot", tmp_path / "figs", tmp_path / "more")
+    assert not_a_store.returncode == 2 and "a Zarr store written by qkalign sweep" in not_a_store.stderr
 
 
 def test_figures_follow_revisions_and_steps(reference, tmp_path):
