@@ -250,6 +250,24 @@ def test_plot_of_a_store(swept, cli, tmp_path):
     assert not_a_store.returncode == 2 and "a Zarr store written by qkalign sweep" in not_a_store.stderr
 
 
+def test_a_local_cluster_shares_the_cores_between_its_workers():
+    from qkalign.linalg.blas_threads import core_count
+    from qkalign.sweeps.engine import cluster_client
+
+    def _worker_threads():  # nested: pickled by value, so a worker does not import this test module
+        from threadpoolctl import threadpool_info
+
+        return os.environ.get("NUMBA_NUM_THREADS"), sorted({info["num_threads"] for info in threadpool_info()})
+
+    before = dict(os.environ)
+    with cluster_client(workers=2, quiet=True) as client:
+        assert len(client.scheduler_info()["workers"]) == 2
+        per_worker = client.run(_worker_threads)
+    threads = max(1, core_count() // 2)
+    assert list(per_worker.values()) == [(str(threads), [threads])] * 2  # numba's and every BLAS's
+    assert dict(os.environ) == before  # the nanny's pre-spawn variables do not stay in this process
+
+
 def test_figures_follow_revisions_and_steps(reference, tmp_path):
     from qkalign.sweep_plots import run_table, statistic, step_of, write_sweep_figures
 
