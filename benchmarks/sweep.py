@@ -94,7 +94,7 @@ def engine_overhead(folder):
 
     outcome = run_task(str(folder), None, _default_options())
     with tempfile.TemporaryDirectory() as tmp, \
-            LocalCluster(n_workers=WORKERS, threads_per_worker=1, dashboard_address=None) as cluster:
+            LocalCluster(n_workers=WORKERS, threads_per_worker=1, dashboard_address=":0") as cluster:
         def stored_result(source, revision, options):
             return outcome
 

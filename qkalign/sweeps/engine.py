@@ -52,11 +52,13 @@ def cluster_client(workers=None, scheduler=None, tasks=None, quiet=False):
             # Set before a worker process starts (numpy is loaded before any later setting could act);
             # the nanny sets them in this process's environment too, which is restored at the end.
             spawn_env = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **threads}
+            # The scheduler's HTTP server (health, and the dashboard with bokeh) on a free port: its
+            # default, 8787, may be another cluster's.
             with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
                 cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=":0" if _has_dashboard() else None)
+                                       dashboard_address=":0")
             client = Client(cluster)
-        if not quiet and "dashboard" in client.scheduler_info().get("services", {}):
+        if not quiet and _has_dashboard() and "dashboard" in client.scheduler_info().get("services", {}):
             print(f"qkalign sweep: Dask dashboard at {client.dashboard_link}", file=sys.stderr)
         yield client
     finally:
@@ -70,7 +72,7 @@ def cluster_client(workers=None, scheduler=None, tasks=None, quiet=False):
 
 
 def _has_dashboard():
-    """Whether the dashboard can be served (it needs bokeh)."""
+    """Whether the scheduler's HTTP server serves the dashboard (it needs bokeh, here and there)."""
     try:
         import bokeh  # noqa: F401
     except ImportError:
