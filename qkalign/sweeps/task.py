@@ -16,8 +16,8 @@ from ..errors import InputError
 MEASURE_OPTIONS = ("topk", "fold_norms", "precision")
 ANALYZE_OPTIONS = ("anchor", "backend", "match_heads", "chance_seed")
 
-#: Keys of ``QKData.extra`` that may name the commit a revision resolved to (sources that have one).
-COMMIT_KEYS = ("commit", "resolved_revision", "commit_hash", "revision")
+#: Keys of ``QKData.extra`` that name the commit a revision resolved to (Hub sources record ``commit_hash``).
+COMMIT_KEYS = ("commit_hash", "commit")
 
 
 @dataclass
