@@ -250,6 +250,28 @@ def test_plot_of_a_store(swept, cli, tmp_path):
     assert not_a_store.returncode == 2 and "a Zarr store written by qkalign sweep" in not_a_store.stderr
 
 
+def test_hub_revisions_are_swept_with_their_commits(checkpoints, reference, tmp_path, monkeypatch):
+    """A Hub repo id at three revisions (two cached, one missing) on a LocalCluster started by the sweep."""
+    from qkalign.sweeps.task import measure_takes_revision
+
+    hub = pytest.importorskip("qkalign.testing.hub", reason="needs Hub sources (measure with revision=)")
+    assert measure_takes_revision()
+    commits = {rev: hub.write_hub_snapshot(tmp_path / "hub", "org/run", rev, checkpoints[rev])
+               for rev in ("step0", "step4000")}
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the workers inherit these: the cache is all there is
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    summary = run_sweep(["org/run"], tmp_path / "out.zarr", revisions=["step0", "step4000", "step9"], workers=1,
+                        progress=False)
+    assert (summary.succeeded, summary.failed, summary.exit_code()) == (2, 1, 2)
+    ds = xr.open_zarr(tmp_path / "out.zarr", chunks=None)
+    assert list(ds["revision"].values) == ["step0", "step4000", "step9"] and set(ds["source"].values) == {"org/run"}
+    for run, rev in enumerate(("step0", "step4000")):
+        assert ds["commit"].values[run] == commits[rev]
+        expected = {name: value for name, value in reference[rev].items() if not name.endswith("_path")}
+        assert_run_equals(ds, run, expected)
+    assert ds["status"].values[2] == "failed" and "step9" in ds["error"].values[2]
+
+
 def test_a_local_cluster_shares_the_cores_between_its_workers():
     from qkalign.linalg.blas_threads import core_count
     from qkalign.sweeps.engine import cluster_client
