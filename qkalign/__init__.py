@@ -32,9 +32,10 @@ _EXPORTS = {
     "load": "qkalign.seed_format",
     "measure": "qkalign.weights.measure",
     "save": "qkalign.seed_format",
+    "sweep": "qkalign.sweeps",
 }
 _SUBMODULES = ("cli", "checks", "errors", "kernels", "linalg", "plots", "qkdata", "report", "seed_format", "stats",
-               "testing", "weights")
+               "sweep_plots", "sweeps", "testing", "weights")
 
 __all__ = sorted(_EXPORTS)
 

@@ -1,4 +1,4 @@
-"""The ``qkalign`` command line: ``analyze``, ``measure``, ``plot``, ``synthetic`` and ``convert``.
+"""The ``qkalign`` command line: ``analyze``, ``measure``, ``plot``, ``synthetic``, ``convert`` and ``sweep``.
 
 Bad input (a file, a value or an option) ends in one ``qkalign: error: ...`` line on stderr and
 exit code 2; Ctrl-C in one ``qkalign: interrupted`` line and exit code 130. Output paths are
@@ -56,9 +56,10 @@ def _parser():
                     help="also pair the heads of two layers by their best assignment and report matched statistics")
     an.add_argument("--chance-seed", type=int, default=DEFAULT_CHANCE_SEED, help="seed of the Monte Carlo chance levels")
     _add_measure_options(an, for_analyze=True)
-    pl = sub.add_parser("plot", help="write the figures of a --json result",
-                        description="Write PNG heatmaps and to-anchor curves of a RESULT.json into DIR.")
-    pl.add_argument("result", help="a JSON written by qkalign analyze --json")
+    pl = sub.add_parser("plot", help="write the figures of a --json result or a sweep store",
+                        description="Write PNG heatmaps and to-anchor curves of a RESULT.json into DIR; of a "
+                                    "sweep's OUT.zarr, the statistics against revision and a grid of heatmaps.")
+    pl.add_argument("result", help="a JSON written by qkalign analyze --json, or a store written by qkalign sweep")
     pl.add_argument("out_dir", help="folder for the PNG files (created if missing)")
     me = sub.add_parser("measure", help="compute the grams and eigen-directions from a model's safetensors weights",
                         description="Read a Hugging Face model folder (config.json + safetensors) and write "
@@ -82,7 +83,34 @@ def _parser():
     co.add_argument("--eigdirs", help="its eigen-direction file (default: found as analyze finds it)")
     co.add_argument("-o", "--output", metavar="PREFIX",
                     help="output prefix (default: the JSON's own, i.e. the safetensors file lands beside it)")
+    _add_sweep_parser(sub)
     return ap
+
+
+def _add_sweep_parser(sub):
+    sw = sub.add_parser("sweep", help="measure and analyze many models or checkpoints on Dask, into one Zarr store",
+                        description="Measure and analyze every SOURCE at every revision, one Dask task each, and "
+                                    "write the results into one xarray Dataset in a Zarr store; a rerun computes "
+                                    "only the runs the store lacks. Exit 0 when every run succeeded, 2 when the "
+                                    "failed ones failed on their input, else 1.")
+    sw.add_argument("sources", nargs="+", metavar="SOURCE", help="model folders (what qkalign measure reads)")
+    sw.add_argument("-o", "--output", required=True, metavar="OUT.zarr", help="the Zarr store (created or resumed)")
+    sw.add_argument("--revisions", nargs="+", metavar="REV", help="measure every source at each revision")
+    sw.add_argument("--revisions-from", metavar="FILE", help="a file of revisions, one a line (# comments)")
+    sw.add_argument("--workers", type=int, help="worker processes of the local cluster (default: one per core, "
+                                                "at most one per run)")
+    sw.add_argument("--scheduler", metavar="ADDRESS", help="run on the Dask cluster of this scheduler "
+                                                           "(tcp://HOST:PORT) instead of a local one")
+    sw.add_argument("--retries", type=int, help="times a task that raised is resubmitted (default 2)")
+    sw.add_argument("--anchor", type=int, help="anchor layer, Python indexing (default -1)")
+    sw.add_argument("--backend", choices=BACKEND_NAMES, help=f"compute backend (default {DEFAULT_BACKEND})")
+    sw.add_argument("--match-heads", action="store_true", default=None, help="also match heads across layers")
+    sw.add_argument("--chance-seed", type=int, help="seed of the Monte Carlo chance levels")
+    sw.add_argument("--topk", type=int, help=f"eigen-directions kept per layer and head (default {DEFAULT_TOPK})")
+    sw.add_argument("--fold-norms", action="store_true", default=None, help="fold the norm gains into W_Q, W_K")
+    sw.add_argument("--precision", choices=PRECISIONS, help=f"precision of the big products (default "
+                                                            f"{DEFAULT_PRECISION})")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_output_options(parser):
@@ -254,6 +282,15 @@ def _plot(args):
     from .checks import read_json_object
     from .output_files import check_output_folder
 
+    if Path(args.result).is_dir():  # a sweep's Zarr store
+        from .sweep_plots import write_sweep_figures
+
+        try:
+            paths = write_sweep_figures(args.result, args.out_dir)
+        except OSError as exc:
+            raise InputError(args.out_dir, "", "a writable folder", exc.strerror or str(exc)) from None
+        print(f"wrote {len(paths)} figures to {args.out_dir}", file=sys.stderr)
+        return 0
     doc = read_json_object(args.result, "result JSON (qkalign analyze --json)",
                            required=("meta", "to_anchor", "principal_angles"))
     check_output_folder(args.out_dir, "out_dir")
@@ -261,7 +298,27 @@ def _plot(args):
     return 0
 
 
-COMMANDS = {"analyze": _analyze, "plot": _plot, "measure": _measure, "synthetic": _synthetic, "convert": _convert}
+def _sweep(args):
+    from .sweeps.run import read_revisions, run_sweep
+
+    revisions = list(args.revisions or [])
+    if args.revisions_from:
+        revisions += read_revisions(args.revisions_from)
+    options = {key: getattr(args, key) for key in ("anchor", "backend", "match_heads", "chance_seed", "topk",
+                                                   "fold_norms", "precision")}
+    try:
+        summary = run_sweep(args.sources, args.output, revisions or None, args.workers, args.scheduler,
+                            retries=args.retries, progress=not args.quiet, **options)
+    except KeyboardInterrupt:
+        print(f"qkalign sweep: interrupted; the runs finished so far are in {args.output} "
+              "(the same command computes the rest)", file=sys.stderr)
+        return 130
+    print(summary.line())
+    return summary.exit_code()
+
+
+COMMANDS = {"analyze": _analyze, "plot": _plot, "measure": _measure, "synthetic": _synthetic, "convert": _convert,
+            "sweep": _sweep}
 
 
 def main(argv=None):

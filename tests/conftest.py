@@ -65,3 +65,14 @@ def written36(data36, tmp_path_factory):
 @pytest.fixture(scope="session")
 def written_small(data_small, tmp_path_factory):
     return save(data_small, tmp_path_factory.mktemp("small") / "small", eig_dirs_dtype="float64", file_format="pt")
+
+
+@pytest.fixture(scope="module")
+def dask_scheduler():
+    """Address of a local Dask cluster of 2 single-threaded worker processes, for the sweep tests."""
+    distributed = pytest.importorskip("distributed")
+    environment = dict(os.environ)  # the nanny writes its pre-spawn variables into this process's environment
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        yield cluster.scheduler_address
+    os.environ.clear()
+    os.environ.update(environment)
