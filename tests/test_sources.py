@@ -12,12 +12,14 @@ import fsspec
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from qkalign.errors import InputError
 from qkalign.testing.http_server import RangeServer
 from qkalign.testing.hub import commit_of, hub_routes, write_hub_snapshot
 from qkalign.testing.model_folders import write_model
 from qkalign.testing.processes import run_python, run_qkalign
+from qkalign.testing.quantized_folders import write_fp8_model
 from qkalign.weights import remote_files, remote_folder
 from qkalign.weights.measure import measure
 from qkalign.weights.remote_files import RemoteFiles
@@ -370,3 +372,110 @@ def test_local_folders_import_no_remote_library(models):
     r = run_python(["-c", code, folder])
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+# --- FP8 block-scaled checkpoints --------------------------------------------------------------------------
+
+#: model_type: (shape (L, H, H_kv, d, n), shards). Qwen3 (GQA): 48-row head blocks, the third crossing a
+#: 128-row scale block; GPT-2: c_attn (144, 432), head column ranges crossing 128-column scale blocks.
+FP8_CASES = {"qwen3": ((2, 4, 2, 48, 200), 2), "gpt2": ((2, 3, 3, 48, 144), 1)}
+FP8_BLOCK = 128
+
+
+@pytest.fixture(scope="module")
+def fp8_models(tmp_path_factory):
+    """``(served root, {model_type: Fp8Model})``: each under ``root/model_type/{fp8,twin32,twin64}``."""
+    root = tmp_path_factory.mktemp("fp8-served")
+    return root, {name: write_fp8_model(root / name, name, shape=shape, shards=shards, seed=5)
+                  for name, (shape, shards) in FP8_CASES.items()}
+
+
+def fp8_scale_bytes(model_type, shape):
+    """Bytes of the float32 scale rows (GPT-2: columns) covering each Q/K head block, one read per block.
+
+    Row-split q_proj (H d, n) and k_proj (H_kv d, n): block ``h`` is rows ``h d:(h+1) d``, covered by
+    ``ceil((h+1) d / 128) - floor(h d / 128)`` scale rows of ``ceil(n / 128)`` entries. GPT-2's c_attn
+    (n, 3n): query head ``h`` is columns ``h d:(h+1) d``, key head ``h`` columns ``n + h d:n + (h+1) d``,
+    each covered by as many scale columns of ``ceil(n / 128)`` entries.
+    """
+    L, H, H_kv, d, n = shape
+    starts = [h * d for h in range(H)] + [(n if model_type == "gpt2" else 0) + h * d for h in range(H_kv)]
+    covering = sum(-(-(start + d) // FP8_BLOCK) - start // FP8_BLOCK for start in starts)
+    return L * covering * -(-n // FP8_BLOCK) * 4
+
+
+@pytest.mark.parametrize("model_type", FP8_CASES)
+def test_fp8_over_http_equals_local_and_twin(fp8_models, model_type):
+    """Bitwise: the same FP8 bytes and scales dequantised by the same code; reading only the Q/K blocks and
+    the scale rows (columns) that cover them."""
+    root, models = fp8_models
+    model = models[model_type]
+    shape = FP8_CASES[model_type][0]
+    for precision, twin in (("float32", model.twin32), ("float64", model.twin64)):
+        with RangeServer(root) as server:
+            remote = measure(f"{server.url}/{model_type}/fp8", topk=4, precision=precision, progress=False)
+        local = measure(model.folder, topk=4, precision=precision, progress=False)
+        dequantized = measure(twin, topk=4, precision=precision, progress=False)
+        for key in ARRAYS:
+            np.testing.assert_array_equal(getattr(remote, key), getattr(local, key), err_msg=f"{precision} {key}")
+            np.testing.assert_array_equal(getattr(remote, key), getattr(dequantized, key), err_msg=f"{precision} {key}")
+        assert remote.extra["checkpoint_dtypes"] == ["F8_E4M3"] and remote.extra["source_kind"] == "url"
+        qk, scales = qk_bytes(model.source, 1), fp8_scale_bytes(model_type, shape)
+        assert qk + scales <= server.total_sent <= 1.1 * qk + scales + metadata_bytes(model.folder)
+        for shard in model.folder.glob("*.safetensors"):  # never a whole shard
+            assert 0 < server.bytes_sent[f"/{model_type}/fp8/{shard.name}"] < shard.stat().st_size
+        weight_gets = [r for r in server.requests if r[0] == "GET" and r[1].endswith(".safetensors")]
+        assert weight_gets and all(r[2] is not None and r[3] == 206 for r in weight_gets)
+
+
+def test_fp8_from_the_hub_over_http(fp8_models, hub, monkeypatch, tmp_path):
+    """An uncached Hub repo of an FP8 checkpoint: read by ranges from the (fake) endpoint, equal to its twin."""
+    root, models = fp8_models
+    model = models["qwen3"]
+    hub.HF_HUB_OFFLINE = False
+    with RangeServer(tmp_path, routes=hub_routes("org/fp8", {"main": (commit_of("fp8"), model.folder)})) as server:
+        endpoint(monkeypatch, hub, server.url)
+        data = measure("org/fp8", topk=4, precision="float32", progress=False)
+    assert data.extra["source_kind"] == "hub" and data.extra["commit_hash"] == commit_of("fp8")
+    twin = measure(model.twin32, topk=4, precision="float32", progress=False)
+    for key in ARRAYS:
+        np.testing.assert_array_equal(getattr(data, key), getattr(twin, key), err_msg=key)
+
+
+def _fp8_folder_edited(folder, edit):
+    """A tiny Llama FP8 folder (``folder/fp8``) whose tensors ``edit`` rewrites."""
+    model = write_fp8_model(folder, "llama", shape=(2, 4, 2, 8, 24), block=(16, 16))
+    path = model.folder / "model.safetensors"
+    save_file(edit(load_file(str(path))), str(path))
+    return model.folder
+
+
+def _without_scales(tensors):
+    return {k: v for k, v in tensors.items() if not k.endswith("_scale_inv")}
+
+
+def _fp8_gain(tensors):
+    """input_layernorm as FP8, with a scale tensor: no block grid fits a vector."""
+    out = dict(tensors)
+    for name in [k for k in tensors if k.endswith("input_layernorm.weight")]:
+        out[name] = tensors[name].to(torch.float8_e4m3fn)
+        out[name + "_scale_inv"] = torch.ones(1)
+    return out
+
+
+@pytest.mark.parametrize("edit, fold_norms, field, words", [
+    (_without_scales, False, "model.layers.0.self_attn.q_proj.weight_scale_inv", "no scale tensor"),
+    (_fp8_gain, True, "model.layers.0.input_layernorm.weight", "F8_E4M3 of shape (24,)"),
+], ids=["no-scales", "fp8-gain"])
+def test_fp8_refusals_are_the_same_over_http(tmp_path, edit, fold_norms, field, words):
+    """The local and the remote folder share the FP8 checks: the same one line, naming the file or URL."""
+    folder = _fp8_folder_edited(tmp_path / "m", edit)
+    with pytest.raises(InputError) as local:
+        measure(folder, topk=2, fold_norms=fold_norms, progress=False)
+    with RangeServer(tmp_path) as server, pytest.raises(InputError) as remote:
+        measure(f"{server.url}/m/fp8", topk=2, fold_norms=fold_norms, progress=False)
+    for err, where in ((local, str(folder / "model.safetensors")), (remote, f"{server.url}/m/fp8/model.safetensors")):
+        assert err.value.field == field and words in str(err.value) and "\n" not in str(err.value)
+        assert str(err.value).startswith(where)
+    assert str(local.value).removeprefix(str(folder / "model.safetensors")) == \
+        str(remote.value).removeprefix(f"{server.url}/m/fp8/model.safetensors")

@@ -36,8 +36,7 @@ class RangeServer:
         self.requests = []
         self._failures = []  # (status, path prefix or None) of the next requests to fail
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), _handler(self))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -69,6 +68,14 @@ class RangeServer:
         if file.is_file() and (target is not None or file.is_relative_to(self.root)):
             return file
         return None
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # fsspec's HTTP client opens up to 100 connections at once (a column read is one range per row): with
+    # socketserver's listen backlog of 5 the kernel drops some, and the client waits for TCP retransmits
+    # (seconds, at times minutes: a test that hangs).
+    request_queue_size = 1024
 
 
 def _read(content, start, stop):

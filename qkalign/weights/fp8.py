@@ -14,6 +14,9 @@ rounds it once, which gives the correctly rounded float32 product, the very numb
 dequantiser (``q.float() * s``, DeepSeek's ``weight_dequant``) stores. So measuring an FP8
 checkpoint equals measuring its dequantised twin stored in float32 (float32 mode) or in
 float64 (float64 mode), value for value.
+
+:class:`DequantizingFolder` is the FP8 part of the local and the remote folder (their dtype check and
+their block reads), so both read FP8 by the same code: the block, then the scale rows covering it.
 """
 
 from dataclasses import dataclass
@@ -90,12 +93,45 @@ def is_fp8(tensor):
     return tensor.dtype.is_floating_point and tensor.dtype.itemsize == 1
 
 
+class DequantizingFolder:
+    """The FP8 part of a folder's ``check`` and ``read_block``, shared by the local and the remote folder.
+
+    The folder provides ``names()``, ``shape_of(name)``, ``check(name, shape)`` and
+    ``_read(name, index)`` (``index``: a row slice, or ``(slice(None), columns)``); ``fp8`` is the
+    checkpoint's :class:`BlockScaledFp8` (set by ``measure`` from config.json), None when unquantised.
+    """
+
+    fp8 = None
+
+    def _check_dtype(self, name, shape, dtype, readable, label):
+        """Raise unless ``dtype`` is in ``readable`` or is FP8 with block scales of the right shape; return it.
+
+        ``label``: the file named in errors.
+        """
+        if dtype == FP8_DTYPE:
+            check_fp8_weight(self.fp8, self, name, shape, label)
+        elif dtype not in readable:
+            raise InputError(label, name, "dtype " + ", ".join(readable) + f" or {FP8_DTYPE} with block scales",
+                             dtype)
+        return dtype
+
+    def _dequantized(self, block, source):
+        """``block`` (the values a :class:`~qkalign.weights.layouts.BlockSource` names, before any
+        transposition) dequantised exactly to float64 if FP8 (its scales read by ``_read``), else as is."""
+        if is_fp8(block):  # its scales checked by _check_dtype
+            return self.fp8.dequantize_source(block, self._read, source)
+        return block
+
+
 def check_fp8_weight(fp8, folder, name, shape, source):
     """Raise unless FP8 weight ``name`` of ``shape`` comes with block scales of the right shape.
 
     ``fp8``: the checkpoint's :class:`BlockScaledFp8`, None when config.json has none;
     ``folder``: the tensors (``names()``, ``check(name, shape)``); ``source``: the file named in errors.
     """
+    if len(shape) != 2:  # a norm gain stored as FP8: no checkpoint does that, and no block grid fits it
+        raise InputError(source, name, "a float dtype (only 2-D weights are read as FP8 with block scales)",
+                         f"{FP8_DTYPE} of shape {tuple(shape)}")
     scales = scale_name(name)
     if scales not in folder.names():
         per_channel = [n for n in (name[: -len("weight")] + "weight_scale", name + "_scale") if n in folder.names()]

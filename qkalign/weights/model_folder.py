@@ -43,7 +43,7 @@ def _plain_file_name(index_path, tensor, shard):
     return shard
 
 
-class ModelFolder:
+class ModelFolder(fp8.DequantizingFolder):
     """The tensors of a model folder, opened lazily.
 
     Parameters
@@ -108,12 +108,7 @@ class ModelFolder:
         found = tuple(sl.get_shape())
         if found != tuple(shape):
             raise InputError(path, name, f"shape {tuple(shape)} (from config.json)", f"{found}")
-        if sl.get_dtype() == fp8.FP8_DTYPE:
-            fp8.check_fp8_weight(self.fp8, self, name, shape, path)
-        elif sl.get_dtype() not in READABLE_DTYPES:
-            raise InputError(path, name, "dtype " + ", ".join(READABLE_DTYPES) + f" or {fp8.FP8_DTYPE} with block "
-                             "scales", sl.get_dtype())
-        return sl.get_dtype()
+        return self._check_dtype(name, shape, sl.get_dtype(), READABLE_DTYPES, path)
 
     def shape_of(self, name):
         """Shape of tensor ``name`` as stored."""
@@ -131,9 +126,7 @@ class ModelFolder:
         (FP8 dequantised exactly to float64)."""
         rows = slice(source.start, source.stop)
         index = (slice(None), rows) if source.transposed else rows
-        block = self._read(source.tensor, index)
-        if fp8.is_fp8(block):  # its scales checked by check()
-            block = self.fp8.dequantize_source(block, self._read, source)
+        block = self._dequantized(self._read(source.tensor, index), source)
         if source.transposed:
             block = block.T
         if not block.isfinite().all():

@@ -6,6 +6,9 @@
 (8 bytes, then the JSON header) when a tensor of that shard is first asked for, then the bytes
 of the head blocks (of Conv1D weights, a chunk of neighbouring heads at once). Kept between reads: the small norm-gain vectors, and the column
 chunks of Conv1D weights (:class:`ColumnChunks`, at most :data:`COLUMN_CACHE_BYTES`).
+FP8 block-scaled weights are dequantised as they are read, as in the local folder
+(:class:`~qkalign.weights.fp8.DequantizingFolder`): a head block's FP8 bytes, then the rows
+(of a Conv1D weight, the columns) of its ``<name>_scale_inv`` grid that cover the block.
 """
 
 import threading
@@ -13,14 +16,15 @@ from collections import OrderedDict
 from concurrent.futures import Future
 
 from ..errors import InputError
-from .model_folder import INDEX_NAME, SINGLE_FILE_NAME
-from .safetensors_ranges import TORCH_DTYPES, read_columns, read_header, read_rows
+from .fp8 import DequantizingFolder
+from .model_folder import INDEX_NAME, READABLE_DTYPES, SINGLE_FILE_NAME
+from .safetensors_ranges import read_columns, read_header, read_rows
 
 #: Memory for the column chunks of Conv1D weights kept between head reads.
 COLUMN_CACHE_BYTES = 256 * 2 ** 20
 
 
-class RemoteFolder:
+class RemoteFolder(DequantizingFolder):
     """The tensors of a remote model folder.
 
     Parameters
@@ -79,22 +83,33 @@ class RemoteFolder:
         if entry.shape != tuple(shape):
             raise InputError(self.files.url_of(shard), name, f"shape {tuple(shape)} (from config.json)",
                              f"{entry.shape}")
-        if entry.dtype not in TORCH_DTYPES:  # the dtypes decoded from ranges
-            raise InputError(self.files.url_of(shard), name, "dtype " + ", ".join(TORCH_DTYPES), entry.dtype)
-        return entry.dtype
+        return self._check_dtype(name, shape, entry.dtype, READABLE_DTYPES, self.files.url_of(shard))
 
     def shape_of(self, name):
         """Shape of tensor ``name`` as stored."""
         return self._entry(name)[1].shape
 
+    def _read(self, name, index):
+        """Rows ``index`` (a slice) of tensor ``name``, or with ``index = (slice(None), columns)`` its columns."""
+        shard, entry = self._entry(name)
+        label = self.files.url_of(shard)
+        if isinstance(index, tuple):
+            columns = index[1]
+            return read_columns(self.files, shard, entry, columns.start, columns.stop, label, name)
+        return read_rows(self.files, shard, entry, index.start, index.stop, label, name)
+
     def read_block(self, source):
-        """The ``(d, n)`` block a :class:`~qkalign.weights.layouts.BlockSource` names, in its stored dtype."""
+        """The ``(d, n)`` block a :class:`~qkalign.weights.layouts.BlockSource` names, in its stored dtype
+        (FP8 dequantised exactly to float64)."""
         shard, entry = self._entry(source.tensor)
         label = self.files.url_of(shard)
         if source.transposed:  # a Conv1D (in, out) weight: one byte range per row
-            block = self._columns.read(shard, entry, source.start, source.stop, source.tensor).T
+            block = self._columns.read(shard, entry, source.start, source.stop, source.tensor)
         else:
             block = read_rows(self.files, shard, entry, source.start, source.stop, label, source.tensor)
+        block = self._dequantized(block, source)
+        if source.transposed:
+            block = block.T
         if not block.isfinite().all():
             where = "columns" if source.transposed else "rows"
             raise InputError(label, source.tensor, "finite weights", f"NaN or Inf in {where} {source.start}:"

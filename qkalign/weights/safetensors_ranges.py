@@ -19,8 +19,10 @@ from ..errors import InputError
 #: Bytes per element of every safetensors dtype (sub-byte float formats are left out: not checked).
 DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
                "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
-#: The dtypes decoded to torch tensors (name of the torch dtype); quantised ones are refused by the caller.
-TORCH_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
+#: The dtypes decoded to torch tensors (name of the torch dtype): the float ones, and FP8 E4M3 (dequantised by
+#: the caller with its block scales, :mod:`qkalign.weights.fp8`); other ones are refused.
+TORCH_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64",
+                "F8_E4M3": "float8_e4m3fn"}
 # safetensors' own bound on the header: a larger length is a corrupt file, not a reason to read 2**64 bytes.
 MAX_HEADER_BYTES = 100_000_000
 
