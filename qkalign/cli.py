@@ -11,7 +11,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from .errors import InputError, QKAlignError, UsageError
+from .errors import InputError, QKAlignError, UsageError, one_line
 from .stats import DEFAULT_CHANCE_SEED
 from .stats.backends import BACKEND_NAMES, DEFAULT_BACKEND
 from .weights import DEFAULT_PRECISION, DEFAULT_TOPK, PRECISIONS
@@ -327,7 +327,7 @@ def main(argv=None):
         args = _parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except QKAlignError as exc:
-        print(f"qkalign: error: {exc}", file=sys.stderr)
+        print(f"qkalign: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
         print("qkalign: interrupted (no output was left half-written)", file=sys.stderr)

@@ -6,6 +6,12 @@ and what was expected, so the CLI can print it and exit 2 without a traceback.
 """
 
 
+def one_line(text):
+    """``text`` with every unprintable character (newlines, ``\\x85``, terminal escapes) shown as an escape:
+    a message quoting a hostile file stays one line and cannot drive the terminal."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(text))
+
+
 class QKAlignError(Exception):
     """Base class of the errors qkalign raises on purpose."""
 
@@ -37,7 +43,7 @@ class InputError(QKAlignError, ValueError):
         if found is not None:
             text += f", found {found}"
         parts.append(text)
-        super().__init__(": ".join(parts))
+        super().__init__(one_line(": ".join(parts)))
 
 
 class UsageError(QKAlignError):

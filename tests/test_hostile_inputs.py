@@ -256,3 +256,15 @@ def test_no_writable_numba_cache_is_one_warning_and_a_result(written_small, tmp_
     # the same report as the numpy reference (the backend named in its first line aside)
     assert proc.stdout.split("\n", 1)[1] == plain.stdout.split("\n", 1)[1]
     assert not list(tmp_path.iterdir())  # nothing left in the working folder
+
+
+def test_an_error_quoting_hostile_text_stays_one_line(cli, sharded, tmp_path):
+    """Found by tests/test_fuzz.py: a header key with a NEL (\\x85) made the quoted error two lines.
+    Newlines and terminal escapes in a file's text are printed as escapes."""
+    header = json.dumps({"bad\nname\x85\x1b[2J": {"dtype": "NOPE", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "config.json").write_text((sharded / "config.json").read_text())
+    (single / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
+    line = one_error_line(cli("measure", single, "-o", tmp_path / "out"), "model.safetensors")
+    assert "\x1b" not in line and "\x85" not in line
