@@ -259,9 +259,9 @@ def test_no_writable_numba_cache_is_one_warning_and_a_result(written_small, tmp_
 
 
 def test_an_error_quoting_hostile_text_stays_one_line(cli, sharded, tmp_path):
-    """Found by tests/test_fuzz.py: a header key with a NEL (\\x85) made the quoted error two lines.
-    Newlines and terminal escapes in a file's text are printed as escapes."""
-    header = json.dumps({"bad\nname\x85\x1b[2J": {"dtype": "NOPE", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    """Found by tests/test_fuzz.py: safetensors quotes an unknown dtype as decoded, so a NEL (\\x85) in it
+    made the error two lines. Newlines and terminal escapes in a file's text are printed as escapes."""
+    header = json.dumps({"w": {"dtype": "NO\nPE\x85\x1b[2J", "shape": [1], "data_offsets": [0, 4]}}).encode()
     single = tmp_path / "single"
     single.mkdir()
     (single / "config.json").write_text((sharded / "config.json").read_text())
