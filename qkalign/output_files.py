@@ -102,13 +102,22 @@ def _umask():
 
 @contextlib.contextmanager
 def _signals_held():
-    """Delay SIGINT and SIGTERM (delivered on exit) around a few renames, where Python can."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+    """Hold SIGINT and SIGTERM (delivered when the block ends) around a few renames, where Python can.
+
+    A Python-level handler records them: blocking the signal in this thread alone would not do, as
+    the kernel hands a process's signal to any thread that does not block it (BLAS's, torch's).
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    held = [s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None))
+            if s is not None and signal.getsignal(s) is not None]  # None: a handler set outside Python
+    received = []
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if received:
+            signal.raise_signal(received[0])  # now, to the handler that was in place

@@ -181,8 +181,10 @@ def test_ctrl_c_during_measure_is_one_line_exit_130_and_leaves_nothing(tmp_path)
 def test_ctrl_c_between_the_pair_writes_keeps_the_old_pair_or_the_new(tmp_path):
     """SIGINT arriving while the files are renamed into place is held until both are."""
     code = (
-        "import os, signal, sys\n"
+        "import os, signal, sys, threading, time\n"
         "from qkalign import output_files\n"
+        "# another thread, as BLAS and torch start: the kernel may hand it the process's signal\n"
+        "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
         "real = os.replace\n"
         "def replace(a, b):\n"
         "    real(a, b)\n"
