@@ -190,10 +190,12 @@ def from_transformer_lens(model, *, topk=DEFAULT_TOPK, precision=DEFAULT_PRECISI
     """:func:`from_weights` of a TransformerLens model's ``W_Q`` and ``W_K``, as the model holds them.
 
     Duck-typed (transformer_lens is not imported): ``model.W_Q``, ``model.cfg`` with
-    ``n_layers``, ``n_heads``, ``d_model``, ``d_head`` and optionally ``n_key_value_heads``;
-    with grouped kv heads ``model._W_K`` (or each ``model.blocks[l].attn._W_K``) when the model
-    has it, else ``model.W_K`` (a ``TransformerBridge`` returns the grouped heads there; a
-    ``HookedTransformer``'s ``W_K`` repeats them per query head, which gives the same numbers).
+    ``n_layers``, ``n_heads``, ``d_model``, ``d_head`` and optionally ``n_key_value_heads``.
+    With grouped kv heads the grouped ``(L, H_kv, d_model, d_head)`` weights are read: a
+    ``HookedTransformer`` (TransformerLens 2 and 3) keeps them in each
+    ``model.blocks[l].attn._W_K`` (its ``W_K`` repeats them per query head, which gives the same
+    numbers at more cost); a ``TransformerBridge`` returns them as ``model.W_K``; ``model._W_K``
+    is used when a model has it.
     Whatever weight processing the model was loaded with (``fold_ln``, ...) is in the operators;
     see the README.
     """
