@@ -479,3 +479,59 @@ def test_fp8_refusals_are_the_same_over_http(tmp_path, edit, fold_norms, field, 
         assert str(err.value).startswith(where)
     assert str(local.value).removeprefix(str(folder / "model.safetensors")) == \
         str(remote.value).removeprefix(f"{server.url}/m/fp8/model.safetensors")
+
+
+def test_the_token_goes_to_the_hub_and_not_to_the_host_it_redirects_to(models, hub, monkeypatch, tmp_path):
+    """The Hub redirects weights to a CDN on another host: range reads there carry no Authorization header."""
+    import http.server
+
+    from huggingface_hub import constants
+
+    model, local = models[case_name(GPT2)]
+    seen = []
+    parse = http.server.BaseHTTPRequestHandler.parse_request
+
+    def logged(handler):
+        ok = parse(handler)
+        seen.append((handler.server.server_address[1], handler.headers.get("Authorization")))
+        return ok
+
+    monkeypatch.setattr(http.server.BaseHTTPRequestHandler, "parse_request", logged)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_SECRET")
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
+    with RangeServer(model.folder.parent) as cdn:
+        other_host = cdn.url.replace("127.0.0.1", "localhost")  # another origin, the same server
+        routes = hub_routes("org/tiny", {"main": (commit_of("m"), model.folder)})
+        for path, answer in list(routes.items()):
+            if isinstance(answer, tuple) and answer[0] == 302:
+                routes[path] = (302, {"Location": f"{other_host}/{model.folder.name}/{path.rsplit('/', 1)[1]}"}, b"")
+        with RangeServer(tmp_path, routes=routes) as server:
+            endpoint(monkeypatch, hub, server.url)
+            data = measure("org/tiny", topk=4, precision="float64", progress=False)
+            hub_port, cdn_port = server.url.rsplit(":", 1)[1], cdn.url.rsplit(":", 1)[1]
+    assert_same(data, local)
+    to_hub = [auth for port, auth in seen if str(port) == hub_port]
+    to_cdn = [auth for port, auth in seen if str(port) == cdn_port]
+    assert "Bearer hf_SECRET" in to_hub  # the token is used where it belongs
+    assert to_cdn and all(auth is None for auth in to_cdn)
+
+
+@pytest.mark.parametrize("where", ["config", "header"])
+@pytest.mark.parametrize("junk", ["9" * 5000, "[" * 100_000 + "]" * 100_000])
+def test_json_bombs_over_http_are_one_line(tmp_path, cli, where, junk):
+    """A 5,000-digit integer or lists nested 100,000 deep, in config.json or a safetensors header, read remotely."""
+    folder = write_model(tmp_path / "m", "llama").folder
+    if where == "config":
+        config = folder / "config.json"
+        config.write_text(config.read_text().replace("{", '{"junk": ' + junk + ", ", 1))
+    else:
+        weights = folder / "model.safetensors"
+        raw = weights.read_bytes()
+        length = int.from_bytes(raw[:8], "little")
+        header = raw[8:8 + length].rstrip().rstrip(b"}") + b', "junk": ' + junk.encode() + b"}"
+        weights.write_bytes(len(header).to_bytes(8, "little") + header + raw[8 + length:])
+    with RangeServer(tmp_path) as server:
+        proc = cli("measure", f"{server.url}/m", "-o", tmp_path / "out", "--quiet")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert ("config.json" if where == "config" else "model.safetensors") in proc.stderr

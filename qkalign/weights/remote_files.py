@@ -97,6 +97,14 @@ def with_retries(call, label, expected):
             raise error from None
 
 
+def _host(url):
+    """``scheme://host:port`` of a URL (an origin, as browsers compare them for credentials)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
 class RemoteFiles:
     """Byte-range access to the files of one remote folder.
 
@@ -105,10 +113,14 @@ class RemoteFiles:
     fs : fsspec.AbstractFileSystem
     url_of : callable
         File name in the folder (``"config.json"``) -> its URL (or path) on ``fs``.
+    redirect_fs : fsspec.AbstractFileSystem, optional
+        Reads a file where it redirects to on another host (the Hub's CDN): without ``fs``'s
+        headers, so a token is never sent beyond the host it was meant for. Default ``fs``.
     """
 
-    def __init__(self, fs, url_of):
+    def __init__(self, fs, url_of, redirect_fs=None):
         self.fs = fs
+        self.redirect_fs = redirect_fs or fs
         self.url_of = url_of
         self._sizes = {}
         self._located = {}  # file name -> the URL its own redirects to
@@ -134,9 +146,10 @@ class RemoteFiles:
         starts, ends = [s for s, _ in ranges], [e for _, e in ranges]
 
         def read(target):
+            fs = self.fs if _host(target) == _host(url) else self.redirect_fs
             if len(ranges) == 1:
-                return [self.fs.cat_file(target, start=starts[0], end=ends[0])]
-            return self.fs.cat_ranges([target] * len(ranges), starts, ends, on_error="raise")
+                return [fs.cat_file(target, start=starts[0], end=ends[0])]
+            return fs.cat_ranges([target] * len(ranges), starts, ends, on_error="raise")
 
         located = self._located.get(name)
         try:
@@ -171,6 +184,10 @@ class RemoteFiles:
             doc = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InputError(url, "", f"a {what} in UTF-8 JSON", f"unreadable JSON ({exc})") from None
+        except ValueError as exc:  # an integer of more digits than Python converts
+            raise InputError(url, "", f"a {what} with numbers of sensible size", str(exc).split(";")[0]) from None
+        except RecursionError:
+            raise InputError(url, "", f"a {what} of sensible nesting depth", "lists or objects nested too deeply") from None
         if not isinstance(doc, dict):
             raise InputError(url, "", f"a {what} holding a JSON object", type(doc).__name__)
         return doc

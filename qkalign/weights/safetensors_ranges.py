@@ -60,6 +60,9 @@ def read_header(files, path, label):
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(label, "header", "a JSON object", f"unreadable JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # a huge integer, or nesting beyond Python's depth
+        raise InputError(label, "header", "a JSON object of sensible numbers and depth",
+                         "nesting too deep" if isinstance(exc, RecursionError) else str(exc).split(";")[0]) from None
     if not isinstance(header, dict):
         raise InputError(label, "header", "a JSON object", type(header).__name__)
     data_start = 8 + header_len

@@ -205,7 +205,8 @@ def _hub_remote_source(repo_id, revision):
     except ImportError as exc:
         raise InputError(label, "", "aiohttp installed for HTTP range reads (pip install fsspec[http])",
                          _first_line(exc)) from None
-    files = RemoteFiles(fs, lambda name: hf_hub_url(repo_id, name, revision=sha, endpoint=api.endpoint))
+    files = RemoteFiles(fs, lambda name: hf_hub_url(repo_id, name, revision=sha, endpoint=api.endpoint),
+                        redirect_fs=fsspec.filesystem("http"))
     return ModelSource(repo_id, "hub", files=files, revision=revision, commit_hash=sha, location=label)
 
 
