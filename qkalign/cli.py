@@ -206,14 +206,17 @@ def _convert(args):
 
 
 def _synthetic(args):
+    from .memory import check_fits
     from .seed_format import output_paths
-    from .weights.synthetic import make_qkdata, spec_from_args
+    from .weights.synthetic import make_qkdata, peak_bytes, spec_from_args
 
     output_paths(args.output, args.format)
     try:
         spec = spec_from_args(args.preset, num_layers=args.num_layers, drift=args.drift, seed=args.seed)
     except ValueError as exc:
         raise InputError(args.preset, "", "a valid synthetic model", str(exc)) from None
+    check_fits(peak_bytes(spec), "--num-layers" if args.num_layers is not None else args.preset, "",
+               f"a synthetic model of {spec.num_layers} layers x {spec.num_heads} heads")
     return _save(make_qkdata(spec), args.output, args.format)
 
 
@@ -246,24 +249,26 @@ def _analysis_input(args):
 
 
 def _analyze(args):
+    from .checks import int_in_range
     from .output_files import check_output_file, check_output_folder
     from .report import format_report
     from .stats.analyze import analyze
 
-    if args.json:
+    if args.json is not None:  # an empty path is refused, not ignored
         check_output_file(args.json, "--json")
-    if args.plot:
+    if args.plot is not None:
         check_output_folder(args.plot, "--plot")
+    int_in_range(args.chance_seed, 0, 2**63 - 1, "--chance-seed")
     data, description = _analysis_input(args)
     result = analyze(data, anchor=args.anchor, backend=args.backend, match_heads=args.match_heads,
                      chance_seed=args.chance_seed, background_compile=True)
     sys.stdout.write(format_report(result, description))
-    if args.json:
+    if args.json is not None:
         try:
             result.to_json(args.json, indent=1)
         except OSError as exc:
             raise InputError(args.json, "--json", "a writable file path", exc.strerror or str(exc)) from None
-    if args.plot:
+    if args.plot is not None:
         _write_figures(result.to_dict(), args.plot)
     return 0
 
@@ -282,6 +287,7 @@ def _plot(args):
     from .checks import read_json_object
     from .output_files import check_output_folder
 
+    check_output_folder(args.out_dir, "out_dir")
     if Path(args.result).is_dir():  # a sweep's Zarr store
         from .sweep_plots import write_sweep_figures
 
@@ -293,7 +299,6 @@ def _plot(args):
         return 0
     doc = read_json_object(args.result, "result JSON (qkalign analyze --json)",
                            required=("meta", "to_anchor", "principal_angles"))
-    check_output_folder(args.out_dir, "out_dir")
     _write_figures(doc, args.out_dir, args.result)
     return 0
 
@@ -335,6 +340,10 @@ def main(argv=None):
     except BrokenPipeError:  # the reader of stdout went away (`qkalign analyze | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 0
+    except OSError as exc:  # the system refused a path the checks could not foresee (a name too long, ...)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"qkalign: error: {one_line(where)}{one_line(exc.strerror or exc)}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
 
 
 if __name__ == "__main__":

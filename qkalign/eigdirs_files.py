@@ -299,7 +299,7 @@ def _check_declared_sizes(path):
                          f"an unreadable file ({_first_line(exc)})") from None
     except OSError as exc:
         raise InputError(path, "", "a readable eig-dirs .pt file", exc.strerror or _first_line(exc)) from None
-    check_fits(declared, path, "", "its tensors, as the zip directory declares them,")
+    check_fits(declared, path, "", "its tensors, as the zip directory declares them")
 
 
 def _check_views(path, obj):

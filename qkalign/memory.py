@@ -38,9 +38,9 @@ def check_fits(needed_bytes, source, field, what):
     source, field : str
         The file (or option) and the field whose declared size makes the request.
     what : str
-        What would be allocated, e.g. ``"the (L, L, H) Grams and (L d, L d) stacked Grams"``.
+        What would be allocated, e.g. ``"measuring 80 layers x 64 heads"``.
     """
     available = available_bytes()
     if available is not None and needed_bytes > available:
-        raise InputError(source, field, f"a size that fits in memory ({what} need {needed_bytes / GIB:,.1f} GiB)",
+        raise InputError(source, field, f"a size that fits in memory ({what}: {needed_bytes / GIB:,.1f} GiB needed)",
                          f"{available / GIB:,.1f} GiB available")

@@ -171,6 +171,17 @@ def test_plot_checks_the_whole_result_before_drawing(cli, result_doc, tmp_path, 
 
 # --- memory ---------------------------------------------------------------------------------------
 
+def test_a_synthetic_model_too_big_for_memory_is_refused(cli, tmp_path):
+    one_error_line(cli("synthetic", "small", "-o", tmp_path / "x", "--num-layers", 10**8), "--num-layers",
+                   "GiB needed", "GiB available")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+def test_a_chance_seed_out_of_range_is_one_line(cli, seed):
+    one_error_line(cli("analyze", "--chance-seed", seed), "--chance-seed")
+
+
 def test_a_model_too_big_for_memory_is_refused_before_allocating(cli, sharded, tmp_path, monkeypatch):
     from qkalign import memory
     from qkalign.weights.measure import open_model, peak_bytes
@@ -178,17 +189,19 @@ def test_a_model_too_big_for_memory_is_refused_before_allocating(cli, sharded, t
     monkeypatch.setattr(memory, "available_bytes", lambda: 10_000)
     needed = peak_bytes(open_model(sharded)[2], 16, "float32") / memory.GIB
     one_error_line(cli("measure", sharded, "-o", tmp_path / "out", "--quiet"), "config.json", "3 layers x 4 heads",
-                   f"need {needed:,.1f} GiB", "0.0 GiB available")
+                   f"{needed:,.1f} GiB needed", "0.0 GiB available")
     assert not (tmp_path / "out.json").exists()
 
 
-def test_the_peak_estimate_bounds_what_measure_allocates(tmp_path):
+def test_the_peak_estimate_bounds_what_measure_allocates(tmp_path, monkeypatch):
     """tracemalloc sees numpy's allocations: past the fixed base, the estimate bounds the traced peak
     from above and stays within a factor 3 of it (a model whose arrays dominate)."""
     import tracemalloc
 
+    import qkalign.weights.measure as measure_module
     from qkalign.weights.measure import BASE_BYTES, open_model, peak_bytes
 
+    monkeypatch.setattr(measure_module, "core_count", lambda: 2)  # the same worker count for the run and estimate
     folder = write_model(tmp_path / "mid", "llama", shape=(16, 8, 4, 64, 512)).folder
     qkalign.measure(folder, progress=False)  # imports and compiles outside the traced run
     tracemalloc.start()

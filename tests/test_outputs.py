@@ -10,6 +10,7 @@ import os
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -207,3 +208,35 @@ def test_written_files_have_the_usual_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert {oct(p.stat().st_mode & 0o777) for p in (json_path, eig_path)} == {oct(0o666 & ~mask)}
+
+
+def test_a_symlinked_output_replaces_its_target_and_keeps_permissions(cli, written_small, tmp_path):
+    target, link = tmp_path / "target.json", tmp_path / "link.json"
+    target.write_text("old")
+    os.chmod(target, 0o600)
+    link.symlink_to(target)
+    assert cli("analyze", written_small[0], "--json", link).returncode == 0
+    assert link.is_symlink() and json.loads(target.read_text())["meta"]["num_layers"] == 10
+    assert oct(target.stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_a_fifo_output_is_written_in_place_not_replaced(cli, written_small, tmp_path):
+    """``--json /dev/stdout`` and the like: a device or FIFO is written, never replaced by a file."""
+    fifo = tmp_path / "out.json"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    proc = cli("analyze", written_small[0], "--json", fifo)
+    reader.join(timeout=60)
+    assert proc.returncode == 0 and stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert json.loads(received[0])["meta"]["num_layers"] == 10
+
+
+@pytest.mark.parametrize("args", [["--json", ""], ["--plot", ""]])
+def test_empty_output_paths_are_refused(cli, written_small, args):
+    assert one_error_line(cli("analyze", written_small[0], *args)).startswith("qkalign: error: --")
+
+
+def test_a_name_too_long_is_one_line(cli, tmp_path):
+    one_error_line(cli("synthetic", "small", "-o", tmp_path / ("x" * 300)))

@@ -123,6 +123,13 @@ def make_qkdata(spec):
     return qkdata_from_weights(w_q, w_k, spec.topk, extra={"synthetic": asdict(spec)})
 
 
+def peak_bytes(spec):
+    """Estimated peak memory of :func:`make_qkdata` and writing its result, in bytes: the float64
+    weights, the outputs, two ``(L d)^2`` stacked Grams and the JSON's gram as Python floats."""
+    L, H, Hkv, d, n = spec.num_layers, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.hidden_size
+    return 8 * (L * (H + Hkv) * d * n + L * H * (spec.topk * n + 2 * d + 1) + 2 * (L * d) ** 2) + 64 * L * L * H
+
+
 def spec_from_args(preset, **overrides):
     """A preset with some fields replaced (those given as not None)."""
     return replace(PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
