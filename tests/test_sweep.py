@@ -364,3 +364,45 @@ def test_revisions_cross_every_source_and_reach_measure(monkeypatch, tmp_path):
 @pytest.mark.parametrize("failed, input_failures, code", [(0, 0, 0), (2, 2, 2), (2, 1, 1)])
 def test_exit_code(failed, input_failures, code):
     assert SweepSummary("x.zarr", 3, failed, input_failures, 5, 0).exit_code() == code
+
+
+def test_a_local_folder_is_one_run_whatever_the_spelling(tmp_path, monkeypatch):
+    """`m`, `m/` and `./m` are one run, keyed by the real path; `m` from another folder is another."""
+    for parent in ("a", "b"):
+        (tmp_path / parent / "m").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "a")
+    runs = planned_runs(["m", "m/", "./m", "org/remote"], None)
+    assert runs == [(str((tmp_path / "a" / "m").resolve()), None), ("org/remote", None)]
+    monkeypatch.chdir(tmp_path / "b")
+    assert planned_runs(["m"], None) == [(str((tmp_path / "b" / "m").resolve()), None)]
+
+
+def test_a_store_interrupted_while_growing_is_repaired_on_reopening(tmp_path, monkeypatch):
+    """Ctrl-C between two arrays' resizes leaves them of different lengths: reopening evens them out."""
+    import zarr
+
+    from qkalign.sweeps.task import default_options
+    from qkalign.weights.synthetic import SyntheticSpec, make_qkdata
+
+    small, large = (Outcome("ok", variables=flatten(analyze(make_qkdata(SyntheticSpec(layers, 2, 1, 4, 16, topk=3)),
+                                                            backend="numpy").to_dict())) for layers in (5, 7))
+    store = SweepStore(tmp_path / "s.zarr", default_options(), "x")
+    store.add_runs([("a", None), ("b", None)])
+    store.write(0, small)
+    resize, calls = zarr.Array.resize, []
+
+    def interrupted(array, shape):
+        calls.append(shape)
+        if len(calls) == 25:  # past the run dimension, within the layer ones: some arrays grown, others not
+            raise KeyboardInterrupt
+        return resize(array, shape)
+
+    monkeypatch.setattr(zarr.Array, "resize", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.write(1, large)
+    monkeypatch.setattr(zarr.Array, "resize", resize)
+    reopened = SweepStore(tmp_path / "s.zarr", default_options(), "x")
+    reopened.write(1, large)
+    ds = xr.open_zarr(tmp_path / "s.zarr").load()
+    assert list(ds["status"].values) == ["ok", "ok"]
+    np.testing.assert_array_equal(ds["meta.num_layers"].values, [5, 7])

@@ -70,7 +70,8 @@ def planned_runs(sources, revisions):
     """``[(source, revision)]``: every source at every revision (None: as it is), duplicates dropped."""
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
-    sources = [str(source) for source in sources]
+    # a local folder by its real path: `m`, `m/` and `./m` are one run, and `m` from another folder another
+    sources = [os.path.realpath(source) if os.path.exists(source) else str(source) for source in sources]
     if not sources:
         raise InputError("SOURCE", "", "at least one model folder or source")
     revisions = [None] if not revisions else [None if r is None else str(r) for r in revisions]

@@ -81,13 +81,26 @@ class SweepStore:
         self.arrays = {name: self.group[name] for name in self.group.array_keys()}
         self.sizes = {}
         for array in self.arrays.values():
-            self.sizes.update(zip(array.attrs["_ARRAY_DIMENSIONS"], array.shape))
+            for dim, size in zip(array.attrs["_ARRAY_DIMENSIONS"], array.shape):
+                self.sizes[dim] = max(size, self.sizes.get(dim, 0))
+        self._repair_sizes()
         for name in RUN_STRINGS:
             if name not in self.arrays:
                 self._create(name, ("run",), str)
         if "seconds" not in self.arrays:
             self._create("seconds", ("run",), np.float64)
         self._consolidate()
+
+    def _repair_sizes(self):
+        """Grow every array to its dimensions' largest size: a sweep interrupted while it grew a
+        dimension leaves some arrays shorter (the new cells are NaN, or '' for strings)."""
+        for array in self.arrays.values():
+            shape = tuple(self.sizes[dim] for dim in array.attrs["_ARRAY_DIMENSIONS"])
+            if shape != array.shape:
+                rows = array.shape[0] if array.ndim else 0
+                array.resize(shape)
+                if array.dtype.kind not in "fc" and array.ndim and shape[0] > rows:
+                    array[rows:] = ""
 
     @property
     def num_runs(self):
