@@ -13,8 +13,20 @@ GIB = 2.0**30
 
 
 def available_bytes():
-    """Memory this process can still take: ``MemAvailable`` of ``/proc/meminfo`` (Linux), else the
-    physical memory (``sysconf``), else None when neither is known."""
+    """Memory this process can still take: the smaller of the machine's (``MemAvailable`` of
+    ``/proc/meminfo``, else the physical memory) and a container's or job's cgroup limit less its
+    usage; None when neither is known."""
+    machine = _meminfo_available()
+    if machine is None:
+        try:
+            machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            machine = None
+    limits = [v for v in (machine, _cgroup_headroom()) if v is not None]
+    return min(limits) if limits else None
+
+
+def _meminfo_available():
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
             for line in f:
@@ -22,10 +34,28 @@ def available_bytes():
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
+    return None
+
+
+#: (limit, usage) files of cgroup v2 and v1; a limit of "max" (or a huge v1 number) means none.
+_CGROUP_FILES = (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                 ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"))
+
+
+def _cgroup_headroom():
+    """The cgroup memory limit less current usage (SLURM jobs, containers), or None without a limit."""
+    for limit_file, usage_file in _CGROUP_FILES:
+        try:
+            with open(limit_file, encoding="ascii") as f:
+                limit = f.read().strip()
+            with open(usage_file, encoding="ascii") as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or not limit.isdigit() or int(limit) >= 2**60:
+            return None
+        return max(int(limit) - usage, 0)
+    return None
 
 
 def check_fits(needed_bytes, source, field, what):

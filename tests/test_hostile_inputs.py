@@ -281,3 +281,17 @@ def test_an_error_quoting_hostile_text_stays_one_line(cli, sharded, tmp_path):
     (single / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
     line = one_error_line(cli("measure", single, "-o", tmp_path / "out"), "model.safetensors")
     assert "\x1b" not in line and "\x85" not in line
+
+
+def test_a_cgroup_limit_bounds_the_memory_available(tmp_path, monkeypatch):
+    """In a container or a SLURM job the cgroup's limit, not the machine's memory, is what there is."""
+    from qkalign import memory
+
+    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
+    monkeypatch.setattr(memory, "_CGROUP_FILES", ((str(limit), str(usage)),))
+    monkeypatch.setattr(memory, "_meminfo_available", lambda: 64 * 2**30)
+    limit.write_text(f"{2**30}\n")
+    usage.write_text(f"{2**28}\n")
+    assert memory.available_bytes() == 2**30 - 2**28
+    limit.write_text("max\n")
+    assert memory.available_bytes() == 64 * 2**30
