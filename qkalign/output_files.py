@@ -66,7 +66,7 @@ def _is_special(path):
     """An existing file that is not a regular file or a folder (a device, a FIFO): written in place."""
     try:
         mode = os.stat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # nothing there yet (the folder checks say why not)
         return False
     return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
