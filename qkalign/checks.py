@@ -26,24 +26,37 @@ def read_json_object(path, what, required=()):
     """
     regular_file(path, what)
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as exc:
         raise InputError(path, "", f"a readable {what}", exc.strerror or str(exc)) from None
-    except UnicodeDecodeError as exc:
-        raise InputError(path, "", f"a {what} in UTF-8 JSON", f"undecodable bytes ({exc.reason})") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(path, "", f"a {what} in JSON",
-                         f"malformed JSON at line {exc.lineno} column {exc.colno} ({exc.msg})") from None
-    except ValueError as exc:  # an integer of more digits than Python converts (4,300 by default)
-        raise InputError(path, "", f"a {what} with numbers of sensible size", str(exc).split(";")[0]) from None
-    except RecursionError:
-        raise InputError(path, "", f"a {what} of sensible nesting depth", "lists or objects nested too deeply") from None
-    if not isinstance(doc, dict):
-        raise InputError(path, "", f"a {what} holding a JSON object", type(doc).__name__)
+    doc = parse_json_object(raw, path, what)
     for key in required:
         if key not in doc:
             raise InputError(path, key, "this key to be present", "it missing")
+    return doc
+
+
+def parse_json_object(raw, source, what, field=""):
+    """``raw`` (bytes or str) parsed as a JSON object (a dict); one error line for anything else.
+
+    Beyond malformed JSON, Python's reader refuses integers of more than 4,300 digits and
+    nesting deeper than its recursion limit: those are one line too.
+    """
+    try:
+        doc = json.loads(raw)
+    except UnicodeDecodeError as exc:
+        raise InputError(source, field, f"a {what} in UTF-8 JSON", f"undecodable bytes ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(source, field, f"a {what} in JSON",
+                         f"malformed JSON at line {exc.lineno} column {exc.colno} ({exc.msg})") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise InputError(source, field, f"a {what} with numbers of sensible size", str(exc).split(";")[0]) from None
+    except RecursionError:
+        raise InputError(source, field, f"a {what} of sensible nesting depth",
+                         "lists or objects nested too deeply") from None
+    if not isinstance(doc, dict):
+        raise InputError(source, field, f"a {what} holding a JSON object", type(doc).__name__)
     return doc
 
 

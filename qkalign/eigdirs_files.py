@@ -131,13 +131,15 @@ def _safetensors_header(path):
             if length is None or length > size - 8:
                 raise InputError(path, "", expected, f"a truncated or corrupt file of {size} bytes")
             header = json.loads(f.read(length))
+    except InputError:  # the truncation found above (an InputError is a ValueError too)
+        raise
     except FileNotFoundError:
         raise InputError(path, "", "an existing eig-dirs file", "no such file") from None
     except IsADirectoryError:
         raise InputError(path, "", "an eig-dirs file", "a directory") from None
     except OSError as exc:
         raise InputError(path, "", "a readable eig-dirs file", exc.strerror or _first_line(exc)) from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # malformed JSON, undecodable bytes, a 5,000-digit integer
         raise InputError(path, "", expected, f"a corrupt header ({_first_line(exc)})") from None
     if not isinstance(header, dict):
         raise InputError(path, "", expected, "a header that is not a JSON object")

@@ -111,6 +111,13 @@ def test_a_5000_digit_integer_is_one_line(cli, pair, sharded, tmp_path):
     one_error_line(cli("measure", sharded, "-o", tmp_path / "out"), "config.json", "numbers of sensible size")
 
 
+def test_a_5000_digit_integer_in_an_eigdirs_header_is_one_line(cli, pair):
+    json_path, eig_path = pair
+    header = b'{"eig_dirs": ' + b"9" * 5000 + b"}"
+    eig_path.write_bytes(len(header).to_bytes(8, "little") + header)
+    one_error_line(cli("analyze", json_path), eig_path.name, "a corrupt header", "4300 digits")
+
+
 def test_deep_nesting_is_one_line(cli, pair, sharded, tmp_path):
     json_path, _ = pair
     json_path.write_text('{"gram": ' + "[" * 100_000 + "]" * 100_000 + "}")

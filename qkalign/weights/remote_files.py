@@ -12,9 +12,9 @@ URL is asked again.
 """
 
 import asyncio
-import json
 import time
 
+from ..checks import parse_json_object
 from ..errors import InputError
 
 #: Attempts of one read before a transient failure is reported, and the first wait (doubled each time).
@@ -180,14 +180,5 @@ class RemoteFiles:
                 raise
         else:
             raw = with_retries(lambda: self.fs.cat_file(url), url, f"an existing {what}")
-        try:
-            doc = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(url, "", f"a {what} in UTF-8 JSON", f"unreadable JSON ({exc})") from None
-        except ValueError as exc:  # an integer of more digits than Python converts
-            raise InputError(url, "", f"a {what} with numbers of sensible size", str(exc).split(";")[0]) from None
-        except RecursionError:
-            raise InputError(url, "", f"a {what} of sensible nesting depth", "lists or objects nested too deeply") from None
-        if not isinstance(doc, dict):
-            raise InputError(url, "", f"a {what} holding a JSON object", type(doc).__name__)
+        doc = parse_json_object(raw, url, what)
         return doc

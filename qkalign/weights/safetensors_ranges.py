@@ -10,10 +10,10 @@ the bytes read are the bytes of the block. ``files`` is any object with ``size(p
 (:class:`~qkalign.weights.remote_files.RemoteFiles`).
 """
 
-import json
 import math
 from dataclasses import dataclass
 
+from ..checks import parse_json_object
 from ..errors import InputError
 
 #: Bytes per element of every safetensors dtype (sub-byte float formats are left out: not checked).
@@ -56,15 +56,7 @@ def read_header(files, path, label):
         raise InputError(label, "header length", f"at most {min(size - 8, MAX_HEADER_BYTES)} bytes (file size "
                          f"{size})", f"{header_len} (a truncated or corrupt file)")
     (raw,) = files.read_ranges(path, [(8, 8 + header_len)])
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(label, "header", "a JSON object", f"unreadable JSON ({exc})") from None
-    except (ValueError, RecursionError) as exc:  # a huge integer, or nesting beyond Python's depth
-        raise InputError(label, "header", "a JSON object of sensible numbers and depth",
-                         "nesting too deep" if isinstance(exc, RecursionError) else str(exc).split(";")[0]) from None
-    if not isinstance(header, dict):
-        raise InputError(label, "header", "a JSON object", type(header).__name__)
+    header = parse_json_object(raw, label, "safetensors header", "header")
     data_start = 8 + header_len
     return {name: _entry(label, name, value, data_start, size)
             for name, value in header.items() if name != "__metadata__"}
