@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .checks import regular_file
-from .errors import InputError
+from .errors import InputError, first_line
 from .memory import check_fits
 
 TENSORS = ("eig_dirs", "sym_eigs")
@@ -87,7 +87,7 @@ def write_eigdirs(path, eig_dirs, sym_eigs, eig_dirs_dtype="float32", run_id=Non
     try:
         _write(path, fmt, eig_dirs, sym_eigs, eig_dirs_dtype, metadata)
     except (SafetensorError, RuntimeError) as exc:  # how safetensors and torch report a failed write
-        raise OSError(f"the write failed ({_first_line(exc)})") from None
+        raise OSError(f"the write failed ({first_line(exc, 160)})") from None
 
 
 def _write(path, fmt, eig_dirs, sym_eigs, eig_dirs_dtype, metadata):
@@ -107,11 +107,6 @@ def _write(path, fmt, eig_dirs, sym_eigs, eig_dirs_dtype, metadata):
 
     save_file({"eig_dirs": np.ascontiguousarray(eig_dirs, dtype=eig_dirs_dtype),
                "sym_eigs": np.ascontiguousarray(sym_eigs, dtype=np.float64)}, str(path), metadata=metadata)
-
-
-def _first_line(exc):
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
 
 
 def _safetensors_header(path):
@@ -138,9 +133,9 @@ def _safetensors_header(path):
     except IsADirectoryError:
         raise InputError(path, "", "an eig-dirs file", "a directory") from None
     except OSError as exc:
-        raise InputError(path, "", "a readable eig-dirs file", exc.strerror or _first_line(exc)) from None
+        raise InputError(path, "", "a readable eig-dirs file", exc.strerror or first_line(exc, 160)) from None
     except (ValueError, RecursionError) as exc:  # malformed JSON, undecodable bytes, a 5,000-digit integer
-        raise InputError(path, "", expected, f"a corrupt header ({_first_line(exc)})") from None
+        raise InputError(path, "", expected, f"a corrupt header ({first_line(exc, 160)})") from None
     if not isinstance(header, dict):
         raise InputError(path, "", expected, "a header that is not a JSON object")
     return header, 8 + length, size
@@ -191,7 +186,7 @@ def _mapped_tensor(path, key, entry, data_start, size):
     try:
         return np.memmap(path, dtype=_SAFETENSORS_DTYPES[dtype], mode="r", offset=data_start + begin, shape=shape)
     except (OSError, ValueError) as exc:
-        raise InputError(path, key, "tensor data that can be mapped", _first_line(exc)) from None
+        raise InputError(path, key, "tensor data that can be mapped", first_line(exc, 160)) from None
 
 
 def _widened_to_float32(stored):
@@ -298,9 +293,9 @@ def _check_declared_sizes(path):
             legacy = f.read(1) == b"\x80"
         raise InputError(path, "", "a readable .pt in torch's zip format (torch.save since torch 1.6)",
                          "torch's legacy format (re-save it with a current torch)" if legacy else
-                         f"an unreadable file ({_first_line(exc)})") from None
+                         f"an unreadable file ({first_line(exc, 160)})") from None
     except OSError as exc:
-        raise InputError(path, "", "a readable eig-dirs .pt file", exc.strerror or _first_line(exc)) from None
+        raise InputError(path, "", "a readable eig-dirs .pt file", exc.strerror or first_line(exc, 160)) from None
     check_fits(declared, path, "", "its tensors, as the zip directory declares them")
 
 
@@ -331,9 +326,9 @@ def _read_pt_with_torch(path):
         raise InputError(path, "", "an eig-dirs .pt file", "a directory") from None
     except pickle.UnpicklingError as exc:
         raise InputError(path, "", "a .pt holding only tensors (loaded with weights_only=True; "
-                         "pickled code is never run)", f"a pickled object that was refused ({_first_line(exc)})") from None
+                         "pickled code is never run)", f"a pickled object that was refused ({first_line(exc, 160)})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
-        raise InputError(path, "", "a readable torch .pt file", f"an unreadable file ({_first_line(exc)})") from None
+        raise InputError(path, "", "a readable torch .pt file", f"an unreadable file ({first_line(exc, 160)})") from None
     if not isinstance(obj, dict):
         raise InputError(path, "", "a dict with the tensors eig_dirs and sym_eigs", type(obj).__name__)
     _check_views(path, obj)

@@ -12,6 +12,12 @@ def one_line(text):
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(text))
 
 
+def first_line(exc, limit=None):
+    """The first line of an exception's message (its type name if it has none), cut at ``limit`` characters."""
+    text = (str(exc).strip() or type(exc).__name__).splitlines()[0]
+    return text if limit is None else text[:limit]
+
+
 class QKAlignError(Exception):
     """Base class of the errors qkalign raises on purpose."""
 

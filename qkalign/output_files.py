@@ -27,7 +27,7 @@ def check_output_file(path, option):
     """
     text = str(path)
     path = Path(text)
-    if not text or text.endswith(("/", os.sep)) or path.name in ("", ".", ".."):
+    if not _names_a_file(text):
         raise InputError(option, "", "a file path (FOLDER/NAME)", repr(text))
     try:
         if path.is_dir():
@@ -62,6 +62,11 @@ def check_output_folder(folder, option):
     return folder
 
 
+def _names_a_file(text):
+    """``text`` ends in a file name: not empty, no trailing separator, not ``.`` or ``..``."""
+    return bool(text) and not text.endswith(("/", os.sep)) and Path(text).name not in ("", ".", "..")
+
+
 def _is_special(path):
     """An existing file that is not a regular file or a folder (a device, a FIFO): written in place."""
     try:
@@ -74,7 +79,7 @@ def _is_special(path):
 def check_output_prefix(prefix, option, suffixes):
     """The paths ``PREFIX + suffix`` for each suffix, each checked by :func:`check_output_file`."""
     text = str(prefix)
-    if not text or text.endswith(("/", os.sep)) or Path(text).name in ("", ".", ".."):
+    if not _names_a_file(text):
         raise InputError(option, "", "an output prefix FOLDER/NAME (files NAME.json ... are written)", repr(text))
     try:
         is_dir = Path(text).is_dir()

@@ -17,15 +17,8 @@ import qkalign
 from qkalign.seed_format import save
 from qkalign.testing.model_folders import write_model
 from qkalign.testing.processes import run_python
+from qkalign.testing.refusals import one_error_line
 from qkalign.weights.synthetic import SyntheticSpec, make_qkdata
-
-
-def one_error_line(proc, *fragments):
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("qkalign: error: "), proc.stderr
-    for fragment in fragments:
-        assert str(fragment) in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 @pytest.fixture()

@@ -24,14 +24,8 @@ from qkalign.output_files import atomic_paths
 from qkalign.seed_format import save
 from qkalign.testing.model_folders import write_model
 from qkalign.testing.processes import checkout_env
+from qkalign.testing.refusals import one_error_line
 from qkalign.weights.synthetic import PRESETS, SyntheticSpec, make_qkdata
-
-
-def one_error_line(proc):
-    """The single ``qkalign: error:`` line a refused command prints (asserting there is exactly one)."""
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("qkalign: error: "), proc.stderr
-    return lines[0]
 
 
 def listing(folder):

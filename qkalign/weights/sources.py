@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ..checks import read_json_object
-from ..errors import InputError
+from ..errors import InputError, first_line
 from .model_folder import CONFIG_NAME, INDEX_NAME, SINGLE_FILE_NAME, ModelFolder, read_config
 
 DEFAULT_REVISION = "main"
@@ -115,7 +115,7 @@ def _url_source(url):
         fs, root = fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as exc:  # an unknown protocol, or its package (s3fs, gcsfs) missing
         raise InputError(url, "", "an fsspec URL whose filesystem is installed (s3:// needs s3fs, gs:// gcsfs, "
-                         "https:// aiohttp)", _first_line(exc)) from None
+                         "https:// aiohttp)", first_line(exc)) from None
     root = root.rstrip("/")
     files = RemoteFiles(fs, lambda name: f"{root}/{name}" if name else root + "/")
     return ModelSource(url, "url", files=files, location=url)
@@ -133,7 +133,7 @@ def _hub_source(repo_id, revision):
     except LocalEntryNotFoundError:
         snapshot = None
     except HFValidationError as exc:
-        raise InputError(repo_id, "", f"{SOURCE_FORMS} (no such local path exists)", _first_line(exc)) \
+        raise InputError(repo_id, "", f"{SOURCE_FORMS} (no such local path exists)", first_line(exc)) \
             from None
     if snapshot is not None and (constants.HF_HUB_OFFLINE or _complete(Path(snapshot))):
         return ModelSource(repo_id, "hub", local_dir=Path(snapshot), revision=revision,
@@ -204,12 +204,8 @@ def _hub_remote_source(repo_id, revision):
         fs = fsspec.filesystem("http", headers=build_hf_headers())
     except ImportError as exc:
         raise InputError(label, "", "aiohttp installed for HTTP range reads (pip install fsspec[http])",
-                         _first_line(exc)) from None
+                         first_line(exc)) from None
     files = RemoteFiles(fs, lambda name: hf_hub_url(repo_id, name, revision=sha, endpoint=api.endpoint),
                         redirect_fs=fsspec.filesystem("http"))
     return ModelSource(repo_id, "hub", files=files, revision=revision, commit_hash=sha, location=label)
 
-
-def _first_line(exc):
-    """The first line of an exception's message (its type name if it has none)."""
-    return (str(exc).strip() or type(exc).__name__).splitlines()[0]
