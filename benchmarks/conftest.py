@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import qkalign
-from qkalign.seed_format import save
+from qkalign.files.seed_format import save
 from qkalign.testing.comparisons import Inputs
 from qkalign.weights.synthetic import PRESETS, make_qkdata
 

@@ -77,7 +77,7 @@ def large_input():
     """The Llama-3-70B-shaped input in the cache, written once (random unit rows, a true Gram)."""
     import numpy as np
 
-    from qkalign.eigdirs_files import write_eigdirs
+    from qkalign.files.eigdirs import write_eigdirs
 
     prefix = cache_dir() / "llama-3-70b-shape"
     json_path = prefix.with_suffix(".json")

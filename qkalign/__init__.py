@@ -29,12 +29,12 @@ _EXPORTS = {
     "from_state_dict": "qkalign.weights.in_memory",
     "from_transformer_lens": "qkalign.weights.in_memory",
     "from_weights": "qkalign.weights.in_memory",
-    "load": "qkalign.seed_format",
+    "load": "qkalign.files.seed_format",
     "measure": "qkalign.weights.measure",
-    "save": "qkalign.seed_format",
+    "save": "qkalign.files.seed_format",
     "sweep": "qkalign.sweeps",
 }
-_SUBMODULES = ("cli", "checks", "errors", "kernels", "linalg", "plots", "qkdata", "report", "seed_format", "stats",
+_SUBMODULES = ("cli", "checks", "errors", "kernels", "linalg", "plots", "qkdata", "report", "files", "stats",
                "sweep_plots", "sweeps", "testing", "weights")
 
 __all__ = sorted(_EXPORTS)

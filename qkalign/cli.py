@@ -114,7 +114,7 @@ def _add_sweep_parser(sub):
 
 
 def _add_output_options(parser):
-    from .eigdirs_files import FORMATS
+    from .files.eigdirs import FORMATS
 
     parser.add_argument("-o", "--output", required=True, metavar="PREFIX",
                         help="output prefix: writes PREFIX.json and PREFIX-eigdirs.safetensors (or .pt)")
@@ -156,7 +156,7 @@ def _measure_options(args):
 
 def _save(data, prefix, file_format, eig_dirs_dtype="float32"):
     """Write ``data`` at ``prefix`` and say so; an unwritable prefix is an input error."""
-    from .seed_format import save
+    from .files.seed_format import save
 
     try:
         json_path, eigdirs_path = save(data, prefix, eig_dirs_dtype=eig_dirs_dtype, file_format=file_format)
@@ -167,7 +167,7 @@ def _save(data, prefix, file_format, eig_dirs_dtype="float32"):
 
 
 def _measure(args):
-    from .seed_format import output_paths
+    from .files.seed_format import output_paths
     from .weights.measure import measure
 
     output_paths(args.output, args.format)
@@ -178,9 +178,9 @@ def _convert(args):
     """Without ``-o`` (or with the JSON's own prefix) the safetensors file is written beside the JSON,
     which, like its .pt, stays as it is. The stored precision is kept."""
     from .checks import read_json_object
-    from .eigdirs_files import RUN_ID, write_eigdirs
-    from .output_files import atomic_path, check_output_file
-    from .seed_format import default_eigdirs_path, load, output_paths
+    from .files.eigdirs import RUN_ID, write_eigdirs
+    from .files.outputs import atomic_path, check_output_file
+    from .files.seed_format import default_eigdirs_path, load, output_paths
 
     own_prefix = Path(args.grams).with_suffix("")
     if args.output is not None and Path(args.output).resolve() != own_prefix.resolve():
@@ -206,8 +206,8 @@ def _convert(args):
 
 
 def _synthetic(args):
+    from .files.seed_format import output_paths
     from .memory import check_fits
-    from .seed_format import output_paths
     from .weights.synthetic import make_qkdata, peak_bytes, spec_from_args
 
     output_paths(args.output, args.format)
@@ -223,7 +223,7 @@ def _synthetic(args):
 def _analysis_input(args):
     """``(QKData, description of the input)`` for ``analyze``: a measured model folder, a grams JSON or
     the bundled example."""
-    from .seed_format import load
+    from .files.seed_format import load
     from .weights.sources import is_remote_source
 
     if args.grams is not None and (Path(args.grams).is_dir() or is_remote_source(args.grams)):
@@ -250,7 +250,7 @@ def _analysis_input(args):
 
 def _analyze(args):
     from .checks import int_in_range
-    from .output_files import check_output_file, check_output_folder
+    from .files.outputs import check_output_file, check_output_folder
     from .report import format_report
     from .stats.analyze import analyze
 
@@ -285,7 +285,7 @@ def _write_figures(result_dict, out_dir, source="result"):
 
 def _plot(args):
     from .checks import read_json_object
-    from .output_files import check_output_folder
+    from .files.outputs import check_output_folder
 
     check_output_folder(args.out_dir, "out_dir")
     if Path(args.result).is_dir():  # a sweep's Zarr store

@@ -10,7 +10,7 @@ import numpy as np
 
 from .checks import int_in_range, positive_int
 from .errors import InputError
-from .output_files import atomic_path
+from .files.outputs import atomic_path
 
 #: Figure size in inches and resolution: every PNG is FIGSIZE * DPI pixels.
 FIGSIZE = (6.4, 5.2)

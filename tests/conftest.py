@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from qkalign.seed_format import save
+from qkalign.files.seed_format import save
 from qkalign.weights.synthetic import PRESETS, SyntheticSpec, make_qkdata
 
 # Tests that want a background compile start one themselves (tests/test_compile_state.py).

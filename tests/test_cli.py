@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import qkalign
-from qkalign.seed_format import default_eigdirs_path, save
+from qkalign.files.seed_format import default_eigdirs_path, save
 from qkalign.testing.processes import run_qkalign
 
 JSON_KEYS = {"meta", "operator_cos", "operator_cos_per_head", "adjacent", "to_anchor", "rescale",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import qkalign
-from qkalign.seed_format import save
+from qkalign.files.seed_format import save
 from qkalign.testing.processes import run_python
 
 ML_DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -87,7 +87,7 @@ def test_analyze_imports_neither_torch_nor_matplotlib(data36, tmp_path, file_for
 
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
 def test_plain_pt_is_mapped_without_torch_as_torch_reads_it(data36, tmp_path, dtype):
-    from qkalign.eigdirs_files import _read_plain_pt, _read_pt_with_torch
+    from qkalign.files.eigdirs import _read_plain_pt, _read_pt_with_torch
 
     _, path = save(data36, tmp_path / "m", eig_dirs_dtype=dtype, file_format="pt")
     fast, slow = _read_plain_pt(path), _read_pt_with_torch(path)
@@ -110,7 +110,7 @@ def _json_without_run_id(data, prefix):
 def test_a_pt_the_fast_path_does_not_know_is_read_by_torch(data36, tmp_path):
     import torch
 
-    from qkalign.eigdirs_files import _NotPlain, _read_plain_pt
+    from qkalign.files.eigdirs import _NotPlain, _read_plain_pt
 
     path = tmp_path / "strided-eigdirs.pt"
     eig = torch.from_numpy(np.ascontiguousarray(np.swapaxes(data36.eig_dirs, 0, 1)))

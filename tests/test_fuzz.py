@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qkalign.cli import main
-from qkalign.seed_format import save
+from qkalign.files.seed_format import save
 from qkalign.testing.model_folders import write_model
 from qkalign.weights.synthetic import SyntheticSpec, make_qkdata
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import qkalign
-from qkalign.seed_format import save
+from qkalign.files.seed_format import save
 from qkalign.testing.model_folders import write_model
 from qkalign.testing.processes import run_python
 from qkalign.testing.refusals import one_error_line

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 import qkalign
-from qkalign.output_files import atomic_paths
-from qkalign.seed_format import save
+from qkalign.files.outputs import atomic_paths
+from qkalign.files.seed_format import save
 from qkalign.testing.model_folders import write_model
 from qkalign.testing.processes import checkout_env
 from qkalign.testing.refusals import one_error_line
@@ -63,7 +63,7 @@ def test_files_without_a_run_id_are_read_as_before(two_runs, tmp_path):
 
 
 def test_convert_links_the_new_file_to_the_json(cli, tmp_path):
-    from qkalign.eigdirs_files import read_eigdirs
+    from qkalign.files.eigdirs import read_eigdirs
 
     json_path, _ = save(make_qkdata(SyntheticSpec(4, 2, 1, 4, 16, topk=3)), tmp_path / "c", file_format="pt")
     assert cli("convert", json_path).returncode == 0
@@ -177,7 +177,7 @@ def test_ctrl_c_between_the_pair_writes_keeps_the_old_pair_or_the_new(tmp_path):
     """SIGINT arriving while the files are renamed into place is held until both are."""
     code = (
         "import os, signal, sys, threading, time\n"
-        "from qkalign import output_files\n"
+        "from qkalign.files import outputs as output_files\n"
         "# another thread, as BLAS and torch start: the kernel may hand it the process's signal\n"
         "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
         "real = os.replace\n"

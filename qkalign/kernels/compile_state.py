@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 #: Rough wall time of compiling every kernel on a 2-core machine (said to the user).
 COMPILE_SECONDS = 15
 #: Set to 0 to never start a background compile.
@@ -85,17 +87,43 @@ def compile_in_background():
 
 
 def compile_kernels():
-    """Run the kernels of a default ``analyze`` (their types do not depend on the storage precision)
-    and of ``measure`` once on small inputs, filling numba's cache."""
-    import numpy as np
+    """Call every kernel of the backend and of ``measure`` once on tiny inputs, filling numba's cache.
 
-    from ..stats.analyze import analyze
-    from ..weights.synthetic import SyntheticSpec, make_qkdata
-    from .block_sums import layer_gram_accumulated
+    The inputs have the types ``analyze`` passes: read-only float64 gram and spectra (``QKData``
+    freezes its arrays) and read-only eig_dirs in both storage precisions (a file's float32, or
+    float64), and measure's two precisions. The kernels are called directly, so this module
+    needs nothing above ``qkalign.kernels``.
+    """
+    from . import block_sums, operator_cos, principal_angles, signs, spectral, top1
 
-    analyze(make_qkdata(SyntheticSpec(4, 2, 1, 4, 16, topk=3)), backend="numba", chance=False)
-    for dtype in (np.float32, np.float64):  # measure's two precisions
-        layer_gram_accumulated(np.eye(8, dtype=dtype), np.eye(8, dtype=dtype), 2, 4)
+    layers, heads, topk, hidden, k_values, anchor = 4, 2, 3, 16, (2, 4), 3
+    rng = np.random.default_rng(0)
+    factors = rng.standard_normal((heads, layers, hidden))
+    gram = _read_only(np.einsum("hln,hmn->lmh", factors, factors))  # a Gram matrix per head
+    sym_eigs = _read_only(rng.standard_normal((layers, heads, 8)))
+    operator_cos.operator_cos_per_head(gram)
+    operator_cos.rescale_to_anchor(gram, anchor)
+    for absolute in (False, True):
+        spectral.spectral_cos_all_pairs(sym_eigs, absolute)
+    signs.sign_agreement(sym_eigs, anchor, k_values)
+    signs.sign_agreement_all_pairs(sym_eigs, k_values)
+    signs.fraction_positive(sym_eigs)
+    signs.fraction_positive_topk(sym_eigs, topk)
+    signs.signed_mass(sym_eigs)
+    for dtype in (np.float32, np.float64):  # eig_dirs keep their storage precision; measure has two
+        eig_dirs = _read_only(rng.standard_normal((layers, heads, topk, hidden)).astype(dtype))
+        principal_angles.principal_cosines_to_anchor(eig_dirs, anchor)
+        principal_angles.principal_cosines_all_pairs(eig_dirs)
+        top1.top1_overlap(eig_dirs, anchor)
+        top1.top1_overlap_all_pairs(eig_dirs)
+        block_sums.layer_gram_accumulated(np.eye(8, dtype=dtype), np.eye(8, dtype=dtype), 2, 4)
+
+
+def _read_only(array):
+    """A C-contiguous read-only copy: the array type numba sees for ``QKData``'s fields."""
+    array = np.ascontiguousarray(array)
+    array.setflags(write=False)
+    return array
 
 
 def main(argv=None):

@@ -77,7 +77,7 @@ class AnalysisResult:
 
     def to_json(self, path=None, indent=None):
         """The JSON text; also written to ``path`` when given (whole or not at all)."""
-        from ..output_files import atomic_path
+        from ..files.outputs import atomic_path
 
         text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
         if path is not None:

@@ -4,18 +4,18 @@ The JSON holds ``num_layers``, ``num_heads``, ``head_dim``, ``hidden_size``, ``g
 (L, L, H), ``fro_sq`` (L, H) and optionally ``eigdirs_path``; the eigen-direction file,
 ``PREFIX-eigdirs.safetensors`` (native) or the seed's ``PREFIX-eigdirs.pt``, holds
 ``eig_dirs`` (L, H, topk, hidden) and ``sym_eigs`` (L, H, 2*head_dim) (see
-:mod:`qkalign.eigdirs_files`).
+:mod:`qkalign.files.eigdirs`).
 """
 
 import json
 import uuid
 from pathlib import Path
 
-from .checks import positive_int, read_json_object
-from .eigdirs_files import FORMATS, RUN_ID, SUFFIXES, read_eigdirs, write_eigdirs
-from .errors import InputError
-from .output_files import atomic_paths, check_output_prefix
-from .qkdata import SHAPE_FIELDS, QKData
+from ..checks import positive_int, read_json_object
+from ..errors import InputError
+from ..qkdata import SHAPE_FIELDS, QKData
+from .eigdirs import FORMATS, RUN_ID, SUFFIXES, read_eigdirs, write_eigdirs
+from .outputs import atomic_paths, check_output_prefix
 
 #: The keys every grams JSON has.
 JSON_KEYS = SHAPE_FIELDS + ("gram", "fro_sq")

@@ -15,7 +15,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def check_output_file(path, option):

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import regular_file
-from .errors import InputError, first_line
-from .memory import check_fits
+from ..checks import regular_file
+from ..errors import InputError, first_line
+from ..memory import check_fits
 
 TENSORS = ("eig_dirs", "sym_eigs")
 #: The key under which a file holds the id of the run that wrote it (and its grams JSON).
