@@ -229,8 +229,16 @@ def _chance_section(result):
             name = f"{name}@top{result.sign_agreement['k'][-1]}"
         sd_text = f"{sd:>9.4g}" if sd is not None else f"{'-':>9}"
         how = level["method"] + (f" (seed {level['seed']}, {level['samples']} samples)" if level.get("seed") is not None else "")
-        out.append(f"    {name:<22} {mean:>9.4g} {sd_text}  {how}")
+        out.append(f"    {name:<22} {mean:>9.4g} {sd_text}  {how}{_exactness(level)}")
+    out.append("  [qkalign] exact = holds by construction (a symmetry such as Q -> -Q, or a closed form), "
+               "not a sample mean or an approximation")
     return out
+
+
+def _exactness(level):
+    """``", mean exact"``-style words for the numbers of a chance level that are exact by construction."""
+    exact = [part for part in ("mean", "sd") if level.get(f"exact_{part}")]
+    return f", {' and '.join(exact)} exact" if exact else ""
 
 
 def _matched_section(result):

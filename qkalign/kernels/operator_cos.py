@@ -27,7 +27,7 @@ def _operator_cos_per_head(gram, out):
     """``out[i, j, h] = gram[i, j, h] / (||g_i^h|| ||g_j^h||)``; gram, out: (L, L, H).
 
     The same operations as the reference, so the same bits: ``1 - cos^2`` downstream
-    amplifies any ulp of a cosine near 1. Returns the number of diagonal entries
+    amplifies any ulp of a cosine near 1; ``out[i, i] = 1`` exactly. Returns the number of diagonal entries
     that are not > 0 (``out`` is then undefined).
     """
     num_layers, _, num_heads = gram.shape
@@ -39,6 +39,9 @@ def _operator_cos_per_head(gram, out):
         for j in range(num_layers):
             # 1-d rows over heads: contiguous, so the loop vectorises
             gram_row, out_row, norms_i, norms_j = gram[i, j], out[i, j], norms[i], norms[j]
+            if i == j:  # a layer with itself: 1 by construction, as the reference
+                out_row[:] = 1.0
+                continue
             for h in range(num_heads):
                 out_row[h] = gram_row[h] / (norms_i[h] * norms_j[h])
     return 0
@@ -60,7 +63,7 @@ def _rescale_to_anchor(gram, anchor, t_opt, mean_cos, mean_resid, resid_of_mean_
         resid_sum = 0.0
         for h in range(num_heads):
             t_sum += gram[layer, anchor, h] / gram[anchor, anchor, h]
-            cos = gram[layer, anchor, h] / (norms[layer, h] * norms[anchor, h])
+            cos = 1.0 if layer == anchor else gram[layer, anchor, h] / (norms[layer, h] * norms[anchor, h])
             cos_sum += cos
             resid_sum += np.sqrt(min(max(1.0 - cos * cos, 0.0), 1.0))
         t_opt[layer] = t_sum / num_heads

@@ -121,6 +121,7 @@ def principal_cosines_to_anchor(eig_dirs, anchor):
     out = np.empty((num_layers, num_heads, k))
     with threads_for(_svd_work(out.shape)):
         _principal_cosines(cross, first, second, p, out)
+    out[anchor] = 1.0  # the anchor's span with itself, as the reference
     return out
 
 

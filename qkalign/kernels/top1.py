@@ -3,6 +3,7 @@
 import numpy as np
 from numba import njit, prange
 
+from ..stats.reference import exact_self_comparisons
 from . import pair_lists
 from .arguments import eig_dirs_array, layer_index
 from .small_linalg import FASTMATH
@@ -51,7 +52,10 @@ def top1_overlap(eig_dirs, anchor):
     """
     eig_dirs = eig_dirs_array(eig_dirs)
     num_layers = eig_dirs.shape[0]
-    return _pairs_top1_overlap(eig_dirs, *pair_lists.to_anchor(num_layers, layer_index(anchor, num_layers)))
+    anchor = layer_index(anchor, num_layers)
+    overlap = _pairs_top1_overlap(eig_dirs, *pair_lists.to_anchor(num_layers, anchor))
+    overlap[anchor] = 1.0  # the anchor with itself, as the reference
+    return overlap
 
 
 def top1_overlap_all_pairs(eig_dirs):
@@ -66,4 +70,4 @@ def top1_overlap_all_pairs(eig_dirs):
     dots = np.matmul(top, np.swapaxes(top, 1, 2))  # (H, L, L)
     norm_sq = np.diagonal(dots, axis1=1, axis2=2)  # (H, L)
     overlap = dots**2 / (norm_sq[:, :, None] * norm_sq[:, None, :])
-    return np.ascontiguousarray(overlap.transpose(1, 2, 0))
+    return exact_self_comparisons(np.ascontiguousarray(overlap.transpose(1, 2, 0)))

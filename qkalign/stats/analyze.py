@@ -211,7 +211,8 @@ def chance_statistics(data, k_values, seed, match_heads):
         mean, sd = matched_chance(data.num_heads, data.hidden_size, data.topk, seed=seed)
         out["matched_pa_mean_cos"] = {
             "mean": mean, "sd": sd, "method": "monte-carlo", "seed": seed, "samples": MATCHED_CHANCE_TRIALS,
-            "note": "best-matched heads of two layers of random subspaces: selection bias alone"}
+            "note": "best-matched heads of two layers of random subspaces: selection bias alone",
+            "exact_mean": False, "exact_sd": False}
     return out
 
 

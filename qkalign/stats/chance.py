@@ -34,10 +34,15 @@ Monte Carlo otherwise, with a fixed recorded seed:
   ``C_V = [G, B_V]``: d^2 + 4d random numbers and one 2d x 2d eigenvalue problem per
   sample. Pairs of independent samples give the spectral cosines and sign agreements.
   ``Q -> -Q`` is as likely as ``Q`` and negates the spectrum (same ``|lambda|`` order),
-  so every drawn spectrum also enters as its mirror image (antithetic sampling): the
-  statistics odd under the mirror get their exact means (signed mass 0, positive
-  fraction 1/2, sign agreement 1/2, spectral cosine 0), their sds are estimated about
-  those, and the ``|lambda|`` statistics are unchanged.
+  so the statistics odd under the mirror have exact means (signed mass 0, positive
+  fraction 1/2, sign agreement 1/2, spectral cosine 0). Those means are reported as the
+  exact values, not as a sample mean (whose rounding noise, ~1e-19 where the value is 0,
+  depends on the BLAS kernel), and their sds are the root-mean-square deviations of the
+  draws from them: the sd of the ensemble of every draw and its mirror image (antithetic
+  sampling), computed without the noisy mean. The ``|lambda|`` statistics are unchanged.
+
+Each level says which of its numbers are exact by construction (``exact_mean``,
+``exact_sd``): a symmetry or a closed form, rather than sampling or an approximation.
 
 Sizes and standard errors: :data:`SPECTRA_SAMPLES`, :data:`SUBSPACE_SAMPLES`.
 """
@@ -67,7 +72,9 @@ class ChanceLevel:
 
     ``mean`` and ``sd`` are floats, or lists (one per k) for the sign agreement.
     ``method`` is "analytic" or "monte-carlo"; ``seed`` and ``samples`` say how a
-    Monte Carlo level was drawn (None for analytic ones).
+    Monte Carlo level was drawn (None for analytic ones). ``exact_mean`` / ``exact_sd``:
+    the number holds by construction (a symmetry or a closed form), not to sampling
+    error or an approximation's order.
     """
 
     mean: object
@@ -76,9 +83,24 @@ class ChanceLevel:
     seed: object = None
     samples: object = None
     note: str = ""
+    exact_mean: bool = False
+    exact_sd: bool = False
 
     def to_dict(self):
         return asdict(self)
+
+
+def symmetric_level(draws, center, **how):
+    """The level of a statistic whose mean is ``center`` by symmetry: that mean, exactly, and the
+    root-mean-square deviation of ``draws`` (any trailing axis) from it as the sd.
+
+    draws: (samples,) -> float mean and sd; (samples, m) -> lists of m (the mean ``center`` each).
+    Equals the sd of the ensemble of the draws and their mirror images, whose mean is ``center``.
+    """
+    sd = np.sqrt(np.mean((np.asarray(draws) - center) ** 2, axis=0))
+    if sd.ndim == 0:
+        return ChanceLevel(center, float(sd), exact_mean=True, **how)
+    return ChanceLevel([center] * len(sd), [float(x) for x in sd], exact_mean=True, **how)
 
 
 def bartlett_wishart_factor(rng, dim, dof, size):
@@ -223,12 +245,15 @@ def analytic_levels(hidden_size, topk):
     pa_mean_cos_sq."""
     n, k = hidden_size, topk
     return {
-        "operator_cos": ChanceLevel(0.0, 1.0 / n, "analytic", note="Gaussian factors; sd exact to O(1/n)"),
+        "operator_cos": ChanceLevel(0.0, 1.0 / n, "analytic", note="Gaussian factors; sd exact to O(1/n)",
+                                    exact_mean=True),
         "resid_frac": ChanceLevel(1.0 - 0.5 / n**2, 1.0 / (np.sqrt(2.0) * n**2), "analytic",
                                   note="sqrt(1 - cos^2) with cos ~ N(0, 1/n^2)"),
         "top1_overlap": ChanceLevel(1.0 / n, float(np.sqrt(2.0 * (n - 1) / (n**2 * (n + 2)))), "analytic",
-                                    note="cos^2 of two random unit vectors ~ Beta(1/2, (n-1)/2)"),
-        "pa_mean_cos_sq": ChanceLevel(k / n, None, "analytic", note="E[mean cos^2] of random k-subspaces = k/n"),
+                                    note="cos^2 of two random unit vectors ~ Beta(1/2, (n-1)/2)",
+                                    exact_mean=True, exact_sd=True),
+        "pa_mean_cos_sq": ChanceLevel(k / n, None, "analytic", note="E[mean cos^2] of random k-subspaces = k/n",
+                                      exact_mean=True),
     }
 
 
@@ -246,38 +271,36 @@ def spectra_levels(head_dim, hidden_size, topk, k_values, samples, rng, seed):
     Pairs of distinct draws: (a, b) for i < j and, with the mirror, (a, -b); (-a, -b) and (-a, b)
     repeat them. All at once from N x N Gram matrices: with signs +-1 (no eigenvalue is 0, with
     probability 1) the top-k agreement is (1 + s_a . s_b / k) / 2, and the mirror turns it into
-    1 minus itself and the spectral cosine into its negative.
+    1 minus itself and the spectral cosine into its negative: their means are exactly 1/2 and 0
+    (:func:`symmetric_level`), and so are those of the positive fraction and the signed mass.
     """
     spectra = random_symmetric_spectra(head_dim, hidden_size, samples, rng)
-    mirrored = np.concatenate([spectra, -spectra])  # antithetic: each draw with its mirror image (module docstring)
     mc = dict(method="monte-carlo", seed=seed, samples=samples)
     i, j = np.triu_indices(samples, k=1)
     signs = np.sign(spectra)
-    agree = []
-    for kk in k_values:
-        top = signs[:, :kk]
-        x = (1.0 + (top @ top.T)[i, j] / top.shape[1]) / 2
-        agree.append(np.concatenate([x, 1.0 - x]))
-    levels = {"sign_agreement": ChanceLevel(
-        [float(x.mean()) for x in agree], [float(x.std()) for x in agree], **mc,
-        note="pairs of random spectra; the mean is 1/2 by the symmetry Q -> -Q")}
+    agree = np.stack([(1.0 + (signs[:, :kk] @ signs[:, :kk].T)[i, j] / kk) / 2 for kk in k_values], axis=1)
+    levels = {"sign_agreement": symmetric_level(
+        agree, 0.5, **mc, note="pairs of random spectra; the mean is 1/2 by the symmetry Q -> -Q")}
     unit = spectra / np.linalg.norm(spectra, axis=1, keepdims=True)
-    signed_cos = (unit @ unit.T)[i, j]
+    levels["spectral_cos"] = symmetric_level((unit @ unit.T)[i, j], 0.0, **mc,
+                                             note="pairs of random spectra; the mean is 0 by the symmetry Q -> -Q")
     abs_cos = (np.abs(unit) @ np.abs(unit).T)[i, j]  # |lambda|: the mirrored pairs repeat it
-    for name, c in (("spectral_cos", np.concatenate([signed_cos, -signed_cos])), ("spectral_abs_cos", abs_cos)):
-        levels[name] = ChanceLevel(float(c.mean()), float(c.std()), **mc, note="pairs of random spectra")
-    mass = mirrored.sum(axis=1) / np.abs(mirrored).sum(axis=1)
-    levels["signed_mass"] = ChanceLevel(float(mass.mean()), float(mass.std()), **mc,
-                                        note="random spectra; the mean is 0 by the symmetry Q -> -Q")
-    pos_k = (mirrored[:, :topk] > 0).mean(axis=1)
-    levels["frac_positive_topk"] = ChanceLevel(
-        float(pos_k.mean()), float(pos_k.std()), **mc,
+    levels["spectral_abs_cos"] = ChanceLevel(float(abs_cos.mean()), float(abs_cos.std()), **mc,
+                                             note="pairs of random spectra")
+    mass = spectra.sum(axis=1) / np.abs(spectra).sum(axis=1)
+    levels["signed_mass"] = symmetric_level(mass, 0.0, **mc,
+                                            note="random spectra; the mean is 0 by the symmetry Q -> -Q")
+    levels["frac_positive_topk"] = symmetric_level(
+        (spectra[:, :topk] > 0).mean(axis=1), 0.5, **mc,
         note=f"top-{topk} of random spectra; the mean is 1/2 by the symmetry Q -> -Q")
-    full_rank = hidden_size >= 2 * head_dim
-    levels["frac_positive"] = ChanceLevel(0.5 if full_rank else float((mirrored > 0).mean()),
-                                          0.0 if full_rank else None,
-                                          "analytic" if full_rank else "monte-carlo",
-                                          note="Sylvester's law of inertia: d positive, d negative, whatever the weights")
+    if hidden_size >= 2 * head_dim:
+        levels["frac_positive"] = ChanceLevel(0.5, 0.0, "analytic", exact_mean=True, exact_sd=True,
+                                              note="Sylvester's law of inertia: d positive, d negative, "
+                                                   "whatever the weights")
+    else:  # S of rank n < 2 d: the count is not fixed, its mean is 1/2 by the symmetry
+        levels["frac_positive"] = symmetric_level((spectra > 0).mean(axis=1), 0.5, **mc,
+                                                  note="rank-deficient heads (n < 2 d); the mean is 1/2 by the "
+                                                       "symmetry Q -> -Q")
     return levels
 
 

@@ -102,18 +102,24 @@ def matched_cosines(cross, perm):
 
 
 def _pair_statistics(data, cross, layer_a, layer_b, perm, k_values):
+    """The matched statistics of layers a and b, heads ``(h, perm[h])``; a head matched with itself
+    (the anchor against itself) gets the exact values of a self-comparison, 1."""
     heads = np.arange(data.num_heads)
+    itself = (perm == heads) if layer_a == layer_b else np.zeros(data.num_heads, dtype=bool)
     cos = matched_cosines(cross, perm)
+    cos[itself] = 1.0
     dirs = data.eig_dirs
     a0 = dirs[layer_a, heads, 0].astype(np.float64)
     b0 = dirs[layer_b, perm, 0].astype(np.float64)
     top1 = np.einsum("hn,hn->h", a0, b0) ** 2 / np.einsum("hn,hn->h", a0, a0) / np.einsum("hn,hn->h", b0, b0)
+    top1[itself] = 1.0
     eig_a, eig_b = data.sym_eigs[layer_a, heads], data.sym_eigs[layer_b, perm]
     scaled_a, scaled_b = normalized_rows(eig_a), normalized_rows(eig_b)  # exact: norms in range at any scale
     spectral = {}
     for name, va, vb in (("spectral_cos", scaled_a, scaled_b), ("spectral_abs_cos", np.abs(scaled_a), np.abs(scaled_b))):
-        spectral[name] = float((np.einsum("hm,hm->h", va, vb) / np.linalg.norm(va, axis=1)
-                                / np.linalg.norm(vb, axis=1)).mean())
+        per_head = np.einsum("hm,hm->h", va, vb) / np.linalg.norm(va, axis=1) / np.linalg.norm(vb, axis=1)
+        per_head[itself] = 1.0
+        spectral[name] = float(per_head.mean())
     same_sign = np.sign(eig_a) == np.sign(eig_b)
     return {
         "pa_mean_cos": float(cos.mean()),

@@ -9,6 +9,10 @@ Notation: ``L`` layers, ``H`` query heads, ``k`` eigenvectors kept per head,
 
 Stored eigenvectors may be float32: every function computes with their float64 values
 (exact), so the numbers do not depend on the storage precision's arithmetic.
+
+What is exact by construction is returned exactly, not as the rounding of a computation:
+every comparison of a layer with itself (cosines, overlaps, agreements) is 1, so the
+residual ``sqrt(1 - cos^2)`` of a layer with itself is 0 (:func:`exact_self_comparisons`).
 """
 
 import numpy as np
@@ -18,6 +22,18 @@ from ..linalg.blas_threads import one_blas_thread
 
 #: The seed's list of top-k values for the sign agreement (only those <= spectrum length are used).
 SIGN_K_VALUES = (2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def exact_self_comparisons(pairs):
+    """``pairs`` (L, L, ...) with each layer's comparison with itself set to exactly 1, in place.
+
+    A cosine (or overlap) of an operator, subspace or spectrum with itself is 1 by construction;
+    computed, it is 1 only to an ulp or two, and ``sqrt(1 - cos^2)`` turns that ulp into 1e-8.
+    Returns ``pairs``.
+    """
+    layers = np.arange(pairs.shape[0])
+    pairs[layers, layers] = 1.0
+    return pairs
 
 
 def operator_norms(gram):
@@ -32,10 +48,11 @@ def operator_cos_per_head(gram):
     """Operator cosine ``cos[L, L', h] = gram[L, L', h] / (||g_L^h|| ||g_L'^h||)``.
 
     Normalised by the gram diagonal, not by the JSON's ``fro_sq`` (a different
-    quantity, see the seed's NOTE). gram: (L, L, H) -> (L, L, H) float64.
+    quantity, see the seed's NOTE); ``cos[L, L, h] = 1`` exactly (:func:`exact_self_comparisons`).
+    gram: (L, L, H) -> (L, L, H) float64.
     """
     norms = operator_norms(gram)
-    return gram / (norms[:, None, :] * norms[None, :, :])
+    return exact_self_comparisons(gram / (norms[:, None, :] * norms[None, :, :]))
 
 
 def adjacent_cos(cos):
@@ -60,7 +77,7 @@ def rescale_to_anchor(gram, anchor):
     resid_of_mean_cos : (L,) float64
         ``sqrt(1 - mean_cos^2)``, the seed's "resid_frac" column of section (a).
     """
-    cos_a = operator_cos_per_head(gram)[:, anchor, :]
+    cos_a = operator_cos_per_head(gram)[:, anchor, :]  # 1 at the anchor itself: residual exactly 0
     t_opt = (gram[:, anchor, :] / np.einsum("llh->lh", gram)[anchor]).mean(axis=1)
     mean_cos = cos_a.mean(axis=1)
     mean_resid = np.sqrt(np.clip(1.0 - cos_a**2, 0.0, 1.0)).mean(axis=1)
@@ -155,7 +172,9 @@ def top1_overlap(eig_dirs, anchor):
     a0 = _float64(eig_dirs[:, :, 0, :])
     b0 = _float64(eig_dirs[anchor, :, 0, :])
     dots = np.einsum("lhn,hn->lh", a0, b0)
-    return dots**2 / (np.einsum("lhn,lhn->lh", a0, a0) * np.einsum("hn,hn->h", b0, b0)[None])
+    overlap = dots**2 / (np.einsum("lhn,lhn->lh", a0, a0) * np.einsum("hn,hn->h", b0, b0)[None])
+    overlap[anchor] = 1.0  # the anchor with itself (exact_self_comparisons)
+    return overlap
 
 
 def principal_cosines_to_anchor(eig_dirs, anchor):
@@ -164,7 +183,9 @@ def principal_cosines_to_anchor(eig_dirs, anchor):
     eig_dirs: (L, H, k, n) -> (L, H, k) float64, descending along the last axis.
     """
     q = orthonormal_bases(eig_dirs)
-    return principal_cosines(q, q[anchor][None])
+    cos = principal_cosines(q, q[anchor][None])
+    cos[anchor] = 1.0  # the anchor's span with itself (exact_self_comparisons)
+    return cos
 
 
 # All layer pairs: the same quantities with every layer as the reference layer.
@@ -188,7 +209,7 @@ def top1_overlap_all_pairs(eig_dirs):
     top = _float64(eig_dirs[:, :, 0, :])
     dots = np.einsum("ihn,jhn->ijh", top, top)
     norm_sq = np.einsum("lhn,lhn->lh", top, top)
-    return dots**2 / (norm_sq[:, None] * norm_sq[None])
+    return exact_self_comparisons(dots**2 / (norm_sq[:, None] * norm_sq[None]))
 
 
 def principal_cosines_all_pairs(eig_dirs):
@@ -200,7 +221,7 @@ def principal_cosines_all_pairs(eig_dirs):
     eig_dirs: (L, H, k, n) -> (L, L, H, k) float64.
     """
     q = orthonormal_bases(eig_dirs)
-    return np.stack([principal_cosines(q_i[None], q) for q_i in q])
+    return exact_self_comparisons(np.stack([principal_cosines(q_i[None], q) for q_i in q]))
 
 
 # Spectra of the symmetric parts: their shape and their signs.
@@ -217,7 +238,7 @@ def spectral_cos_all_pairs(sym_eigs, absolute=False):
     """
     v = normalized_rows(np.abs(sym_eigs) if absolute else sym_eigs)
     unit = v / np.linalg.norm(v, axis=-1, keepdims=True)
-    return np.einsum("lhm,khm->lkh", unit, unit)
+    return exact_self_comparisons(np.einsum("lhm,khm->lkh", unit, unit))
 
 
 def signed_mass(sym_eigs):

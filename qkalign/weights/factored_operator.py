@@ -60,6 +60,8 @@ def symmetric_part_eigen(k_block, q_block, topk):
     j = np.zeros((2 * d, 2 * d))
     j[:d, d:] = j[d:, :d] = 0.5 * np.eye(d)
     lam, w = _by_magnitude(*np.linalg.eigh(np.swapaxes(c, -1, -2) @ j @ c))
+    # S vanishes off span(A^T): the eigenvalues past the rank are exact zeros, not eigh's rounding.
+    lam[np.arange(2 * d) >= keep.sum(axis=-1, keepdims=True)] = 0.0
     # Eigenvectors A^T U diag(1/sqrt s) W; columns of W on dropped directions give zero vectors.
     basis = np.swapaxes(a, -1, -2) @ inverse_factor  # (..., n, 2d), orthonormal kept columns
     vecs = np.swapaxes(basis @ w[..., :, : min(topk, 2 * d)], -1, -2)
