@@ -67,3 +67,17 @@ def test_the_comparison_catches_a_number_two_units_off():
     assert compare_numbers(stored, stored, tolerance=tolerance) > 900  # every number of the report
     with pytest.raises(AssertionError, match="vs theirs"):
         compare_numbers(changed, stored, tolerance=tolerance)
+
+
+def test_the_tolerance_covers_rounding_and_nothing_a_reader_sees():
+    """A value printed with more digits than float64 resolves matches within the rounding bound
+    (the old golden's noise, 1.22e-19, against another kernel's 8.132e-20); two units of any
+    printed digit do not."""
+    from qkalign.testing.reports import same_printed_number
+
+    tolerance = example_tolerance()
+    assert same_printed_number("8.132e-20", "1.22e-19", tolerance)
+    assert not same_printed_number("8.132e-20", "1.22e-19")  # without the bound: the old failure
+    assert same_printed_number("0.02256", "0.02255", tolerance)  # one unit: a rounding tie
+    for ours, theirs in (("0.02257", "0.02255"), ("4.318e-05", "4.316e-05"), ("+540.2", "+540.0"), ("nan", "0.5")):
+        assert not same_printed_number(ours, theirs, tolerance), (ours, theirs)

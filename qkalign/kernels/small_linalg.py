@@ -186,38 +186,8 @@ def dqds_squared_values(q, e, out):
             hi -= 2
             last_min = -1.0
             continue
-        # smallest eigenvalue of the bottom 2 x 2 of the tridiagonal B^T B
-        a = q[hi - 1] + e[hi - 2]
-        c = q[hi] + e[hi - 1]
-        b_sq = q[hi - 1] * e[hi - 1]
-        big = 0.5 * ((a + c) + math.sqrt((a - c) * (a - c) + 4.0 * b_sq))
-        estimate = (a * c - b_sq) / big if big > 0.0 else 0.0
-        if last_min >= 0.0:
-            estimate = min(estimate, last_min)
-        tau = max(estimate, 0.0) * 0.999
-        failures = 0
-        while True:  # not a counted loop: LLVM would unroll it into four copies of the transform
-            d = q[0] - tau
-            d_min = d
-            for i in range(hi):
-                if d < 0.0:
-                    break
-                if e[i] == 0.0:  # a split: the blocks above and below are independent
-                    new_q[i] = d
-                    new_e[i] = 0.0
-                    d = q[i + 1] - tau
-                else:
-                    q_hat = d + e[i]
-                    ratio = q[i + 1] / q_hat
-                    new_q[i] = q_hat
-                    new_e[i] = e[i] * ratio
-                    d = d * ratio - tau
-                d_min = min(d_min, d)
-            transforms += 1
-            if d >= 0.0 and d_min >= 0.0:
-                break
-            failures += 1
-            tau = 0.25 * tau if failures < 3 else 0.0  # tau = 0 (dqd) cannot fail
+        tau, d, d_min, tries = _dqds_transform(q, e, new_q, new_e, hi, _dqds_shift(q, e, hi, last_min))
+        transforms += tries
         new_q[hi] = d
         for i in range(hi + 1):
             q[i] = new_q[i]
@@ -225,6 +195,53 @@ def dqds_squared_values(q, e, out):
             e[i] = new_e[i]
         total += tau
         last_min = d_min
+
+
+@njit(cache=True, error_model="numpy")
+def _dqds_shift(q, e, hi, last_min):
+    """The shift of the next transform of the active qd array ``q[:hi + 1]``, ``e[:hi]`` (hi >= 2): the
+    smallest eigenvalue of the bottom 2 x 2 of the tridiagonal ``B^T B`` (an upper bound of the
+    smallest one), at most ``last_min`` when that is known (>= 0), shaded by 0.1 %."""
+    a = q[hi - 1] + e[hi - 2]
+    c = q[hi] + e[hi - 1]
+    b_sq = q[hi - 1] * e[hi - 1]
+    big = 0.5 * ((a + c) + math.sqrt((a - c) * (a - c) + 4.0 * b_sq))
+    estimate = (a * c - b_sq) / big if big > 0.0 else 0.0
+    if last_min >= 0.0:
+        estimate = min(estimate, last_min)
+    return max(estimate, 0.0) * 0.999
+
+
+@njit(cache=True, error_model="numpy")
+def _dqds_transform(q, e, new_q, new_e, hi, tau):
+    """One shifted dqds transform of ``q[:hi + 1]``, ``e[:hi]`` into ``new_q[:hi]``, ``new_e[:hi]``.
+
+    A shift that turns an auxiliary ``d`` negative (above the smallest eigenvalue) is retried at a
+    quarter of itself, twice, then as 0 (plain dqd, which cannot fail). Returns ``(tau, d, d_min,
+    tries)``: the shift used, the last and the smallest ``d``, and how many transforms it took.
+    """
+    failures = 0
+    while True:  # not a counted loop: LLVM would unroll it into four copies of the transform
+        d = q[0] - tau
+        d_min = d
+        for i in range(hi):
+            if d < 0.0:
+                break
+            if e[i] == 0.0:  # a split: the blocks above and below are independent
+                new_q[i] = d
+                new_e[i] = 0.0
+                d = q[i + 1] - tau
+            else:
+                q_hat = d + e[i]
+                ratio = q[i + 1] / q_hat
+                new_q[i] = q_hat
+                new_e[i] = e[i] * ratio
+                d = d * ratio - tau
+            d_min = min(d_min, d)
+        if d >= 0.0 and d_min >= 0.0:
+            return tau, d, d_min, failures + 1
+        failures += 1
+        tau = 0.25 * tau if failures < 3 else 0.0
 
 
 @njit(cache=True, error_model="numpy")

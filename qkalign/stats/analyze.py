@@ -69,15 +69,8 @@ def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None, pairs=True,
     operators = operator_statistics(data.gram, impl, anchor)
     pair_arrays = all_pair_arrays(data, impl, k_values) if pairs else None
     agree, pa_cos, top1 = eigen_statistics_to_anchor(data, impl, anchor, k_values, pair_arrays)
-    extras = {}
-    if pairs:
-        extras.update(pair_statistics(data, impl, pair_arrays, operators["operator_cos_per_head"], k_values))
-    if chance:
-        extras["chance"] = chance_statistics(data, k_values, chance_seed, match_heads)
-    if match_heads:
-        from .head_matching import match_heads as match
-
-        extras["matched"] = match(data, anchor, k_values)
+    extras = beyond_seed_statistics(data, impl, anchor, k_values, pair_arrays, operators["operator_cos_per_head"],
+                                    chance, chance_seed, match_heads)
     return AnalysisResult(
         meta=_meta(data, anchor, backend),
         **operators,
@@ -188,6 +181,22 @@ def verdict(mean_cos, adjacent_mean, anchor):
         "text": text,
         "mean_cos_to_anchor_excluding_anchor": _mean_or_nan(mean_cos[others]),
     }
+
+
+def beyond_seed_statistics(data, impl, anchor, k_values, pair_arrays, cos_per_head, chance, chance_seed,
+                           match_heads):
+    """The fields beyond the seed, as keyword arguments of :class:`AnalysisResult`: the all-pairs
+    statistics (when ``pair_arrays`` is given), the chance levels and the matched heads, as asked."""
+    extras = {}
+    if pair_arrays is not None:
+        extras.update(pair_statistics(data, impl, pair_arrays, cos_per_head, k_values))
+    if chance:
+        extras["chance"] = chance_statistics(data, k_values, chance_seed, match_heads)
+    if match_heads:
+        from .head_matching import match_heads as match
+
+        extras["matched"] = match(data, anchor, k_values)
+    return extras
 
 
 def pair_statistics(data, impl, pair_arrays, cos_per_head, k_values):

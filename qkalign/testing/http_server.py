@@ -36,7 +36,8 @@ class RangeServer:
         self.requests = []
         self._failures = []  # (status, path prefix or None) of the next requests to fail
         self._lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), _handler(self))
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.owner = self
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -87,67 +88,77 @@ def _read(content, start, stop):
         return f.read(stop - start)
 
 
-def _handler(server):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections for many small ranges
-        disable_nagle_algorithm = True  # headers and body go out at once, not 40 ms apart
+class _Handler(BaseHTTPRequestHandler):
+    """Answers for the :class:`RangeServer` at ``self.server.owner``: its files, routes and planned failures."""
 
-        def log_message(self, *args):  # quiet
-            pass
+    protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections for many small ranges
+    disable_nagle_algorithm = True  # headers and body go out at once, not 40 ms apart
 
-        def do_HEAD(self):
-            self._serve(body=False)
+    def log_message(self, *args):  # quiet
+        pass
 
-        def do_GET(self):
-            path = urlparse(self.path).path
-            with server._lock:
-                due = [i for i, (_, prefix) in enumerate(server._failures) if prefix is None or path.startswith(prefix)]
-                status = server._failures.pop(due[0])[0] if due else None
-            if status is not None:
-                self._finish(status, b"", "GET")
-                return
-            self._serve(body=True)
+    def do_HEAD(self):
+        self._serve(body=False)
 
-        def _serve(self, body):
-            method = "GET" if body else "HEAD"
-            path = unquote(urlparse(self.path).path)
-            answer = server.routes.get(path)
-            if isinstance(answer, tuple):
-                status, headers, payload = answer
-                self._finish(status, payload, method, headers, send_body=body, path=path)
-                return
-            content = server._content(path)
-            if content is None:
-                self._finish(404, b"", method)
-                return
-            size = len(content) if isinstance(content, bytes) else content.stat().st_size
-            start, stop, status = 0, size, 200
-            header = self.headers.get("Range")
-            if header is not None:
-                match = RANGE.match(header.strip())
-                if match is None or int(match.group(1)) >= size:
-                    self._finish(416, b"", method, {"Content-Range": f"bytes */{size}"})
-                    return
-                start = int(match.group(1))
-                stop = min(int(match.group(2)) + 1, size) if match.group(2) else size
-                status = 206
-            extra = {"Accept-Ranges": "bytes"}
-            if status == 206:
-                extra["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
-            self._finish(status, _read(content, start, stop), method, extra, send_body=body, path=path)
+    def do_GET(self):
+        status = self._planned_failure(urlparse(self.path).path)
+        if status is not None:
+            self._finish(status, b"", "GET")
+            return
+        self._serve(body=True)
 
-        def _finish(self, status, payload, method, extra=None, send_body=True, path=None):
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(payload)))
-            self.send_header("Content-Type", "application/octet-stream")
-            for key, value in (extra or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            if send_body and method == "GET" and payload:
-                self.wfile.write(payload)
-                with server._lock:
-                    server.bytes_sent[path] += len(payload)
-            with server._lock:
-                server.requests.append((method, self.path, self.headers.get("Range"), status))
+    def _planned_failure(self, path):
+        """The status of the first planned failure (:meth:`RangeServer.fail_next`) that applies to ``path``, used up."""
+        owner = self.server.owner
+        with owner._lock:
+            due = [i for i, (_, prefix) in enumerate(owner._failures) if prefix is None or path.startswith(prefix)]
+            return owner._failures.pop(due[0])[0] if due else None
 
-    return Handler
+    def _serve(self, body):
+        method = "GET" if body else "HEAD"
+        path = unquote(urlparse(self.path).path)
+        answer = self.server.owner.routes.get(path)
+        if isinstance(answer, tuple):  # a whole answer: (status, headers, payload)
+            status, headers, payload = answer
+            self._finish(status, payload, method, headers, send_body=body, path=path)
+            return
+        content = self.server.owner._content(path)
+        if content is None:
+            self._finish(404, b"", method)
+            return
+        size = len(content) if isinstance(content, bytes) else content.stat().st_size
+        byte_range = self._requested_range(size)
+        if byte_range is None:
+            self._finish(416, b"", method, {"Content-Range": f"bytes */{size}"})
+            return
+        start, stop = byte_range
+        extra = {"Accept-Ranges": "bytes"}
+        if self.headers.get("Range") is not None:
+            extra["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+        status = 206 if "Content-Range" in extra else 200
+        self._finish(status, _read(content, start, stop), method, extra, send_body=body, path=path)
+
+    def _requested_range(self, size):
+        """``(start, stop)`` of the ``Range`` header (the whole file without one), or None when unsatisfiable."""
+        header = self.headers.get("Range")
+        if header is None:
+            return 0, size
+        match = RANGE.match(header.strip())
+        if match is None or int(match.group(1)) >= size:
+            return None
+        return int(match.group(1)), min(int(match.group(2)) + 1, size) if match.group(2) else size
+
+    def _finish(self, status, payload, method, extra=None, send_body=True, path=None):
+        owner = self.server.owner
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Content-Type", "application/octet-stream")
+        for key, value in (extra or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if send_body and method == "GET" and payload:
+            self.wfile.write(payload)
+            with owner._lock:
+                owner.bytes_sent[path] += len(payload)
+        with owner._lock:
+            owner.requests.append((method, self.path, self.headers.get("Range"), status))
