@@ -160,8 +160,9 @@ def _save(data, prefix, file_format, eig_dirs_dtype="float32"):
 
     try:
         json_path, eigdirs_path = save(data, prefix, eig_dirs_dtype=eig_dirs_dtype, file_format=file_format)
-    except OSError as exc:
-        raise InputError(prefix, "-o", "a writable output prefix", exc.strerror or str(exc)) from None
+    except OSError as exc:  # what the checks could not foresee: a full disk, a folder made there since
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise InputError(prefix, "-o", "a writable output prefix", f"{exc.strerror or exc}{where}") from None
     print(f"wrote {json_path} and {eigdirs_path}")
     return 0
 
