@@ -2,9 +2,10 @@
 
 A pair writer (``measure``, ``synthetic``, ``convert -o``, :func:`qkalign.save`) writes
 ``PREFIX.json`` + ``PREFIX-eigdirs.<format>`` and removes the other format's
-``PREFIX-eigdirs.*``. An obstacle (a folder, a FIFO, a file that may not be removed, a folder
-without write permission, a folder under a file) is one line and exit 2 with nothing written,
-and refused before the work starts: the tests replace the work by a function that fails the test if called.
+``PREFIX-eigdirs.*``; ``analyze --plot`` and ``plot`` write fixed figure names into a folder.
+An obstacle (a folder, a FIFO, a file that may not be removed, a folder without write
+permission, a folder under a file) is one line and exit 2 with nothing written, and refused
+before the work starts: the tests replace the work by a function that fails the test if called.
 What may simply be removed or created (a stale file, a dangling symlink, a missing folder) is,
 and the run succeeds with exactly the new pair in place.
 
@@ -264,6 +265,22 @@ def test_a_moved_aside_file_that_cannot_be_removed_is_a_warning(tmp_path, monkey
     assert qkalign.load(json_path).eigdirs_path.endswith("m-eigdirs.safetensors")
     names = sorted(os.listdir(tmp_path))
     assert len(names) == 3 and names[1:] == ["m-eigdirs.safetensors", "m.json"] and names[0] in warning
+
+
+@pytest.mark.parametrize("command", ["analyze", "plot"])
+def test_a_folder_at_a_figure_name_is_refused_before_the_analysis(cli, written_small, tmp_path, command, monkeypatch):
+    """``--plot DIR`` with ``DIR/to_anchor.png`` a folder: before, the report was printed and the
+    figures before it written, then the run failed."""
+    result = tmp_path / "result.json"
+    assert cli("analyze", written_small[0], "--json", result).returncode == 0
+    figures = tmp_path / "figs"
+    (figures / "to_anchor.png").mkdir(parents=True)
+    monkeypatch.setattr("qkalign.stats.analyze.analyze", lambda *a, **k: pytest.fail("the analysis started"))
+    args = ["analyze", written_small[0], "--plot", figures] if command == "analyze" else ["plot", result, figures]
+    proc = cli(*args)
+    option = "--plot" if command == "analyze" else "out_dir"
+    one_error_line(proc, f"{figures / 'to_anchor.png'}: {option}: expected a file path, found a directory")
+    assert proc.stdout == "" and listing(figures) == ["to_anchor.png"]
 
 
 @pytest.mark.slow

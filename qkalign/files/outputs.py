@@ -47,8 +47,9 @@ def check_output_file(path, option):
     return path
 
 
-def check_output_folder(folder, option):
-    """One error line unless ``folder`` is, or can be created as, a writable folder."""
+def check_output_folder(folder, option, files=()):
+    """One error line unless ``folder`` is, or can be created as, a writable folder, and each name
+    in ``files`` (the files that will be written there) passes :func:`check_output_file`."""
     if not str(folder):
         raise InputError(option, "", "a folder path", "''")
     folder = Path(folder)
@@ -64,6 +65,8 @@ def check_output_folder(folder, option):
         raise InputError(folder, option, "a usable folder path", exc.strerror or str(exc)) from None
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(existing, option, "a writable folder for the output", "no write permission")
+    for name in files:
+        check_output_file(folder / name, option)
     return folder
 
 
