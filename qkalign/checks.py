@@ -75,8 +75,16 @@ def regular_file(path, what):
     if stat.S_ISDIR(mode):
         raise InputError(path, "", f"a {what}", "a directory")
     if not stat.S_ISREG(mode):
-        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device or special file"
-        raise InputError(path, "", f"a {what} (a regular file)", kind)
+        raise InputError(path, "", f"a {what} (a regular file)", file_kind(mode))
+
+
+def file_kind(mode):
+    """What a file of this ``st_mode`` is, for an error line: "a directory", "a FIFO", ..."""
+    for test, kind in ((stat.S_ISREG, "a file"), (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symlink"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "a device or special file"
 
 
 def is_integer(value):

@@ -160,8 +160,9 @@ def _save(data, prefix, file_format, eig_dirs_dtype="float32"):
 
     try:
         json_path, eigdirs_path = save(data, prefix, eig_dirs_dtype=eig_dirs_dtype, file_format=file_format)
-    except OSError as exc:
-        raise InputError(prefix, "-o", "a writable output prefix", exc.strerror or str(exc)) from None
+    except OSError as exc:  # what the checks could not foresee: a full disk, a folder made there since
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise InputError(prefix, "-o", "a writable output prefix", f"{exc.strerror or exc}{where}") from None
     print(f"wrote {json_path} and {eigdirs_path}")
     return 0
 
@@ -251,13 +252,14 @@ def _analysis_input(args):
 def _analyze(args):
     from .checks import int_in_range
     from .files.outputs import check_output_file, check_output_folder
+    from .plots import FIGURE_NAMES
     from .report import format_report
     from .stats.analyze import analyze
 
     if args.json is not None:  # an empty path is refused, not ignored
         check_output_file(args.json, "--json")
     if args.plot is not None:
-        check_output_folder(args.plot, "--plot")
+        check_output_folder(args.plot, "--plot", files=FIGURE_NAMES)
     int_in_range(args.chance_seed, 0, 2**63 - 1, "--chance-seed")
     data, description = _analysis_input(args)
     result = analyze(data, anchor=args.anchor, backend=args.backend, match_heads=args.match_heads,
@@ -286,9 +288,11 @@ def _write_figures(result_dict, out_dir, source="result"):
 def _plot(args):
     from .checks import read_json_object
     from .files.outputs import check_output_folder
+    from .plots import FIGURE_NAMES
 
-    check_output_folder(args.out_dir, "out_dir")
-    if Path(args.result).is_dir():  # a sweep's Zarr store
+    is_store = Path(args.result).is_dir()  # a sweep's Zarr store: its figures are named by its variables
+    check_output_folder(args.out_dir, "out_dir", files=() if is_store else FIGURE_NAMES)
+    if is_store:
         from .sweep_plots import write_sweep_figures
 
         try:

@@ -28,6 +28,9 @@ HEATMAPS = (
      (0, 1)),
 )
 
+#: Every file :func:`write_figures` may write in its folder (checked before the work).
+FIGURE_NAMES = tuple(f"pairs_{h[0]}.png" for h in HEATMAPS) + ("to_anchor.png",)
+
 #: The chance levels the figures draw (as bands or in titles).
 CHANCE_KEYS = {h[3] for h in HEATMAPS} | {"operator_cos", "pa_mean_cos", "top1_overlap", "spectral_abs_cos"}
 
@@ -173,7 +176,7 @@ def write_figures(result, out_dir, source="result"):
     ax.set_title(f"Layer-to-anchor similarity (anchor L={anchor}, mean over {num_heads} heads)", fontsize=10)
     ax.set_ylim(-0.05, 1.05)
     ax.legend(fontsize=7, loc="best")
-    path = out_dir / "to_anchor.png"
+    path = out_dir / FIGURE_NAMES[-1]
     _save(plt, fig, path)
     written.append(path)
     return written

@@ -4,17 +4,22 @@ Every file qkalign writes is first written to a temporary file in the same folde
 renamed over its target (``os.replace``, atomic on POSIX and Windows), so a reader sees the
 old file or the new one, never a half-written one; a failed or interrupted write removes its
 temporary file. :func:`check_output_file` and :func:`check_output_prefix` refuse an unusable
-path with one line before a long computation starts rather than after it.
+path with one line before a long computation starts rather than after it, and that includes a
+file the write would remove (:func:`check_output_prefix`'s ``removed``): a folder, a FIFO or a
+file this process may not remove is refused before anything is written.
 """
 
 import contextlib
+import errno
 import os
 import signal
 import stat
+import sys
 import tempfile
 import threading
 from pathlib import Path
 
+from ..checks import file_kind
 from ..errors import InputError
 
 
@@ -42,8 +47,9 @@ def check_output_file(path, option):
     return path
 
 
-def check_output_folder(folder, option):
-    """One error line unless ``folder`` is, or can be created as, a writable folder."""
+def check_output_folder(folder, option, files=()):
+    """One error line unless ``folder`` is, or can be created as, a writable folder, and each name
+    in ``files`` (the files that will be written there) passes :func:`check_output_file`."""
     if not str(folder):
         raise InputError(option, "", "a folder path", "''")
     folder = Path(folder)
@@ -59,6 +65,8 @@ def check_output_folder(folder, option):
         raise InputError(folder, option, "a usable folder path", exc.strerror or str(exc)) from None
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(existing, option, "a writable folder for the output", "no write permission")
+    for name in files:
+        check_output_file(folder / name, option)
     return folder
 
 
@@ -76,8 +84,14 @@ def _is_special(path):
     return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
-def check_output_prefix(prefix, option, suffixes):
-    """The paths ``PREFIX + suffix`` for each suffix, each checked by :func:`check_output_file`."""
+def check_output_prefix(prefix, option, suffixes, removed=()):
+    """The paths ``PREFIX + suffix`` for each suffix, each checked by :func:`check_output_file`.
+
+    ``PREFIX + suffix`` for each suffix of ``removed`` is a file the write removes (an earlier run's
+    eig-dirs file of the other format): nothing, or a file or symlink this process may remove and
+    that no output writes through a symlink. A folder, a FIFO or a device is not what a run leaves:
+    it is refused, never removed.
+    """
     text = str(prefix)
     if not _names_a_file(text):
         raise InputError(option, "", "an output prefix FOLDER/NAME (files NAME.json ... are written)", repr(text))
@@ -88,7 +102,45 @@ def check_output_prefix(prefix, option, suffixes):
     if is_dir:
         raise InputError(text, option, "an output prefix FOLDER/NAME, not a folder (files NAME.json ... "
                          "are written)", "a directory")
-    return [check_output_file(text + suffix, option) for suffix in suffixes]
+    outputs = [check_output_file(text + suffix, option) for suffix in suffixes]
+    for suffix in removed:
+        _check_removable(Path(text + suffix), option, outputs)
+    return outputs
+
+
+def _check_removable(path, option, outputs):
+    """One error line unless ``path`` is nothing or a file (or symlink) that may be removed without
+    touching what ``outputs`` write."""
+    expected = "nothing, or a file qkalign may remove (an earlier run's eig-dirs file of the other format)"
+    try:
+        entry_path = Path(os.path.realpath(path.parent)) / path.name
+        for output in outputs:  # removing it would remove the new output, there or not yet
+            if Path(os.path.realpath(output)) == entry_path:
+                raise InputError(path, option, expected, f"the file the symlink {output} writes")
+        entry = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):  # nothing to remove (the outputs' checks judge the folder)
+        return
+    except OSError as exc:
+        raise InputError(path, option, "a usable file path", exc.strerror or str(exc)) from None
+    if not (stat.S_ISREG(entry.st_mode) or stat.S_ISLNK(entry.st_mode)):
+        raise InputError(path, option, expected, file_kind(entry.st_mode))
+    if not _may_remove(entry, path.parent):
+        raise InputError(path, option, expected, "no permission to remove it from its folder")
+
+
+def _may_remove(entry, folder):
+    """Whether this process may remove a name of ``os.lstat`` result ``entry`` from ``folder``.
+
+    The folder must be writable; in a sticky folder (``/tmp``) only the owner of the file or of the
+    folder, or root, may remove another user's file, whatever the folder's write permission says.
+    """
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    folder_stat = os.stat(folder)
+    uid = os.geteuid() if hasattr(os, "geteuid") else None
+    if uid is None or uid == 0 or not folder_stat.st_mode & stat.S_ISVTX:
+        return True
+    return uid in (entry.st_uid, folder_stat.st_uid)
 
 
 @contextlib.contextmanager
@@ -100,13 +152,14 @@ def atomic_path(path):
 
 
 @contextlib.contextmanager
-def atomic_paths(paths):
+def atomic_paths(paths, remove=()):
     """Like :func:`atomic_path` for files that belong together: each is written to a temporary
     file first, then all are renamed in order with Ctrl-C held back, so an interrupt leaves
     every old file or every new one.
 
     A symlink is followed (its target is replaced, the link stays); an existing file keeps its
-    permissions; a device or FIFO (``/dev/stdout``) is written in place, not replaced.
+    permissions; a device or FIFO (``/dev/stdout``) is written in place, not replaced. Each file
+    (or symlink) in ``remove`` is removed with the renames; see :func:`_commit`.
     """
     targets = [Path(os.path.realpath(p)) for p in paths]
     with contextlib.ExitStack() as temps:
@@ -122,9 +175,55 @@ def atomic_paths(paths):
             if tmp != target:  # after the writer: some writers replace the file they were given
                 os.chmod(tmp, _mode_for(target))
         with _signals_held():
-            for tmp, target in zip(tmps, targets):
-                if tmp != target:
-                    os.replace(tmp, target)
+            _commit([(tmp, target) for tmp, target in zip(tmps, targets) if tmp != target], remove)
+
+
+def _commit(renames, remove):
+    """Rename each ``(temporary, target)`` of ``renames``, the files of ``remove`` gone with them.
+
+    The files to remove are first renamed aside (which can be undone, unlike a removal): one that
+    cannot be moved despite the checks (a folder made there since, an immutable file) fails the
+    write before any new file is in place, and a rename that fails puts them back. So a failed
+    removal leaves everything as it was, and a failed rename does not lose the old files too.
+    """
+    aside = []
+    try:
+        for path in remove:
+            aside.append((path, _moved_aside(Path(path))))
+        for tmp, target in renames:
+            os.replace(tmp, target)
+    except BaseException:
+        for path, moved in reversed(aside):
+            if moved is not None:
+                os.replace(moved, path)
+        raise
+    for path, moved in aside:
+        if moved is not None:
+            try:
+                moved.unlink()
+            except OSError as exc:  # the new files are in place: failing now would report a write that happened
+                print(f"qkalign: warning: {path} was moved to {moved} but not removed ({exc.strerror or exc}); "
+                      "remove it by hand", file=sys.stderr)
+
+
+def _moved_aside(path):
+    """``path`` (a file or a symlink, never a folder) renamed to a new temporary name beside it, or
+    None when nothing is there."""
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    except FileNotFoundError:
+        return None
+    aside = _temporary_beside(path)
+    try:
+        os.replace(path, aside)  # a folder made there since cannot replace a file: refused, not moved
+    except FileNotFoundError:
+        aside.unlink()
+        return None
+    except BaseException:
+        aside.unlink(missing_ok=True)
+        raise
+    return aside
 
 
 def _temporary_beside(path):

@@ -112,10 +112,11 @@ def save(data, prefix, eig_dirs_dtype="float32", file_format="safetensors"):
 
     No ``eigdirs_path`` key is written: readers (the seed included, for ``.pt``) then find
     the eigen-direction file next to the JSON whatever their current directory. A file of the
-    other format at the same prefix (an earlier run's) is removed, so the pair is unambiguous.
-    Both files are written whole or not at all (temporary files renamed into place; a failure
-    leaves the previous pair as it was) and hold the same new ``run_id``, which :func:`load`
-    checks.
+    other format at the same prefix (an earlier run's) is removed with the renames, so the pair is
+    unambiguous; a folder, FIFO or device there, or a file that may not be removed, is refused
+    before anything is written. Both files are written whole or not at all (temporary files renamed
+    into place; a failure leaves the previous pair, and the other format's file, as they were) and
+    hold the same new ``run_id``, which :func:`load` checks.
 
     Parameters
     ----------
@@ -141,17 +142,22 @@ def save(data, prefix, eig_dirs_dtype="float32", file_format="safetensors"):
     doc[RUN_ID] = run_id
     doc["gram"] = data.gram.tolist()
     doc["fro_sq"] = data.fro_sq.tolist()
-    with atomic_paths([eigdirs_path, json_path]) as (eigdirs_tmp, json_tmp):
+    # an older run's file of the other format would be found first, or instead
+    others = [default_eigdirs_path(json_path, other) for other in _other_formats(file_format)]
+    with atomic_paths([eigdirs_path, json_path], remove=others) as (eigdirs_tmp, json_tmp):
         write_eigdirs(eigdirs_tmp, data.eig_dirs, data.sym_eigs, eig_dirs_dtype, run_id=run_id, fmt=file_format)
         with open(json_tmp, "w", encoding="utf-8") as f:
             json.dump(doc, f)
-    for other in FORMATS:  # an older run's file of the other format would be found first, or instead
-        if other != file_format:
-            default_eigdirs_path(json_path, other).unlink(missing_ok=True)
     return json_path, eigdirs_path
 
 
+def _other_formats(file_format):
+    return [other for other in FORMATS if other != file_format]
+
+
 def output_paths(prefix, file_format, option="-o"):
-    """``(PREFIX.json, PREFIX-eigdirs.<format>)``, checked as writable before any work is done."""
-    json_path, eigdirs_path = check_output_prefix(prefix, option, (".json", SUFFIXES[file_format]))
+    """``(PREFIX.json, PREFIX-eigdirs.<format>)``, checked as writable before any work is done, with
+    the other format's ``PREFIX-eigdirs.*`` that :func:`save` removes checked as removable."""
+    json_path, eigdirs_path = check_output_prefix(prefix, option, (".json", SUFFIXES[file_format]),
+                                                  removed=[SUFFIXES[f] for f in _other_formats(file_format)])
     return json_path, eigdirs_path
