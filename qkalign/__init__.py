@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "AnalysisResult": "qkalign.stats.result",
     "InputError": "qkalign.errors",
+    "MissingDependency": "qkalign.errors",
     "QKAlignError": "qkalign.errors",
     "QKData": "qkalign.qkdata",
     "analyze": "qkalign.stats.analyze",
@@ -34,7 +35,7 @@ _EXPORTS = {
     "save": "qkalign.files.seed_format",
     "sweep": "qkalign.sweeps",
 }
-_SUBMODULES = ("cli", "checks", "errors", "kernels", "linalg", "plots", "qkdata", "report", "files", "stats",
+_SUBMODULES = ("cli", "checks", "errors", "extras", "kernels", "linalg", "plots", "qkdata", "report", "files", "stats",
                "sweep_plots", "sweeps", "testing", "weights")
 
 __all__ = sorted(_EXPORTS)

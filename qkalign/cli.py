@@ -11,6 +11,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from . import __version__
 from .errors import InputError, QKAlignError, UsageError, one_line
 from .stats import DEFAULT_CHANCE_SEED
 from .stats.backends import BACKEND_NAMES, DEFAULT_BACKEND
@@ -38,6 +39,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def _parser():
     ap = _OneLineParser(prog="qkalign", description="Inter-layer alignment of attention QK operators.")
+    ap.add_argument("--version", action="version", version=f"qkalign {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
     an = sub.add_parser("analyze", help="report how alike the QK operators of the layers are",
                         description="Analyse a grams JSON and its eigen-direction file (the bundled example "

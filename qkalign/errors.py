@@ -1,8 +1,10 @@
-"""The one exception type that bad user input raises.
+"""The exception types that bad user input (and a missing optional dependency) raise.
 
 Every check of user input ends in an :class:`InputError` whose message is a
 single line naming the source (a file, or a command-line option), the field
 and what was expected, so the CLI can print it and exit 2 without a traceback.
+A path that needs a package of an extra (torch) ends in a :class:`MissingDependency`
+line of the same form, which names what to install.
 """
 
 
@@ -54,3 +56,27 @@ class InputError(QKAlignError, ValueError):
 
 class UsageError(QKAlignError):
     """A command line that does not parse (an unknown option, ``--topk x``): its one-line message."""
+
+
+class MissingDependency(QKAlignError, ImportError):
+    """A path that needs an optional package which is not installed: one line naming the extra to install.
+
+    An ``ImportError`` too, so that Python callers can catch it as one.
+
+    Parameters
+    ----------
+    source : str
+        What asked for the package (``--format pt``, a file, a function).
+    package : str
+        The package that could not be imported.
+    purpose : str
+        What it is needed for.
+    extra : str
+        The extra of qkalign that installs it.
+    cause : Exception
+        The ``ImportError`` raised by importing it.
+    """
+
+    def __init__(self, source, package, purpose, extra, cause):
+        super().__init__(one_line(f"{source}: expected {package} installed {purpose} "
+                                  f"(pip install \"qkalign[{extra}]\"), found {first_line(cause, 120)}"))

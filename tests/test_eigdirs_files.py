@@ -212,3 +212,34 @@ def test_convert_keeps_the_stored_precision_into_a_new_pair(written36, tmp_path,
     converted = qkalign.load(tmp_path / "new.json")
     assert converted.eig_dirs.dtype == np.float64  # written36 stores float64
     np.testing.assert_array_equal(converted.eig_dirs, qkalign.load(written36[0]).eig_dirs)
+
+
+def test_bfloat16_is_rounded_as_torch_rounds():
+    """Ties to even, the float32 step first (1 + 2^-8 + 2^-30 is a tie after it), overflow to inf, subnormals."""
+    import torch
+
+    from qkalign.files.eigdirs import bfloat16_bits
+
+    rng = np.random.default_rng(0)
+    edge = [1 + 2**-8, 1 + 3 * 2**-8, 1 + 2**-8 + 2**-30, -(1 + 2**-8 + 2**-30), 3.4e38, -3.4e38, np.inf, -np.inf,
+            np.nan, 0.0, -0.0, 1e-40, -1e-41, 2.0**-133, 65504.0, 1 / 3]
+    values = np.concatenate([edge, rng.standard_normal(10_000) * np.exp(rng.uniform(-80, 80, 10_000))])
+    with np.errstate(over="ignore"):
+        ours = bfloat16_bits(values)
+    theirs = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    nan = np.isnan(values)
+    np.testing.assert_array_equal(ours[~nan], theirs[~nan])
+    assert (ours[nan] == 0x7FC0).all()  # a NaN stays one (torch's bits for it vary with its code path)
+
+
+def test_bfloat16_file_is_the_one_torch_writes(data36, tmp_path):
+    """Written without torch: safetensors (with torch) reads the values torch's own conversion gives."""
+    import torch
+    from safetensors.torch import load_file
+
+    _, path = save(data36, tmp_path / "m", eig_dirs_dtype="bfloat16")
+    tensors = load_file(str(path))
+    assert tensors["eig_dirs"].dtype == torch.bfloat16 and tensors["sym_eigs"].dtype == torch.float64
+    expected = torch.from_numpy(np.array(data36.eig_dirs)).to(torch.bfloat16)
+    assert torch.equal(tensors["eig_dirs"], expected)
+    np.testing.assert_array_equal(qkalign.load(path.with_name("m.json")).eig_dirs, expected.float().numpy())

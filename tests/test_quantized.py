@@ -36,9 +36,9 @@ def test_dequantize_every_row_and_column_range():
             for stop in range(start + 1, size + 1):
                 index = (slice(None), slice(start, stop)) if transposed else slice(start, stop)
                 scales = grid[fp8.scale_index(start, stop, transposed)]
-                got = fp8.dequantize(q[index], scales, start, transposed)
-                assert got.dtype == torch.float64
-                np.testing.assert_array_equal(got.numpy(), truth[index])
+                got = fp8.dequantize(q[index].float().numpy(), scales.numpy(), start, transposed)
+                assert got.dtype == np.float64
+                np.testing.assert_array_equal(got, truth[index])
 
 
 def test_fp8_product_is_exact_in_float64_and_not_in_float32():
@@ -164,3 +164,22 @@ def test_cli_refusals_exit_2_in_a_new_process(refused_folders, tmp_path):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("qkalign: error: "), (case, proc.stderr)
         assert all(word in lines[0] for word in refused_folders[case][1]), (case, lines[0])
+
+
+def test_every_fp8_bit_pattern_decodes_as_torch_decodes_it():
+    from qkalign.weights.safetensors_ranges import decode
+
+    bits = np.arange(256, dtype=np.uint8)
+    ours = decode(bits.tobytes(), "F8_E4M3", (256,), "test", "q")
+    theirs = torch.from_numpy(bits).view(torch.float8_e4m3fn).float().numpy()
+    np.testing.assert_array_equal(ours, theirs)  # NaN where torch has NaN (S.1111.111)
+    assert ours.dtype == np.float32 and np.nanmax(ours) == 448.0
+
+
+def test_bfloat16_decodes_as_torch_decodes_it():
+    from qkalign.weights.safetensors_ranges import decode
+
+    bits = np.arange(2**16, dtype=np.uint16)
+    ours = decode(bits.tobytes(), "BF16", (2**16,), "test", "w")
+    theirs = torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16).float().numpy()
+    np.testing.assert_array_equal(ours, theirs)

@@ -12,7 +12,8 @@ symmetric parts as rows, and ``sym_eigs`` (L, H, 2 d), their nonzero eigenvalues
   only the names such a file uses, and the tensors are mapped from the zip, which stores them
   uncompressed. Anything else (another layout, another dtype, a pickled object, a damaged
   file) goes to ``torch.load(weights_only=True)``, which reads it or refuses it; pickled code
-  is never run either way.
+  is never run either way. Writing a ``.pt``, and that fallback, need torch (the ``torch``
+  extra): without it they end in one line that says so.
 
 ``eig_dirs`` keeps its storage precision (float32, or float64 when stored so): every
 computation reads it and accumulates in float64, and a product of two float32 numbers is
@@ -31,6 +32,7 @@ import numpy as np
 
 from ..checks import regular_file
 from ..errors import InputError, first_line
+from ..extras import import_torch
 from ..memory import check_fits
 
 TENSORS = ("eig_dirs", "sym_eigs")
@@ -42,6 +44,7 @@ FORMATS = tuple(SUFFIXES)
 #: Storage types of eig_dirs a file may hold.
 EIG_DIRS_DTYPES = ("float32", "float64", "float16", "bfloat16")
 _SAFETENSORS_DTYPES = {"F16": np.float16, "BF16": np.uint16, "F32": np.float32, "F64": np.float64}
+_SAFETENSORS_NAMES = {"float16": "F16", "float32": "F32", "float64": "F64"}
 _TORCH_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32", "torch.float64")
 
 
@@ -82,31 +85,72 @@ def write_eigdirs(path, eig_dirs, sym_eigs, eig_dirs_dtype="float32", run_id=Non
         raise InputError("eig_dirs_dtype", "", " or ".join(EIG_DIRS_DTYPES), repr(eig_dirs_dtype))
     fmt = fmt or file_format(path)
     metadata = None if run_id is None else {RUN_ID: str(run_id)}
-    from safetensors import SafetensorError
-
     try:
         _write(path, fmt, eig_dirs, sym_eigs, eig_dirs_dtype, metadata)
-    except (SafetensorError, RuntimeError) as exc:  # how safetensors and torch report a failed write
+    except RuntimeError as exc:  # how torch reports a failed write
         raise OSError(f"the write failed ({first_line(exc, 160)})") from None
 
 
 def _write(path, fmt, eig_dirs, sym_eigs, eig_dirs_dtype, metadata):
-    if fmt == "pt" or eig_dirs_dtype == "bfloat16":  # numpy has no bfloat16: torch writes it
-        import torch
-
+    if fmt == "pt":
+        torch = writer_module(path, fmt)
         tensors = {"eig_dirs": torch.from_numpy(np.array(eig_dirs)).to(getattr(torch, eig_dirs_dtype)),
                    "sym_eigs": torch.from_numpy(np.array(sym_eigs, dtype=np.float64))}
-        if fmt == "pt":
-            torch.save({**tensors, **(metadata or {})}, path)
-        else:
-            from safetensors.torch import save_file
-
-            save_file(tensors, str(path), metadata=metadata)
+        torch.save({**tensors, **(metadata or {})}, path)
         return
-    from safetensors.numpy import save_file
+    if eig_dirs_dtype == "bfloat16":  # numpy has none: its bits, under safetensors' name for them
+        eig_dirs = ("BF16", bfloat16_bits(eig_dirs))
+    else:
+        eig_dirs = (_SAFETENSORS_NAMES[eig_dirs_dtype], np.asarray(eig_dirs, dtype=eig_dirs_dtype))
+    write_safetensors(path, {"eig_dirs": eig_dirs, "sym_eigs": ("F64", np.asarray(sym_eigs, dtype=np.float64))},
+                      metadata)
 
-    save_file({"eig_dirs": np.ascontiguousarray(eig_dirs, dtype=eig_dirs_dtype),
-               "sym_eigs": np.ascontiguousarray(sym_eigs, dtype=np.float64)}, str(path), metadata=metadata)
+
+def write_safetensors(path, tensors, metadata=None):
+    """Write ``{name: (safetensors dtype, array)}`` as a safetensors file.
+
+    The format (an 8-byte little-endian header length, the JSON header padded with spaces to a
+    multiple of 8 bytes, then the C-ordered little-endian data) written here rather than by the
+    safetensors package, which has no bfloat16 without torch and whose low-level writer changed
+    its arguments between versions.
+    """
+    header, arrays, offset = {}, [], 0
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    # Larger items first, then by name, as the safetensors package orders them: every tensor's data
+    # starts aligned to its item size.
+    for name, (dtype, values) in sorted(tensors.items(), key=lambda kv: (-kv[1][1].dtype.itemsize, kv[0])):
+        array = np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<"))
+        header[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        arrays.append(array)
+        offset += array.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for array in arrays:
+            f.write(memoryview(array.reshape(-1)).cast("B"))
+
+
+def writer_module(path, fmt):
+    """torch for a ``.pt`` (a one-line :class:`~qkalign.errors.MissingDependency` without it), else None.
+
+    Called before the work whose result goes to ``path``, and by the writer itself.
+    """
+    return import_torch(path, "to write a .pt file") if fmt == "pt" else None
+
+
+def bfloat16_bits(values):
+    """``values`` rounded to bfloat16 as torch rounds (to float32, then to nearest even), as uint16 bits.
+
+    A bfloat16 is the top half of a float32: the low 16 bits are rounded off, ties to even (a value
+    beyond the largest bfloat16 becomes inf; a NaN the quiet NaN ``0x7FC0``).
+    """
+    single = np.ascontiguousarray(values, dtype=np.float32)
+    bits = single.view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    rounded[np.isnan(single)] = 0x7FC0
+    return rounded
 
 
 def _safetensors_header(path):
@@ -315,9 +359,9 @@ def _check_views(path, obj):
 
 
 def _read_pt_with_torch(path):
-    import torch  # imported here: torch takes a fresh process ~2 s to import and only this path needs it
-
     _check_declared_sizes(path)
+    # imported here: torch takes a fresh process ~2 s to import and only this path needs it
+    torch = import_torch(path, "to read this .pt (not a plain dict of float tensors: only torch.load reads it)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

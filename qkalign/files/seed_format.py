@@ -14,7 +14,7 @@ from pathlib import Path
 from ..checks import positive_int, read_json_object
 from ..errors import InputError
 from ..qkdata import SHAPE_FIELDS, QKData
-from .eigdirs import FORMATS, RUN_ID, SUFFIXES, read_eigdirs, write_eigdirs
+from .eigdirs import FORMATS, RUN_ID, SUFFIXES, read_eigdirs, write_eigdirs, writer_module
 from .outputs import atomic_paths, check_output_prefix
 
 #: The keys every grams JSON has.
@@ -156,8 +156,10 @@ def _other_formats(file_format):
 
 
 def output_paths(prefix, file_format, option="-o"):
-    """``(PREFIX.json, PREFIX-eigdirs.<format>)``, checked as writable before any work is done, with
-    the other format's ``PREFIX-eigdirs.*`` that :func:`save` removes checked as removable."""
+    """``(PREFIX.json, PREFIX-eigdirs.<format>)``, checked as writable (and, for a ``.pt``, torch as installed)
+    before any work is done, with the other format's ``PREFIX-eigdirs.*`` that :func:`save` removes
+    checked as removable."""
     json_path, eigdirs_path = check_output_prefix(prefix, option, (".json", SUFFIXES[file_format]),
                                                   removed=[SUFFIXES[f] for f in _other_formats(file_format)])
+    writer_module(eigdirs_path, file_format)
     return json_path, eigdirs_path

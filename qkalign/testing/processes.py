@@ -37,11 +37,21 @@ def run_qkalign(*args, cwd=None, **env):
     return run_python(["-m", "qkalign", *args], cwd=cwd, **env)
 
 
-def run_concurrently(commands):
-    """``{name: run_qkalign(*args)}`` for ``commands = {name: args}``, all processes started at once
-    (each spends seconds importing its libraries; the cores share that wait)."""
+#: Python code after which every ``import torch`` raises ImportError, as in an install without the torch extra.
+NO_TORCH = "import sys; sys.modules['torch'] = None"
+
+
+def run_qkalign_without_torch(*args, cwd=None, **env):
+    """``python -m qkalign ARGS`` in a process where ``import torch`` fails (see :data:`NO_TORCH`)."""
+    code = f"{NO_TORCH}; import runpy; runpy.run_module('qkalign', run_name='__main__', alter_sys=True)"
+    return run_python(["-c", code, *args], cwd=cwd, **env)
+
+
+def run_concurrently(commands, runner=run_qkalign):
+    """``{name: runner(*args)}`` (:func:`run_qkalign` by default) for ``commands = {name: args}``, all
+    processes started at once (each spends seconds importing its libraries; the cores share that wait)."""
     with ThreadPoolExecutor(max(len(commands), 1)) as pool:
-        futures = {name: pool.submit(run_qkalign, *args) for name, args in commands.items()}
+        futures = {name: pool.submit(runner, *args) for name, args in commands.items()}
         return {name: future.result() for name, future in futures.items()}
 
 

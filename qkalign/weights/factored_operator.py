@@ -205,10 +205,15 @@ def _eigh(m, dtype):
     """``np.linalg.eigh`` of (b, k, k) ``m`` computed in ``dtype``, returned in float64."""
     if dtype == np.float64:
         return np.linalg.eigh(m)
-    import torch  # its LAPACK (MKL) has a float32 eigh twice as fast as float64; numpy's is not
+    # LAPACK's divide and conquer (ssyevd) in float32 is ~1.5x as fast as numpy's batched float64
+    # eigh, which numpy's float32 one is not (its float32 is no faster).
+    from scipy.linalg import eigh
 
-    lam, w = torch.linalg.eigh(torch.from_numpy(np.asarray(m, dtype=dtype)))
-    return lam.numpy().astype(np.float64), w.numpy().astype(np.float64)
+    m = np.asarray(m, dtype=dtype)
+    lam, w = np.empty(m.shape[:-1]), np.empty(m.shape)
+    for i in range(len(m)):
+        lam[i], w[i] = eigh(m[i], driver="evd", check_finite=False)
+    return lam, w
 
 
 def _rayleigh_ritz(m, lam, w):

@@ -21,6 +21,8 @@ their block reads), so both read FP8 by the same code: the block, then the scale
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import InputError
 
 #: safetensors' dtype name of the FP8 weights read here (torch.float8_e4m3fn).
@@ -57,10 +59,10 @@ class BlockScaledFp8:
 
         Parameters
         ----------
-        values : (r, c) torch.Tensor, float8_e4m3fn
-            Rows ``start:start + r`` of the weight (all columns), or with ``transposed`` its
-            columns ``start:start + c`` (all rows).
-        scales : torch.Tensor
+        values : (r, c) float array
+            The FP8 values (decoded to float32, exactly) of rows ``start:start + r`` of the weight
+            (all columns), or with ``transposed`` its columns ``start:start + c`` (all rows).
+        scales : float array
             The scale grid at :meth:`scale_index` of the same range.
         start : int
             First row (column) of ``values`` in the weight.
@@ -69,17 +71,15 @@ class BlockScaledFp8:
 
         Returns
         -------
-        (r, c) torch.Tensor, float64
+        (r, c) float64 array
         """
-        import torch
-
         def block_of(count, offset, size):  # each row's (column's) block, counted from the first one read
-            return (torch.arange(offset, offset + count) // size) - offset // size
+            return (np.arange(offset, offset + count) // size) - offset // size
 
         row_offset, col_offset = (0, start) if transposed else (start, 0)
         rows = block_of(values.shape[0], row_offset, self.block_rows)
         cols = block_of(values.shape[1], col_offset, self.block_cols)
-        return values.to(torch.float64) * scales.to(torch.float64)[rows][:, cols]
+        return np.asarray(values, dtype=np.float64) * np.asarray(scales, dtype=np.float64)[rows][:, cols]
 
     def dequantize_source(self, values, read, source):
         """:meth:`dequantize` of the ``values`` a :class:`~qkalign.weights.layouts.BlockSource` names,
@@ -88,15 +88,10 @@ class BlockScaledFp8:
         return self.dequantize(values, scales, source.start, source.transposed)
 
 
-def is_fp8(tensor):
-    """Whether torch ``tensor`` holds FP8 values (the only one-byte float dtype measure reads)."""
-    return tensor.dtype.is_floating_point and tensor.dtype.itemsize == 1
-
-
 class DequantizingFolder:
     """The FP8 part of a folder's ``check`` and ``read_block``, shared by the local and the remote folder.
 
-    The folder provides ``names()``, ``shape_of(name)``, ``check(name, shape)`` and
+    The folder provides ``names()``, ``shape_of(name)``, ``dtype_of(name)``, ``check(name, shape)`` and
     ``_read(name, index)`` (``index``: a row slice, or ``(slice(None), columns)``); ``fp8`` is the
     checkpoint's :class:`BlockScaledFp8` (set by ``measure`` from config.json), None when unquantised.
     """
@@ -118,7 +113,7 @@ class DequantizingFolder:
     def _dequantized(self, block, source):
         """``block`` (the values a :class:`~qkalign.weights.layouts.BlockSource` names, before any
         transposition) dequantised exactly to float64 if FP8 (its scales read by ``_read``), else as is."""
-        if is_fp8(block):  # its scales checked by _check_dtype
+        if self.dtype_of(source.tensor) == FP8_DTYPE:  # its scales checked by _check_dtype
             return self.fp8.dequantize_source(block, self._read, source)
         return block
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..errors import InputError
+from ..extras import import_torch
 from ..qkdata import QKData
 from . import DEFAULT_PRECISION, DEFAULT_TOPK, PRECISIONS
 from .layouts import AttentionShape, BlockSource, Layout, find_prefix, layout_for, text_config
@@ -28,6 +29,8 @@ from .quantization import checkpoint_quantization
 # torch / numpy dtype -> safetensors' dtype name, which ModelFolder.check knows.
 _DTYPE_NAMES = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
                 "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
+#: The float dtypes of torch that numpy has no type for.
+_NOT_IN_NUMPY = ("BF16", "F8_E4M3", "F8_E5M2")
 
 
 class _InMemorySlice:
@@ -44,12 +47,13 @@ class _InMemorySlice:
         return _DTYPE_NAMES.get(name, name)
 
     def __getitem__(self, index):
-        """The slice as a CPU torch tensor (a copy of just the slice)."""
-        import torch
-
+        """The slice as a numpy array (a torch tensor's moved to the CPU; bfloat16 and FP8 as float32, exactly)."""
         if isinstance(self.tensor, np.ndarray):
-            return torch.from_numpy(np.array(self.tensor[index]))
-        return self.tensor[index].detach().to("cpu")
+            return self.tensor[index]
+        part = self.tensor[index].detach().to("cpu")
+        if self.get_dtype() in _NOT_IN_NUMPY:
+            part = part.float()  # float32 holds each of their values
+        return part.numpy()
 
 
 class StateDictTensors(ModelFolder):
@@ -225,9 +229,10 @@ def _key_weights(model, cfg):
             return model._W_K
         blocks = getattr(model, "blocks", None)
         if blocks is not None and all(hasattr(getattr(b, "attn", None), "_W_K") for b in blocks):
-            import torch
-
-            return torch.stack([b.attn._W_K for b in blocks])
+            grouped = [b.attn._W_K for b in blocks]
+            if all(isinstance(w, np.ndarray) for w in grouped):
+                return np.stack(grouped)
+            return import_torch("from_transformer_lens", "to stack the grouped _W_K of a torch model").stack(grouped)
     return model.W_K
 
 

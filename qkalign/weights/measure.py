@@ -18,8 +18,9 @@ factor and a Rayleigh-Ritz refinement of the leading eigenpairs are float64;
 ``float64`` mode is float64 throughout; the eigenvector rows are orthonormalised in float64
 either way. Each layer's K and Q blocks are read scaled by exact powers of two that bring their
 largest entries near 1, undone in float64: weights anywhere in the float32 range (huge, or near the
-subnormal range) give the numbers of the same weights at unit scale. torch (for reading bfloat16)
-and numba are imported on first use.
+subnormal range) give the numbers of the same weights at unit scale. Weights are read as numpy
+arrays (bfloat16 and FP8 decoded by :mod:`~qkalign.weights.safetensors_ranges`): no torch; numba
+is imported on first use.
 """
 
 import sys
@@ -138,7 +139,8 @@ def check_tensors(layout, shape, folder, fold_norms):
     return sorted(dtypes)
 
 
-#: Memory of the interpreter, torch and numba's working sets, added to every estimate.
+#: Memory of the interpreter and numba's working sets (and torch's, when it holds the weights), added to
+#: every estimate.
 BASE_BYTES = 64 * 2**20
 
 
@@ -183,17 +185,21 @@ def measure_metadata(model_dir, layout, shape, folder, dtypes, precision, fold_n
 
 def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress):
     """The arrays of :class:`QKData` (gram, fro_sq, sym_eigs, eig_dirs) from the model's weights."""
-    import torch
+    import scipy.linalg  # noqa: F401 - the eigen-problems' LAPACK, loaded before BLAS is held to one thread
 
     from ..kernels.block_sums import layer_gram_accumulated  # numba: imported when measuring
 
-    reader = _HeadReader(layout, shape, folder, fold_norms, getattr(torch, precision))
+    reader = _HeadReader(layout, shape, folder, fold_norms, np.dtype(precision))
+    tasks = _HeadTasks(reader, shape, topk, precision, layer_gram_accumulated)
+    torch = sys.modules.get("torch")  # loaded by the caller when torch tensors in memory are read
+    if torch is None:
+        return tasks.run(progress)
     torch_threads = torch.get_num_threads()
-    # torch only widens slices and runs single-threaded eigen-problems in worker threads;
-    # its multithreaded copies of small slices are ten times slower on a busy machine.
+    # torch then only copies slices to the CPU in worker threads; its multithreaded copies
+    # of small slices are ten times slower on a busy machine.
     torch.set_num_threads(1)
     try:
-        return _HeadTasks(reader, shape, topk, precision, layer_gram_accumulated).run(progress)
+        return tasks.run(progress)
     finally:
         torch.set_num_threads(torch_threads)
 
@@ -213,7 +219,7 @@ class _HeadReader:
     shape: object
     folder: ModelFolder
     fold_norms: bool
-    dtype: object  # torch.float32 or torch.float64
+    dtype: np.dtype  # float32 or float64
 
     def query(self, head):
         """``(blocks, exponents)``: (L, d, n) float array, (L,) int64; the weights are ``blocks 2^exponents``."""
@@ -224,22 +230,20 @@ class _HeadReader:
         return self._stack(self.layout.k_block, self.layout.k_gain, kv_head)
 
     def _stack(self, block_of, row_gain_of, head):
-        import torch
-
         shape = self.shape
-        out = torch.empty((shape.num_layers, shape.head_dim, shape.hidden_size), dtype=self.dtype)
-        blocks = out.numpy()  # the same memory
+        blocks = np.empty((shape.num_layers, shape.head_dim, shape.hidden_size), dtype=self.dtype)
         exponents = np.zeros(shape.num_layers, dtype=np.int64)
         for layer in range(shape.num_layers):
-            out[layer].copy_(self.folder.read_block(block_of(shape, layer, head)))  # widening is exact
+            # Widening is exact; FP8's float64 products are rounded once to float32 (round to nearest even).
+            blocks[layer] = self.folder.read_block(block_of(shape, layer, head))
             exponents[layer] = normalize_in_place(blocks[layer])
             if self.fold_norms:
                 column_gain = self.layout.input_gain(shape, layer)
                 if column_gain is not None:  # W diag(gamma): the norm's output feeds W
-                    exponents[layer] += self._fold(out[layer], column_gain)
+                    exponents[layer] += self._fold(blocks[layer], column_gain)
                 row_gain = row_gain_of(shape, layer, head)
                 if row_gain is not None:  # diag(gamma) W: a QK-norm scales W's output
-                    exponents[layer] += self._fold(out[layer], row_gain, rows=True)
+                    exponents[layer] += self._fold(blocks[layer], row_gain, rows=True)
                 exponents[layer] += normalize_in_place(blocks[layer])  # gains can move the largest entry
         return blocks, exponents
 
@@ -247,7 +251,7 @@ class _HeadReader:
         """Multiply ``block`` (d, n) by a gain (along its rows or columns) scaled to max in [0.5, 1);
         return the gain's exponent."""
         gain = self.folder.read_gain(source, self.dtype)
-        exponent = normalize_in_place(gain.numpy())
+        exponent = normalize_in_place(gain)
         block *= gain[:, None] if rows else gain
         return exponent
 

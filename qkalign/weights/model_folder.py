@@ -1,20 +1,25 @@
 """A Hugging Face model folder, read lazily and checked: ``config.json`` and safetensors weights.
 
 Weights come from ``model.safetensors`` or from the shards listed in
-``model.safetensors.index.json`` (in any order). Files are memory-mapped by
-``safetensors.safe_open``; a read touches only the rows (or columns) asked for.
+``model.safetensors.index.json`` (in any order). Each file is checked by
+``safetensors.safe_open``, then memory-mapped by numpy and decoded by
+:func:`~qkalign.weights.safetensors_ranges.decode` (bfloat16 and FP8, which numpy has no type
+for, included: no torch); a read touches only the rows (or columns) asked for.
 Every problem (a missing file or tensor, a corrupt or truncated file, a wrong shape
 or dtype) is an :class:`~qkalign.errors.InputError` naming the file and the tensor.
 FP8 block-scaled weights are dequantised as they are read (:mod:`qkalign.weights.fp8`).
 """
 
+import math
 from pathlib import Path
 
+import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from ..checks import read_json_object, regular_file
 from ..errors import InputError
 from . import fp8
+from .safetensors_ranges import decode, read_header
 
 CONFIG_NAME = "config.json"
 SINGLE_FILE_NAME = "model.safetensors"
@@ -75,16 +80,21 @@ class ModelFolder(fp8.DequantizingFolder):
                              ", ".join(others) if others else "no weights file")
 
     def _open(self, path):
+        """``{name: _MappedTensor}`` of the safetensors file ``path``, checked by safetensors, then mapped."""
         handle = self._handles.get(path)
         if handle is None:
             regular_file(path, f"safetensors shard listed in {INDEX_NAME}" if path != self.source else "safetensors file")
             try:
-                handle = safe_open(str(path), framework="pt")
+                with safe_open(str(path), framework="numpy"):  # its checks of the header and the file size
+                    pass
+                mapped = np.memmap(path, dtype=np.uint8, mode="r")
             except FileNotFoundError:
                 raise InputError(path, "", f"the safetensors shard listed in {INDEX_NAME}", "no such file") from None
-            except (SafetensorError, OSError) as exc:
+            except (SafetensorError, OSError, ValueError) as exc:
                 raise InputError(path, "", "a readable safetensors file", f"a corrupt or truncated file ({exc})") from None
-            self._handles[path] = handle
+            entries = read_header(_MappedFile(mapped), path, path)
+            handle = self._handles[path] = {name: _MappedTensor(mapped, entry, path, name)
+                                            for name, entry in entries.items()}
         return handle
 
     def names(self):
@@ -95,12 +105,10 @@ class ModelFolder(fp8.DequantizingFolder):
         path = self._file_of.get(name)
         if path is None:
             raise InputError(self.source, name, "this tensor to be present", "it missing")
-        handle = self._open(path)
-        try:
-            return path, handle.get_slice(name)
-        except SafetensorError:
-            raise InputError(path, name, f"this tensor to be present (as {self.source.name} says)",
-                             "it missing") from None
+        tensor = self._open(path).get(name)
+        if tensor is None:
+            raise InputError(path, name, f"this tensor to be present (as {self.source.name} says)", "it missing")
+        return path, tensor
 
     def check(self, name, shape):
         """Raise unless tensor ``name`` exists with ``shape`` and a readable float dtype; return the dtype."""
@@ -114,6 +122,10 @@ class ModelFolder(fp8.DequantizingFolder):
         """Shape of tensor ``name`` as stored."""
         return tuple(self._slice(name)[1].get_shape())
 
+    def dtype_of(self, name):
+        """safetensors' name of the dtype of tensor ``name`` (``"BF16"``, ...)."""
+        return self._slice(name)[1].get_dtype()
+
     def _read(self, name, index):
         path, sl = self._slice(name)
         try:
@@ -122,20 +134,59 @@ class ModelFolder(fp8.DequantizingFolder):
             raise InputError(path, name, "readable tensor data", f"an unreadable slice ({exc})") from None
 
     def read_block(self, source):
-        """The ``(d, n)`` block a :class:`~qkalign.weights.layouts.BlockSource` names, in its stored dtype
-        (FP8 dequantised exactly to float64)."""
+        """The ``(d, n)`` block a :class:`~qkalign.weights.layouts.BlockSource` names, a numpy array of its
+        stored values (bfloat16 as float32, FP8 dequantised exactly to float64)."""
         rows = slice(source.start, source.stop)
         index = (slice(None), rows) if source.transposed else rows
         block = self._dequantized(self._read(source.tensor, index), source)
         if source.transposed:
             block = block.T
-        if not block.isfinite().all():
+        if not np.isfinite(block).all():
             where = "columns" if source.transposed else "rows"
             raise InputError(self._file_of[source.tensor], source.tensor, "finite weights",
                              f"NaN or Inf in {where} {source.start}:{source.stop}")
         return block
 
     def read_gain(self, source, dtype):
-        """``offset + w[start:stop]`` for a :class:`~qkalign.weights.layouts.GainSource`, as a ``dtype`` tensor."""
+        """``offset + w[start:stop]`` for a :class:`~qkalign.weights.layouts.GainSource`, a new ``dtype`` array."""
         # The offset is added in the compute precision: 1 + w in bfloat16 would round.
-        return self._read(source.tensor, slice(source.start, source.stop)).to(dtype) + source.offset
+        return self._read(source.tensor, slice(source.start, source.stop)).astype(dtype) + source.offset
+
+
+class _MappedFile:
+    """A mapped file as :func:`~qkalign.weights.safetensors_ranges.read_header` reads files."""
+
+    def __init__(self, mapped):
+        self.mapped = mapped
+
+    def size(self, path):
+        return len(self.mapped)
+
+    def read_ranges(self, path, ranges):
+        return [self.mapped[start:end].tobytes() for start, end in ranges]
+
+
+class _MappedTensor:
+    """A tensor of a mapped safetensors file: ``get_shape``, ``get_dtype`` and ``[rows]`` or
+    ``[:, columns]`` (decoded numpy arrays), as a safetensors slice has them."""
+
+    def __init__(self, mapped, entry, path, name):
+        self.mapped, self.entry, self.path, self.name = mapped, entry, path, name
+
+    def get_shape(self):
+        return list(self.entry.shape)
+
+    def get_dtype(self):
+        return self.entry.dtype
+
+    def __getitem__(self, index):
+        entry = self.entry
+        data = self.mapped[entry.begin:entry.end]
+        if isinstance(index, tuple):  # (slice(None), columns) of a 2-D tensor
+            columns = index[1]
+            rows, size = entry.shape[0], entry.itemsize
+            raw = np.ascontiguousarray(data.reshape(rows, -1)[:, columns.start * size:columns.stop * size])
+            return decode(raw, entry.dtype, (rows, columns.stop - columns.start), self.path, self.name)
+        row_bytes = math.prod(entry.shape[1:]) * entry.itemsize
+        raw = data[index.start * row_bytes:index.stop * row_bytes]
+        return decode(raw, entry.dtype, (index.stop - index.start, *entry.shape[1:]), self.path, self.name)

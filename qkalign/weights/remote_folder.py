@@ -15,6 +15,8 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future
 
+import numpy as np
+
 from ..errors import InputError
 from .fp8 import DequantizingFolder
 from .model_folder import INDEX_NAME, READABLE_DTYPES, SINGLE_FILE_NAME
@@ -89,6 +91,10 @@ class RemoteFolder(DequantizingFolder):
         """Shape of tensor ``name`` as stored."""
         return self._entry(name)[1].shape
 
+    def dtype_of(self, name):
+        """safetensors' name of the dtype of tensor ``name`` (``"BF16"``, ...)."""
+        return self._entry(name)[1].dtype
+
     def _read(self, name, index):
         """Rows ``index`` (a slice) of tensor ``name``, or with ``index = (slice(None), columns)`` its columns."""
         shard, entry = self._entry(name)
@@ -99,8 +105,8 @@ class RemoteFolder(DequantizingFolder):
         return read_rows(self.files, shard, entry, index.start, index.stop, label, name)
 
     def read_block(self, source):
-        """The ``(d, n)`` block a :class:`~qkalign.weights.layouts.BlockSource` names, in its stored dtype
-        (FP8 dequantised exactly to float64)."""
+        """The ``(d, n)`` block a :class:`~qkalign.weights.layouts.BlockSource` names, a numpy array of its
+        stored values (bfloat16 as float32, FP8 dequantised exactly to float64)."""
         shard, entry = self._entry(source.tensor)
         label = self.files.url_of(shard)
         if source.transposed:  # a Conv1D (in, out) weight: one byte range per row
@@ -110,14 +116,14 @@ class RemoteFolder(DequantizingFolder):
         block = self._dequantized(block, source)
         if source.transposed:
             block = block.T
-        if not block.isfinite().all():
+        if not np.isfinite(block).all():
             where = "columns" if source.transposed else "rows"
             raise InputError(label, source.tensor, "finite weights", f"NaN or Inf in {where} {source.start}:"
                              f"{source.stop}")
         return block
 
     def read_gain(self, source, dtype):
-        """``offset + w[start:stop]`` for a :class:`~qkalign.weights.layouts.GainSource`, as a ``dtype`` tensor."""
+        """``offset + w[start:stop]`` for a :class:`~qkalign.weights.layouts.GainSource`, a new ``dtype`` array."""
         shard, entry = self._entry(source.tensor)
         with self._lock:  # a small vector that every head asks for: read once
             gain = self._gains.get(source.tensor)
@@ -125,7 +131,7 @@ class RemoteFolder(DequantizingFolder):
                 gain = read_rows(self.files, shard, entry, 0, entry.shape[0], self.files.url_of(shard), source.tensor)
                 self._gains[source.tensor] = gain
         # The offset is added in the compute precision: 1 + w in bfloat16 would round.
-        return gain[source.start:source.stop].to(dtype) + source.offset
+        return gain[source.start:source.stop].astype(dtype) + source.offset
 
 
 class ColumnChunks:

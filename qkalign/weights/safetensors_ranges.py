@@ -13,16 +13,34 @@ the bytes read are the bytes of the block. ``files`` is any object with ``size(p
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..checks import parse_json_object
 from ..errors import InputError
 
 #: Bytes per element of every safetensors dtype (sub-byte float formats are left out: not checked).
 DTYPE_SIZES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1, "I16": 2, "U16": 2,
                "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8, "C64": 8}
-#: The dtypes decoded to torch tensors (name of the torch dtype): the float ones, and FP8 E4M3 (dequantised by
-#: the caller with its block scales, :mod:`qkalign.weights.fp8`); other ones are refused.
-TORCH_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64",
-                "F8_E4M3": "float8_e4m3fn"}
+#: The dtypes decoded (:func:`decode`) and the numpy type of their values: the float ones, and FP8 E4M3
+#: (dequantised by the caller with its block scales, :mod:`qkalign.weights.fp8`); other ones are refused.
+#: numpy has neither bfloat16 nor FP8: their values are float32, which holds every one of them exactly.
+DECODED_DTYPES = {"BF16": np.float32, "F16": np.float16, "F32": np.float32, "F64": np.float64,
+                  "F8_E4M3": np.float32}
+
+
+def _e4m3_values():
+    """The float32 value of each of the 256 E4M3 ("fn": no infinities) bit patterns."""
+    bits = np.arange(256)
+    sign = np.where(bits & 0x80, -1.0, 1.0)
+    exponent, mantissa = (bits >> 3) & 0xF, bits & 0x7
+    magnitude = np.where(exponent == 0, mantissa / 8 * 2.0**-6, (1 + mantissa / 8) * 2.0 ** (exponent - 7))
+    values = sign * magnitude
+    values[(exponent == 0xF) & (mantissa == 0x7)] = np.nan  # S.1111.111: the only NaNs
+    return values.astype(np.float32)
+
+
+#: E4M3 bit pattern -> value (4-bit significands, exponents 2^-9..2^8: exact in float32).
+E4M3_VALUES = _e4m3_values()
 # safetensors' own bound on the header: a larger length is a corrupt file, not a reason to read 2**64 bytes.
 MAX_HEADER_BYTES = 100_000_000
 
@@ -81,13 +99,21 @@ def _entry(label, name, value, data_start, size):
 
 
 def decode(raw, dtype, shape, label, name):
-    """The little-endian bytes ``raw`` as a torch tensor of ``shape`` (a dtype of :data:`TORCH_DTYPES`)."""
-    import torch
+    """The little-endian bytes ``raw`` (bytes, or a contiguous uint8 array) as a numpy array of ``shape``.
 
-    if dtype not in TORCH_DTYPES:
-        raise InputError(label, name, "dtype " + ", ".join(TORCH_DTYPES), dtype)
-    # bytearray: torch.frombuffer needs a writable buffer; safetensors (and x86, ARM) are little-endian.
-    return torch.frombuffer(bytearray(raw), dtype=getattr(torch, TORCH_DTYPES[dtype])).reshape(shape)
+    F16, F32 and F64 come back as such (a read-only view of ``raw``); BF16 and F8_E4M3, which numpy
+    has no type for, as float32 (exact: a bfloat16 is the top half of a float32).
+    """
+    if dtype not in DECODED_DTYPES:
+        raise InputError(label, name, "dtype " + ", ".join(DECODED_DTYPES), dtype)
+    data = np.frombuffer(raw, dtype=np.uint8)
+    if dtype == "BF16":
+        values = (data.view("<u2").astype(np.uint32) << 16).view(np.float32)
+    elif dtype == "F8_E4M3":
+        values = E4M3_VALUES[data]
+    else:  # safetensors (and x86, ARM) are little-endian
+        values = data.view(np.dtype(DECODED_DTYPES[dtype]).newbyteorder("<"))
+    return values.reshape(shape)
 
 
 def read_rows(files, path, entry, start, stop, label, name):
