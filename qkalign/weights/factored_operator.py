@@ -16,6 +16,8 @@ With ``Q``, ``K`` the (d, n) blocks of one head and ``g = K^T Q``:
 
 import numpy as np
 
+from ..linalg.syrk import syrk_lower
+
 #: ``A A^T`` counts as rank-deficient (tied Q and K, hidden < 2 d) where an eigenvalue or a
 #: squared Cholesky pivot is below this fraction of the largest: a few hundred times the
 #: relative rounding of ``A A^T`` when its products are computed in that precision.
@@ -35,6 +37,22 @@ def stacked_gram(blocks):
     """``X X^T`` for ``X`` the (L, d, n) blocks stacked to (L d, n): the SYRK of one head."""
     x = blocks.reshape(-1, blocks.shape[-1])
     return x @ x.T
+
+
+def stacked_gram_lower(blocks):
+    """:func:`stacked_gram` filled only where measure reads it: (L, d, n) float32/64 -> (L d, L d).
+
+    The lower triangle by one SYRK (:func:`~qkalign.linalg.syrk.syrk_lower`, no mirrored copy
+    of the whole triangle), then each diagonal (d, d) block mirrored whole; the rest of the
+    upper triangle is zero.
+    """
+    num_layers, d, n = blocks.shape
+    gram = syrk_lower(blocks.reshape(num_layers * d, n))
+    upper = np.triu_indices(d, 1)
+    for layer in range(num_layers):
+        block = gram[layer * d:(layer + 1) * d, layer * d:(layer + 1) * d]
+        block[upper] = block.T[upper]
+    return gram
 
 
 def symmetric_part_eigen(k_block, q_block, topk):

@@ -94,7 +94,8 @@ def is_fp8(tensor):
 
 
 class DequantizingFolder:
-    """The FP8 part of a folder's ``check`` and ``read_block``, shared by the local and the remote folder.
+    """The parts of a folder's ``check`` and ``read_block`` shared by the local and the remote folder:
+    FP8 dequantisation and the finite-weight check.
 
     The folder provides ``names()``, ``shape_of(name)``, ``check(name, shape)`` and
     ``_read(name, index)`` (``index``: a row slice, or ``(slice(None), columns)``); ``fp8`` is the
@@ -121,6 +122,21 @@ class DequantizingFolder:
         if is_fp8(block):  # its scales checked by _check_dtype
             return self.fp8.dequantize_source(block, self._read, source)
         return block
+
+    @staticmethod
+    def _check_finite(block, source, label):
+        """Raise unless every entry of ``block`` (the torch tensor ``source`` names, as read) is finite.
+
+        ``label``: the file named in errors.
+        """
+        import torch
+
+        # min and max propagate NaN and keep inf: one pass, ~30x quicker than isfinite on bfloat16.
+        low, high = torch.aminmax(block)
+        if not (torch.isfinite(low) and torch.isfinite(high)):
+            where = "columns" if source.transposed else "rows"
+            raise InputError(label, source.tensor, "finite weights", f"NaN or Inf in {where} {source.start}:"
+                             f"{source.stop}")
 
 
 def check_fp8_weight(fp8, folder, name, shape, source):

@@ -37,7 +37,7 @@ from ..linalg.blas_threads import core_count, one_blas_thread
 from ..memory import check_fits
 from ..qkdata import QKData
 from . import DEFAULT_PRECISION, DEFAULT_TOPK, PRECISIONS
-from .factored_operator import RANK_TOL, stacked_gram, symmetric_part_eigen_from_gram
+from .factored_operator import RANK_TOL, stacked_gram_lower, symmetric_part_eigen_from_gram
 from .layouts import find_prefix, layout_for, text_config
 from .model_folder import ModelFolder
 from .quantization import checkpoint_quantization
@@ -183,6 +183,7 @@ def measure_metadata(model_dir, layout, shape, folder, dtypes, precision, fold_n
 
 def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress):
     """The arrays of :class:`QKData` (gram, fro_sq, sym_eigs, eig_dirs) from the model's weights."""
+    import scipy.linalg  # noqa: F401  (loaded before one_blas_thread, so that its limit covers scipy's BLAS)
     import torch
 
     from ..kernels.block_sums import layer_gram_accumulated  # numba: imported when measuring
@@ -273,12 +274,12 @@ class _HeadTasks:
 
     def key_task(self, kv_head):
         k, k_exponents = self.reader.key(kv_head)
-        return k, stacked_gram(k), k_exponents
+        return k, stacked_gram_lower(k), k_exponents
 
     def query_task(self, head, key_job):
         k, kk, k_exponents = key_job.result()
         q, q_exponents = self.reader.query(head)
-        qq = stacked_gram(q)
+        qq = stacked_gram_lower(q)
         gram = self.layer_gram(qq, kk, self.shape.num_layers, self.shape.head_dim)
         fro_sq, sym_eigs, eig_dirs = _layer_work(k, q, kk, qq, self.topk, self.precision)
         # The blocks were K_L 2^-ek[L] and Q_L 2^-eq[L], so the operator computed for layer L was
@@ -339,7 +340,7 @@ class _HeadTasks:
 def _layer_work(k, q, kk, qq, topk, precision):
     """``fro_sq``, ``sym_eigs`` and ``eig_dirs`` of one head in every layer.
 
-    k, q: (L, d, n) blocks; kk, qq: their (L d, L d) stacked Grams.
+    k, q: (L, d, n) blocks; kk, qq: their (L d, L d) stacked Grams (diagonal blocks read).
     """
     d = k.shape[1]
     kq = (k @ np.swapaxes(q, -1, -2)).astype(np.float64)  # (L, d, d): K_L Q_L^T

@@ -110,10 +110,7 @@ class RemoteFolder(DequantizingFolder):
         block = self._dequantized(block, source)
         if source.transposed:
             block = block.T
-        if not block.isfinite().all():
-            where = "columns" if source.transposed else "rows"
-            raise InputError(label, source.tensor, "finite weights", f"NaN or Inf in {where} {source.start}:"
-                             f"{source.stop}")
+        self._check_finite(block, source, label)
         return block
 
     def read_gain(self, source, dtype):
