@@ -14,6 +14,8 @@ With ``Q``, ``K`` the (d, n) blocks of one head and ``g = K^T Q``:
   ``L^T J L`` then has exactly ``d`` positive and ``d`` negative eigenvalues.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 from ..linalg.syrk import syrk_lower
@@ -135,10 +137,11 @@ def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=RANK
 
     ``G`` comes from Grams computed anyway (its diagonal blocks ``K K^T``, ``Q Q^T`` sit in the
     stacked Grams, ``K Q^T`` is needed for ``fro_sq``), so no (2d x n) product is redone here.
-    Where ``G`` has full rank its Cholesky factor ``L`` gives ``S``'s spectrum as that of
-    ``L^T J L``; where a pivot says it is rank-deficient (tied Q and K, ``n < 2 d``) the
-    eigen-decomposition route of :func:`symmetric_part_eigen` drops the null directions,
-    whose eigenvalues are then exactly 0.
+    The steps: factor ``G = C C^T`` (:func:`_gram_factors`: Cholesky where ``G`` has full rank,
+    else an eigen-decomposition that drops the null directions, whose eigenvalues are then
+    exactly 0); the eigenpairs ``C^T J C = W Lambda W^T`` (:func:`_j_form`,
+    :func:`_leading_eigenpairs`); the eigenvectors ``A^T C^{-T} W`` (:func:`_eigenvector_coefficients`,
+    :func:`_eigenvector_rows`).
 
     Parameters
     ----------
@@ -162,46 +165,122 @@ def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=RANK
     eigvals : (..., 2 d) float64, sorted by ``|lambda|`` descending
     eigvecs : (..., topk, n) float64, orthonormal rows
     """
-    g = np.asarray(a_gram, dtype=np.float64)
-    two_d = g.shape[-1]
-    batch = g.shape[:-2]
-    g = g.reshape((-1, two_d, two_d))
-    c = np.empty_like(g)
-    rank = np.full(len(g), two_d)
-    full = _cholesky_where_full_rank(g, rank_tol, c)
-    inverse_factor = {}  # rank-deficient items: U diag(1/sqrt s) on the kept directions, 0 elsewhere
-    for i in np.flatnonzero(~full):
-        c[i], inverse_factor[i], keep = _factor_from_eigh(*np.linalg.eigh(g[i]), rank_tol)
-        rank[i] = keep.sum()
-    d = two_d // 2
-    half = np.swapaxes(c[:, :d], -1, -2) @ c[:, d:]  # C^T J C = (P + P^T)/2, P = C_K^T C_Q
-    m = min(topk, two_d)
-    j_form = 0.5 * (half + np.swapaxes(half, -1, -2))
-    if eigen_dtype == np.float64:
-        lam, w = _by_magnitude(*_eigh(j_form, eigen_dtype), columns=m)
-    else:
-        lam, w = _rayleigh_ritz(j_form, *_by_magnitude(*_eigh(j_form, eigen_dtype), columns=min(2 * m, two_d)))
-    from scipy.linalg import solve_triangular  # only measure needs scipy: imported here
-
-    coef = np.empty((len(g), two_d, m))
-    for i in range(len(g)):
-        if full[i]:
-            coef[i] = solve_triangular(c[i], w[i, :, :m], lower=True, trans="T")
-        else:
-            lam[i, rank[i]:] = 0.0  # S vanishes off span(A^T): these are exact zeros
-            coef[i] = inverse_factor[i] @ w[i, :, :m]
-    k = np.asarray(k_block).reshape((-1,) + k_block.shape[-2:])
-    q = np.asarray(q_block).reshape((-1,) + q_block.shape[-2:])
-    coef_t = np.swapaxes(coef, -1, -2).astype(k.dtype)  # eigenvectors A^T coef = K^T coef_K + Q^T coef_Q
-    vecs = (coef_t[..., :d] @ k).astype(np.float64)
-    vecs += coef_t[..., d:] @ q
-    # In float32 the rows are orthonormal only to ~eps cond(G); make them so in float64.
-    vecs[full] = orthonormalized_rows(vecs[full])
+    two_d = a_gram.shape[-1]
+    batch = a_gram.shape[:-2]
+    factors = _gram_factors(np.asarray(a_gram, dtype=np.float64).reshape((-1, two_d, two_d)), rank_tol)
+    lam, w = _leading_eigenpairs(_j_form(factors), min(topk, two_d), eigen_dtype)
+    coef = _eigenvector_coefficients(factors, lam, w)
+    k, q = (np.asarray(x).reshape((-1,) + x.shape[-2:]) for x in (k_block, q_block))
+    vecs = _eigenvector_rows(k, q, coef, factors.full)
     lam = lam.reshape(batch + (two_d,))
     vecs = vecs.reshape(batch + vecs.shape[-2:])
-    if topk > two_d or not full.all():
+    if topk > two_d or not factors.full.all():
         vecs = _complete_rows(vecs, lam, topk)
     return lam, vecs
+
+
+class _GramFactors(NamedTuple):
+    """``G = C C^T`` for a batch of (2d, 2d) Grams, as :func:`_gram_factors` returns them."""
+
+    c: np.ndarray  # (b, 2d, 2d): lower triangular (Cholesky) where full, U diag(sqrt s) elsewhere
+    full: np.ndarray  # (b,) bool: G has full rank (a Cholesky factor)
+    rank: np.ndarray  # (b,) int: directions kept
+    inverse: dict  # item -> U diag(1/sqrt s) (2d, 2d) on the kept directions, 0 elsewhere: rank-deficient items
+
+
+def _gram_factors(g, rank_tol):
+    """Factors ``G = C C^T`` of the (b, 2d, 2d) float64 Grams ``g``.
+
+    The Cholesky factor ``L`` where every squared pivot exceeds ``rank_tol`` times the largest
+    diagonal entry; elsewhere ``C = U diag(sqrt s)`` from ``G = U diag(s) U^T`` with the
+    eigenvalues ``s <= rank_tol max(s)`` dropped (:func:`_factor_from_eigh`).
+    """
+    c = np.empty_like(g)
+    full = _cholesky_where_full_rank(g, rank_tol, c)
+    rank = np.full(len(g), g.shape[-1])
+    inverse = {}
+    for i in np.flatnonzero(~full):
+        c[i], inverse[i], keep = _factor_from_eigh(*np.linalg.eigh(g[i]), rank_tol)
+        rank[i] = keep.sum()
+    return _GramFactors(c, full, rank, inverse)
+
+
+def _j_form(factors):
+    """``C^T J C = (P + P^T)/2`` with ``P = C_K^T C_Q`` (``C_K``, ``C_Q`` the first and last d rows of C): (b, 2d, 2d).
+
+    Its nonzero eigenvalues are those of ``S``. For a Cholesky factor ``C = [[L11, 0], [L21, L22]]``,
+    ``P = [[L11^T L21, L11^T L22], [0, 0]]``: two (d, d) products instead of one (2d, d) x (d, 2d),
+    and a zero lower-right block of ``C^T J C``.
+    """
+    c = factors.c
+    d = c.shape[-1] // 2
+    out = np.empty_like(c)
+    l11_t = np.swapaxes(c[:, :d, :d], -1, -2)
+    corner = l11_t @ c[:, d:, :d]
+    out[:, :d, :d] = 0.5 * (corner + np.swapaxes(corner, -1, -2))
+    out[:, :d, d:] = 0.5 * (l11_t @ c[:, d:, d:])
+    out[:, d:, :d] = np.swapaxes(out[:, :d, d:], -1, -2)
+    out[:, d:, d:] = 0.0
+    for i in np.flatnonzero(~factors.full):  # C = U diag(sqrt s) is not triangular
+        half = c[i, :d].T @ c[i, d:]
+        out[i] = 0.5 * (half + half.T)
+    return out
+
+
+def _leading_eigenpairs(j_form, m, eigen_dtype):
+    """Spectrum and leading eigenvectors of the symmetric (b, k, k) ``j_form``, by ``|lambda|`` descending.
+
+    Returns ``lam`` (b, k) float64 and ``w`` (b, k, m) float64. In float64 one ``eigh``; in
+    float32 an ``eigh`` (torch's: twice numpy's speed) whose leading ``min(2 m, k)`` pairs are
+    refined in float64 by Rayleigh-Ritz (:func:`_rayleigh_ritz`); the rest of the spectrum keeps
+    float32's accuracy.
+    """
+    if eigen_dtype == np.float64:
+        return _by_magnitude(*np.linalg.eigh(j_form), columns=m)
+    import torch  # its LAPACK (MKL) has a float32 eigh twice as fast as float64; numpy's is not
+
+    lam, w = (x.numpy() for x in torch.linalg.eigh(torch.from_numpy(j_form.astype(eigen_dtype))))
+    # Only the columns refined are widened (exactly) to float64.
+    lam, w = _by_magnitude(lam, w, columns=min(2 * m, j_form.shape[-1]))
+    lam, w = _rayleigh_ritz(j_form, lam.astype(np.float64), w.astype(np.float64))
+    return lam, w[..., :m]
+
+
+def _eigenvector_coefficients(factors, lam, w):
+    """``coef`` (b, 2d, m) such that the eigenvectors of ``S`` are ``A^T coef``.
+
+    ``C^{-T} W`` for a Cholesky factor (a triangular solve), ``U diag(1/sqrt s) W`` for an
+    eigen-factor, whose eigenvalues ``lam`` (b, 2d) beyond the rank of ``G`` are set to exact
+    zeros (in place: ``S`` vanishes off ``span(A^T)``). w: (b, 2d, m) eigenvectors of ``C^T J C``.
+    """
+    from scipy.linalg import solve_triangular  # only measure needs scipy: imported here
+
+    coef = np.empty(w.shape)
+    for i in range(len(w)):
+        if factors.full[i]:
+            coef[i] = solve_triangular(factors.c[i], w[i], lower=True, trans="T")
+        else:
+            lam[i, factors.rank[i]:] = 0.0
+            coef[i] = factors.inverse[i] @ w[i]
+    return coef
+
+
+def _eigenvector_rows(k, q, coef, full):
+    """Eigenvectors of ``S`` as rows, ``(A^T coef)^T = coef_K^T K + coef_Q^T Q``: (b, m, n) float64.
+
+    k, q: (b, d, n) float32 or float64, the precision of the (m, d) x (d, n) products; coef:
+    (b, 2d, m). In float32 the rows are orthonormal only to ~eps cond(G): those of the full-rank
+    items (``full`` (b,) bool) are orthonormalised in float64 (:func:`orthonormalized_rows`); the
+    others are completed by :func:`_complete_rows`.
+    """
+    d = k.shape[-2]
+    coef_t = np.swapaxes(coef, -1, -2).astype(k.dtype)
+    vecs = (coef_t[..., :d] @ k).astype(np.float64)
+    vecs += coef_t[..., d:] @ q
+    if full.all():  # the usual case: no copy of the rows picked
+        return orthonormalized_rows(vecs)
+    vecs[full] = orthonormalized_rows(vecs[full])
+    return vecs
 
 
 def orthonormalized_rows(rows):
@@ -215,16 +294,6 @@ def orthonormalized_rows(rows):
     s, u = np.linalg.eigh(gram)
     inverse_sqrt = (u / np.sqrt(s)[..., None, :]) @ np.swapaxes(u, -1, -2)
     return inverse_sqrt @ rows
-
-
-def _eigh(m, dtype):
-    """``np.linalg.eigh`` of (b, k, k) ``m`` computed in ``dtype``, returned in float64."""
-    if dtype == np.float64:
-        return np.linalg.eigh(m)
-    import torch  # its LAPACK (MKL) has a float32 eigh twice as fast as float64; numpy's is not
-
-    lam, w = torch.linalg.eigh(torch.from_numpy(np.asarray(m, dtype=dtype)))
-    return lam.numpy().astype(np.float64), w.numpy().astype(np.float64)
 
 
 def _rayleigh_ritz(m, lam, w):
