@@ -351,16 +351,12 @@ def _layer_work(k, q, kk, qq, topk, precision):
     d = k.shape[1]
     kq = (k @ np.swapaxes(q, -1, -2)).astype(np.float64)  # (L, d, d): K_L Q_L^T
     a_gram = np.empty((len(k), 2 * d, 2 * d))  # A A^T with A = [K_L; Q_L]
-    a_gram[:, :d, :d] = _diagonal_blocks(kk, d)
+    for layer in range(len(k)):  # the diagonal blocks of the stacked Grams, widened as they are copied
+        rows = slice(layer * d, (layer + 1) * d)
+        a_gram[layer, :d, :d] = kk[rows, rows]
+        a_gram[layer, d:, d:] = qq[rows, rows]
     a_gram[:, :d, d:] = kq
     a_gram[:, d:, :d] = np.swapaxes(kq, -1, -2)
-    a_gram[:, d:, d:] = _diagonal_blocks(qq, d)
     sym_eigs, eig_dirs = symmetric_part_eigen_from_gram(k, q, a_gram, topk, RANK_TOL[precision],
                                                         EIGEN_DTYPE[precision])
     return np.einsum("lij,lij->l", kq, kq), sym_eigs, eig_dirs
-
-
-def _diagonal_blocks(gram, d):
-    """``gram[L d:(L+1) d, L d:(L+1) d]`` for every ``L``: (L, d, d)."""
-    layers = np.arange(gram.shape[0] // d)
-    return gram.reshape(len(layers), d, len(layers), d)[layers, :, layers]
