@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..linalg.leading_eigen import leading_eigenpairs
 from ..linalg.syrk import syrk_lower
 
 #: ``A A^T`` counts as rank-deficient (tied Q and K, hidden < 2 d) where an eigenvalue or a
@@ -131,17 +132,16 @@ def _complete_rows(vecs, lam, topk):
     return out
 
 
-def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=RANK_TOL["float64"],
-                                   eigen_dtype=np.float64):
+def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=RANK_TOL["float64"]):
     """:func:`symmetric_part_eigen` given ``G = A A^T`` for ``A = [K; Q]``.
 
     ``G`` comes from Grams computed anyway (its diagonal blocks ``K K^T``, ``Q Q^T`` sit in the
     stacked Grams, ``K Q^T`` is needed for ``fro_sq``), so no (2d x n) product is redone here.
     The steps: factor ``G = C C^T`` (:func:`_gram_factors`: Cholesky where ``G`` has full rank,
     else an eigen-decomposition that drops the null directions, whose eigenvalues are then
-    exactly 0); the eigenpairs ``C^T J C = W Lambda W^T`` (:func:`_j_form`,
-    :func:`_leading_eigenpairs`); the eigenvectors ``A^T C^{-T} W`` (:func:`_eigenvector_coefficients`,
-    :func:`_eigenvector_rows`).
+    exactly 0); the eigenpairs ``C^T J C = W Lambda W^T`` in float64, every eigenvalue and the
+    ``topk`` leading eigenvectors (:func:`_j_form`, :func:`~qkalign.linalg.leading_eigen.leading_eigenpairs`);
+    the eigenvectors ``A^T C^{-T} W`` (:func:`_eigenvector_coefficients`, :func:`_eigenvector_rows`).
 
     Parameters
     ----------
@@ -155,10 +155,6 @@ def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=RANK
         ``G`` is rank-deficient where a squared Cholesky pivot (or an eigenvalue) is at most
         ``rank_tol`` times the largest diagonal entry (eigenvalue): set it above the
         relative rounding error of ``G``.
-    eigen_dtype : numpy float type
-        Precision of the 2d x 2d symmetric eigen-problem ``C^T J C`` (float32 halves its
-        cost, for a ``G`` that is itself only float32-accurate); the leading ``2 topk``
-        eigenpairs are then refined in float64.
 
     Returns
     -------
@@ -168,7 +164,7 @@ def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=RANK
     two_d = a_gram.shape[-1]
     batch = a_gram.shape[:-2]
     factors = _gram_factors(np.asarray(a_gram, dtype=np.float64).reshape((-1, two_d, two_d)), rank_tol)
-    lam, w = _leading_eigenpairs(_j_form(factors), min(topk, two_d), eigen_dtype)
+    lam, w = leading_eigenpairs(_j_form(factors), min(topk, two_d))
     coef = _eigenvector_coefficients(factors, lam, w)
     k, q = (np.asarray(x).reshape((-1,) + x.shape[-2:]) for x in (k_block, q_block))
     vecs = _eigenvector_rows(k, q, coef, factors.full)
@@ -227,25 +223,6 @@ def _j_form(factors):
     return out
 
 
-def _leading_eigenpairs(j_form, m, eigen_dtype):
-    """Spectrum and leading eigenvectors of the symmetric (b, k, k) ``j_form``, by ``|lambda|`` descending.
-
-    Returns ``lam`` (b, k) float64 and ``w`` (b, k, m) float64. In float64 one ``eigh``; in
-    float32 an ``eigh`` (torch's: twice numpy's speed) whose leading ``min(2 m, k)`` pairs are
-    refined in float64 by Rayleigh-Ritz (:func:`_rayleigh_ritz`); the rest of the spectrum keeps
-    float32's accuracy.
-    """
-    if eigen_dtype == np.float64:
-        return _by_magnitude(*np.linalg.eigh(j_form), columns=m)
-    import torch  # its LAPACK (MKL) has a float32 eigh twice as fast as float64; numpy's is not
-
-    lam, w = (x.numpy() for x in torch.linalg.eigh(torch.from_numpy(j_form.astype(eigen_dtype))))
-    # Only the columns refined are widened (exactly) to float64.
-    lam, w = _by_magnitude(lam, w, columns=min(2 * m, j_form.shape[-1]))
-    lam, w = _rayleigh_ritz(j_form, lam.astype(np.float64), w.astype(np.float64))
-    return lam, w[..., :m]
-
-
 def _eigenvector_coefficients(factors, lam, w):
     """``coef`` (b, 2d, m) such that the eigenvectors of ``S`` are ``A^T coef``.
 
@@ -294,20 +271,6 @@ def orthonormalized_rows(rows):
     s, u = np.linalg.eigh(gram)
     inverse_sqrt = (u / np.sqrt(s)[..., None, :]) @ np.swapaxes(u, -1, -2)
     return inverse_sqrt @ rows
-
-
-def _rayleigh_ritz(m, lam, w):
-    """Leading eigenpairs of symmetric (b, k, k) ``m`` refined in float64 from rougher ones.
-
-    Rayleigh-Ritz on the span of the columns of ``w`` (b, k, block), the leading eigenvectors
-    by ``|lambda|``, undoes the mixing of close eigenvectors that a float32 decomposition
-    leaves; ``lam[..., :block]`` is replaced by the Ritz values, still sorted by ``|lambda|``.
-    """
-    basis, _ = np.linalg.qr(w)
-    ritz_lam, ritz_w = _by_magnitude(*np.linalg.eigh(np.swapaxes(basis, -1, -2) @ m @ basis))
-    lam = lam.copy()
-    lam[..., : w.shape[-1]] = ritz_lam
-    return lam, basis @ ritz_w
 
 
 def _cholesky_where_full_rank(g, rank_tol, out):

@@ -12,11 +12,10 @@ For each kv head ``g`` and each query head ``h`` reading it, with ``K``, ``Q`` t
 
 That is ``(H + H_kv) (L d)^2 n / 2`` multiply-adds in the SYRKs plus ``H L d^2 n`` for
 ``K Q^T`` and ``H L 2 d topk n`` for the eigenvectors; no hidden x hidden matrix is formed.
-Weights are read one head slice at a time. In ``float32`` mode the products and the
-2d x 2d eigen-problems run in float32, while the sums over blocks, ``G``, its Cholesky
-factor and a Rayleigh-Ritz refinement of the leading eigenpairs are float64;
-``float64`` mode is float64 throughout; the eigenvector rows are orthonormalised in float64
-either way. Each layer's K and Q blocks are read scaled by exact powers of two that bring their
+Weights are read one head slice at a time. In ``float32`` mode the products (SYRKs,
+``K Q^T``, the eigenvector rows) run in float32, while the sums over blocks, ``G``, its
+Cholesky factor and the 2d x 2d eigen-problems are float64; ``float64`` mode is float64
+throughout; the eigenvector rows are orthonormalised in float64 either way. Each layer's K and Q blocks are read scaled by exact powers of two that bring their
 largest entries near 1, undone in float64: weights anywhere in the float32 range (huge, or near the
 subnormal range) give the numbers of the same weights at unit scale. torch (for reading bfloat16)
 and numba are imported on first use.
@@ -43,8 +42,6 @@ from .model_folder import ModelFolder
 from .quantization import checkpoint_quantization
 from .sources import resolve_source
 
-# Precision of the 2d x 2d eigen-problems: no finer than G, which float32 products round at ~1e-7.
-EIGEN_DTYPE = {"float32": np.float32, "float64": np.float64}
 BIASES_NOTE = "left out: the operator is W_K^T W_Q of the weights alone"
 ROPE_NOTE = "left out: the operator at relative position 0 (no rotary embedding applied)"
 
@@ -65,7 +62,7 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
         Multiply the input norm's gain into the columns of W_Q and W_K, and QK-norm gains
         (Qwen3, Gemma 3, OLMo2) into their rows (Gemma's gains are ``1 + w``).
     precision : {"float32", "float64"}
-        Precision of the big products and the small eigen-problems; sums over blocks are
+        Precision of the big products; sums over blocks and the 2d x 2d eigen-problems are
         float64 either way. float32 results agree with float64 to about 1e-7 relative.
     progress : bool
         Show a tqdm progress bar on stderr.
@@ -194,8 +191,8 @@ def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress)
 
     reader = _HeadReader(layout, shape, folder, fold_norms, getattr(torch, precision))
     torch_threads = torch.get_num_threads()
-    # torch only widens slices and runs single-threaded eigen-problems in worker threads;
-    # its multithreaded copies of small slices are ten times slower on a busy machine.
+    # torch only widens slices in worker threads; its multithreaded copies of small slices
+    # are ten times slower on a busy machine.
     torch.set_num_threads(1)
     try:
         arrays = _HeadTasks(reader, shape, topk, precision, layer_gram_accumulated).run(progress)
@@ -357,6 +354,5 @@ def _layer_work(k, q, kk, qq, topk, precision):
         a_gram[layer, d:, d:] = qq[rows, rows]
     a_gram[:, :d, d:] = kq
     a_gram[:, d:, :d] = np.swapaxes(kq, -1, -2)
-    sym_eigs, eig_dirs = symmetric_part_eigen_from_gram(k, q, a_gram, topk, RANK_TOL[precision],
-                                                        EIGEN_DTYPE[precision])
+    sym_eigs, eig_dirs = symmetric_part_eigen_from_gram(k, q, a_gram, topk, RANK_TOL[precision])
     return np.einsum("lij,lij->l", kq, kq), sym_eigs, eig_dirs
