@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..linalg.cholesky import lower_cholesky
 from ..linalg.leading_eigen import leading_eigenpairs
 from ..linalg.syrk import syrk_lower
 
@@ -191,8 +192,7 @@ def _gram_factors(g, rank_tol):
     diagonal entry; elsewhere ``C = U diag(sqrt s)`` from ``G = U diag(s) U^T`` with the
     eigenvalues ``s <= rank_tol max(s)`` dropped (:func:`_factor_from_eigh`).
     """
-    c = np.empty_like(g)
-    full = _cholesky_where_full_rank(g, rank_tol, c)
+    c, full = _cholesky_where_full_rank(g, rank_tol)
     rank = np.full(len(g), g.shape[-1])
     inverse = {}
     for i in np.flatnonzero(~full):
@@ -273,19 +273,11 @@ def orthonormalized_rows(rows):
     return inverse_sqrt @ rows
 
 
-def _cholesky_where_full_rank(g, rank_tol, out):
-    """Lower Cholesky factors of the (b, m, m) ``g`` into ``out``; False where ``g`` is (near) singular."""
-    full = np.ones(len(g), dtype=bool)
-    try:
-        out[:] = np.linalg.cholesky(g)
-    except np.linalg.LinAlgError:  # some item is not positive definite: factor one by one
-        for i in range(len(g)):
-            try:
-                out[i] = np.linalg.cholesky(g[i])
-            except np.linalg.LinAlgError:
-                out[i] = 0.0
-                full[i] = False
-    pivots_sq = np.einsum("bii->bi", out) ** 2
+def _cholesky_where_full_rank(g, rank_tol):
+    """Lower Cholesky factors (b, m, m) of the (b, m, m) Grams ``g``, and (b,) bool: False where ``g`` is
+    (near) singular, i.e. not positive definite or with a squared pivot at most ``rank_tol`` times its
+    largest diagonal entry."""
+    c, full = lower_cholesky(g)
+    pivots_sq = np.einsum("bii->bi", c) ** 2
     scale = np.einsum("bii->bi", g).max(axis=-1)
-    full &= pivots_sq.min(axis=-1) > rank_tol * scale
-    return full
+    return c, full & (pivots_sq.min(axis=-1) > rank_tol * scale)
