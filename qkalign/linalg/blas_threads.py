@@ -25,13 +25,16 @@ def core_count():
 
 @functools.cache
 def _blas_controller(scipy_linalg_loaded):
-    # Built once per state: inspecting the loaded libraries costs ~0.5-4 ms, a limit from it ~35 us.
-    # numpy's BLAS is loaded by then; scipy's wheels bring a second OpenBLAS, loaded with scipy.linalg.
+    # Inspecting the loaded libraries costs ~0.5-4 ms, a limit from it ~35 us, so this is built
+    # once per set of BLAS libraries: numpy's, then scipy's own OpenBLAS once scipy.linalg is
+    # imported (often after the first limit). A controller built before that misses scipy's
+    # BLAS, whose calls then run on all cores beside the other threads' (issue 21.7: measure's
+    # triangular solves took it from 1.5x to 1.9x SGEMM, and up to 3x on a busy machine).
     return ThreadpoolController()
 
 
 def one_blas_thread():
-    """Context manager: BLAS and LAPACK calls on one thread (numpy's, and scipy's once scipy.linalg is loaded).
+    """Context manager: BLAS and LAPACK calls on one thread, in every BLAS library loaded so far.
 
     For batches of small products and factorisations (k x k, k x n, 2d x 2d), which
     OpenBLAS's threads do not speed up and, on a loaded machine, slow down.

@@ -14,7 +14,13 @@ With ``Q``, ``K`` the (d, n) blocks of one head and ``g = K^T Q``:
   ``L^T J L`` then has exactly ``d`` positive and ``d`` negative eigenvalues.
 """
 
+from typing import NamedTuple
+
 import numpy as np
+
+from ..linalg.cholesky import lower_cholesky
+from ..linalg.leading_eigen import leading_eigenpairs
+from ..linalg.syrk import syrk_lower
 
 #: ``A A^T`` counts as rank-deficient (tied Q and K, hidden < 2 d) where an eigenvalue or a
 #: squared Cholesky pivot is below this fraction of the largest: a few hundred times the
@@ -35,6 +41,22 @@ def stacked_gram(blocks):
     """``X X^T`` for ``X`` the (L, d, n) blocks stacked to (L d, n): the SYRK of one head."""
     x = blocks.reshape(-1, blocks.shape[-1])
     return x @ x.T
+
+
+def stacked_gram_lower(blocks):
+    """:func:`stacked_gram` filled only where measure reads it: (L, d, n) float32/64 -> (L d, L d).
+
+    The lower triangle by one SYRK (:func:`~qkalign.linalg.syrk.syrk_lower`, no mirrored copy
+    of the whole triangle), then each diagonal (d, d) block mirrored whole; the rest of the
+    upper triangle is zero.
+    """
+    num_layers, d, n = blocks.shape
+    gram = syrk_lower(blocks.reshape(num_layers * d, n))
+    upper = np.triu_indices(d, 1)
+    for layer in range(num_layers):
+        block = gram[layer * d:(layer + 1) * d, layer * d:(layer + 1) * d]
+        block[upper] = block.T[upper]
+    return gram
 
 
 def symmetric_part_eigen(k_block, q_block, topk):
@@ -113,16 +135,16 @@ def _complete_rows(vecs, lam, topk):
     return out
 
 
-def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=RANK_TOL["float64"],
-                                   eigen_dtype=np.float64):
+def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=RANK_TOL["float64"]):
     """:func:`symmetric_part_eigen` given ``G = A A^T`` for ``A = [K; Q]``.
 
     ``G`` comes from Grams computed anyway (its diagonal blocks ``K K^T``, ``Q Q^T`` sit in the
     stacked Grams, ``K Q^T`` is needed for ``fro_sq``), so no (2d x n) product is redone here.
-    Where ``G`` has full rank its Cholesky factor ``L`` gives ``S``'s spectrum as that of
-    ``L^T J L``; where a pivot says it is rank-deficient (tied Q and K, ``n < 2 d``) the
-    eigen-decomposition route of :func:`symmetric_part_eigen` drops the null directions,
-    whose eigenvalues are then exactly 0.
+    The steps: factor ``G = C C^T`` (:func:`_gram_factors`: Cholesky where ``G`` has full rank,
+    else an eigen-decomposition that drops the null directions, whose eigenvalues are then
+    exactly 0); the eigenpairs ``C^T J C = W Lambda W^T`` in float64, every eigenvalue and the
+    ``topk`` leading eigenvectors (:func:`_j_form`, :func:`~qkalign.linalg.leading_eigen.leading_eigenpairs`);
+    the eigenvectors ``A^T C^{-T} W`` (:func:`_eigenvector_coefficients`, :func:`_eigenvector_rows`).
 
     Parameters
     ----------
@@ -136,56 +158,108 @@ def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=RANK
         ``G`` is rank-deficient where a squared Cholesky pivot (or an eigenvalue) is at most
         ``rank_tol`` times the largest diagonal entry (eigenvalue): set it above the
         relative rounding error of ``G``.
-    eigen_dtype : numpy float type
-        Precision of the 2d x 2d symmetric eigen-problem ``C^T J C`` (float32 halves its
-        cost, for a ``G`` that is itself only float32-accurate); the leading ``2 topk``
-        eigenpairs are then refined in float64.
 
     Returns
     -------
     eigvals : (..., 2 d) float64, sorted by ``|lambda|`` descending
     eigvecs : (..., topk, n) float64, orthonormal rows
     """
-    g = np.asarray(a_gram, dtype=np.float64)
-    two_d = g.shape[-1]
-    batch = g.shape[:-2]
-    g = g.reshape((-1, two_d, two_d))
-    c = np.empty_like(g)
-    rank = np.full(len(g), two_d)
-    full = _cholesky_where_full_rank(g, rank_tol, c)
-    inverse_factor = {}  # rank-deficient items: U diag(1/sqrt s) on the kept directions, 0 elsewhere
-    for i in np.flatnonzero(~full):
-        c[i], inverse_factor[i], keep = _factor_from_eigh(*np.linalg.eigh(g[i]), rank_tol)
-        rank[i] = keep.sum()
-    d = two_d // 2
-    half = np.swapaxes(c[:, :d], -1, -2) @ c[:, d:]  # C^T J C = (P + P^T)/2, P = C_K^T C_Q
-    m = min(topk, two_d)
-    j_form = 0.5 * (half + np.swapaxes(half, -1, -2))
-    if eigen_dtype == np.float64:
-        lam, w = _by_magnitude(*_eigh(j_form, eigen_dtype), columns=m)
-    else:
-        lam, w = _rayleigh_ritz(j_form, *_by_magnitude(*_eigh(j_form, eigen_dtype), columns=min(2 * m, two_d)))
-    from scipy.linalg import solve_triangular  # only measure needs scipy: imported here
-
-    coef = np.empty((len(g), two_d, m))
-    for i in range(len(g)):
-        if full[i]:
-            coef[i] = solve_triangular(c[i], w[i, :, :m], lower=True, trans="T")
-        else:
-            lam[i, rank[i]:] = 0.0  # S vanishes off span(A^T): these are exact zeros
-            coef[i] = inverse_factor[i] @ w[i, :, :m]
-    k = np.asarray(k_block).reshape((-1,) + k_block.shape[-2:])
-    q = np.asarray(q_block).reshape((-1,) + q_block.shape[-2:])
-    coef_t = np.swapaxes(coef, -1, -2).astype(k.dtype)  # eigenvectors A^T coef = K^T coef_K + Q^T coef_Q
-    vecs = (coef_t[..., :d] @ k).astype(np.float64)
-    vecs += coef_t[..., d:] @ q
-    # In float32 the rows are orthonormal only to ~eps cond(G); make them so in float64.
-    vecs[full] = orthonormalized_rows(vecs[full])
+    two_d = a_gram.shape[-1]
+    batch = a_gram.shape[:-2]
+    factors = _gram_factors(np.asarray(a_gram, dtype=np.float64).reshape((-1, two_d, two_d)), rank_tol)
+    lam, w = leading_eigenpairs(_j_form(factors), min(topk, two_d))
+    coef = _eigenvector_coefficients(factors, lam, w)
+    k, q = (np.asarray(x).reshape((-1,) + x.shape[-2:]) for x in (k_block, q_block))
+    vecs = _eigenvector_rows(k, q, coef, factors.full)
     lam = lam.reshape(batch + (two_d,))
     vecs = vecs.reshape(batch + vecs.shape[-2:])
-    if topk > two_d or not full.all():
+    if topk > two_d or not factors.full.all():
         vecs = _complete_rows(vecs, lam, topk)
     return lam, vecs
+
+
+class _GramFactors(NamedTuple):
+    """``G = C C^T`` for a batch of (2d, 2d) Grams, as :func:`_gram_factors` returns them."""
+
+    c: np.ndarray  # (b, 2d, 2d): lower triangular (Cholesky) where full, U diag(sqrt s) elsewhere
+    full: np.ndarray  # (b,) bool: G has full rank (a Cholesky factor)
+    rank: np.ndarray  # (b,) int: directions kept
+    inverse: dict  # item -> U diag(1/sqrt s) (2d, 2d) on the kept directions, 0 elsewhere: rank-deficient items
+
+
+def _gram_factors(g, rank_tol):
+    """Factors ``G = C C^T`` of the (b, 2d, 2d) float64 Grams ``g``.
+
+    The Cholesky factor ``L`` where every squared pivot exceeds ``rank_tol`` times the largest
+    diagonal entry; elsewhere ``C = U diag(sqrt s)`` from ``G = U diag(s) U^T`` with the
+    eigenvalues ``s <= rank_tol max(s)`` dropped (:func:`_factor_from_eigh`).
+    """
+    c, full = _cholesky_where_full_rank(g, rank_tol)
+    rank = np.full(len(g), g.shape[-1])
+    inverse = {}
+    for i in np.flatnonzero(~full):
+        c[i], inverse[i], keep = _factor_from_eigh(*np.linalg.eigh(g[i]), rank_tol)
+        rank[i] = keep.sum()
+    return _GramFactors(c, full, rank, inverse)
+
+
+def _j_form(factors):
+    """``C^T J C = (P + P^T)/2`` with ``P = C_K^T C_Q`` (``C_K``, ``C_Q`` the first and last d rows of C): (b, 2d, 2d).
+
+    Its nonzero eigenvalues are those of ``S``. For a Cholesky factor ``C = [[L11, 0], [L21, L22]]``,
+    ``P = [[L11^T L21, L11^T L22], [0, 0]]``: two (d, d) products instead of one (2d, d) x (d, 2d),
+    and a zero lower-right block of ``C^T J C``.
+    """
+    c = factors.c
+    d = c.shape[-1] // 2
+    out = np.empty_like(c)
+    l11_t = np.swapaxes(c[:, :d, :d], -1, -2)
+    corner = l11_t @ c[:, d:, :d]
+    out[:, :d, :d] = 0.5 * (corner + np.swapaxes(corner, -1, -2))
+    out[:, :d, d:] = 0.5 * (l11_t @ c[:, d:, d:])
+    out[:, d:, :d] = np.swapaxes(out[:, :d, d:], -1, -2)
+    out[:, d:, d:] = 0.0
+    for i in np.flatnonzero(~factors.full):  # C = U diag(sqrt s) is not triangular
+        half = c[i, :d].T @ c[i, d:]
+        out[i] = 0.5 * (half + half.T)
+    return out
+
+
+def _eigenvector_coefficients(factors, lam, w):
+    """``coef`` (b, 2d, m) such that the eigenvectors of ``S`` are ``A^T coef``.
+
+    ``C^{-T} W`` for a Cholesky factor (a triangular solve), ``U diag(1/sqrt s) W`` for an
+    eigen-factor, whose eigenvalues ``lam`` (b, 2d) beyond the rank of ``G`` are set to exact
+    zeros (in place: ``S`` vanishes off ``span(A^T)``). w: (b, 2d, m) eigenvectors of ``C^T J C``.
+    """
+    from scipy.linalg import solve_triangular  # only measure needs scipy: imported here
+
+    coef = np.empty(w.shape)
+    for i in range(len(w)):
+        if factors.full[i]:
+            coef[i] = solve_triangular(factors.c[i], w[i], lower=True, trans="T")
+        else:
+            lam[i, factors.rank[i]:] = 0.0
+            coef[i] = factors.inverse[i] @ w[i]
+    return coef
+
+
+def _eigenvector_rows(k, q, coef, full):
+    """Eigenvectors of ``S`` as rows, ``(A^T coef)^T = coef_K^T K + coef_Q^T Q``: (b, m, n) float64.
+
+    k, q: (b, d, n) float32 or float64, the precision of the (m, d) x (d, n) products; coef:
+    (b, 2d, m). In float32 the rows are orthonormal only to ~eps cond(G): those of the full-rank
+    items (``full`` (b,) bool) are orthonormalised in float64 (:func:`orthonormalized_rows`); the
+    others are completed by :func:`_complete_rows`.
+    """
+    d = k.shape[-2]
+    coef_t = np.swapaxes(coef, -1, -2).astype(k.dtype)
+    vecs = (coef_t[..., :d] @ k).astype(np.float64)
+    vecs += coef_t[..., d:] @ q
+    if full.all():  # the usual case: no copy of the rows picked
+        return orthonormalized_rows(vecs)
+    vecs[full] = orthonormalized_rows(vecs[full])
+    return vecs
 
 
 def orthonormalized_rows(rows):
@@ -201,48 +275,11 @@ def orthonormalized_rows(rows):
     return inverse_sqrt @ rows
 
 
-def _eigh(m, dtype):
-    """``np.linalg.eigh`` of (b, k, k) ``m`` computed in ``dtype``, returned in float64."""
-    if dtype == np.float64:
-        return np.linalg.eigh(m)
-    # LAPACK's divide and conquer (ssyevd) in float32 is ~1.5x as fast as numpy's batched float64
-    # eigh, which numpy's float32 one is not (its float32 is no faster).
-    from scipy.linalg import eigh
-
-    m = np.asarray(m, dtype=dtype)
-    lam, w = np.empty(m.shape[:-1]), np.empty(m.shape)
-    for i in range(len(m)):
-        lam[i], w[i] = eigh(m[i], driver="evd", check_finite=False)
-    return lam, w
-
-
-def _rayleigh_ritz(m, lam, w):
-    """Leading eigenpairs of symmetric (b, k, k) ``m`` refined in float64 from rougher ones.
-
-    Rayleigh-Ritz on the span of the columns of ``w`` (b, k, block), the leading eigenvectors
-    by ``|lambda|``, undoes the mixing of close eigenvectors that a float32 decomposition
-    leaves; ``lam[..., :block]`` is replaced by the Ritz values, still sorted by ``|lambda|``.
-    """
-    basis, _ = np.linalg.qr(w)
-    ritz_lam, ritz_w = _by_magnitude(*np.linalg.eigh(np.swapaxes(basis, -1, -2) @ m @ basis))
-    lam = lam.copy()
-    lam[..., : w.shape[-1]] = ritz_lam
-    return lam, basis @ ritz_w
-
-
-def _cholesky_where_full_rank(g, rank_tol, out):
-    """Lower Cholesky factors of the (b, m, m) ``g`` into ``out``; False where ``g`` is (near) singular."""
-    full = np.ones(len(g), dtype=bool)
-    try:
-        out[:] = np.linalg.cholesky(g)
-    except np.linalg.LinAlgError:  # some item is not positive definite: factor one by one
-        for i in range(len(g)):
-            try:
-                out[i] = np.linalg.cholesky(g[i])
-            except np.linalg.LinAlgError:
-                out[i] = 0.0
-                full[i] = False
-    pivots_sq = np.einsum("bii->bi", out) ** 2
+def _cholesky_where_full_rank(g, rank_tol):
+    """Lower Cholesky factors (b, m, m) of the (b, m, m) Grams ``g``, and (b,) bool: False where ``g`` is
+    (near) singular, i.e. not positive definite or with a squared pivot at most ``rank_tol`` times its
+    largest diagonal entry."""
+    c, full = lower_cholesky(g)
+    pivots_sq = np.einsum("bii->bi", c) ** 2
     scale = np.einsum("bii->bi", g).max(axis=-1)
-    full &= pivots_sq.min(axis=-1) > rank_tol * scale
-    return full
+    return c, full & (pivots_sq.min(axis=-1) > rank_tol * scale)

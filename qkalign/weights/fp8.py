@@ -89,7 +89,8 @@ class BlockScaledFp8:
 
 
 class DequantizingFolder:
-    """The FP8 part of a folder's ``check`` and ``read_block``, shared by the local and the remote folder.
+    """The parts of a folder's ``check`` and ``read_block`` shared by the local and the remote folder:
+    FP8 dequantisation and the finite-weight check.
 
     The folder provides ``names()``, ``shape_of(name)``, ``dtype_of(name)``, ``check(name, shape)`` and
     ``_read(name, index)`` (``index``: a row slice, or ``(slice(None), columns)``); ``fp8`` is the
@@ -116,6 +117,18 @@ class DequantizingFolder:
         if self.dtype_of(source.tensor) == FP8_DTYPE:  # its scales checked by _check_dtype
             return self.fp8.dequantize_source(block, self._read, source)
         return block
+
+    @staticmethod
+    def _check_finite(block, source, label):
+        """Raise unless every entry of ``block`` (the array ``source`` names, as read) is finite.
+
+        ``label``: the file named in errors.
+        """
+        # min and max propagate NaN and keep inf: no boolean temporary of the block's size.
+        if not (np.isfinite(block.min()) and np.isfinite(block.max())):
+            where = "columns" if source.transposed else "rows"
+            raise InputError(label, source.tensor, "finite weights", f"NaN or Inf in {where} {source.start}:"
+                             f"{source.stop}")
 
 
 def check_fp8_weight(fp8, folder, name, shape, source):

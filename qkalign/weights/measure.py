@@ -12,11 +12,10 @@ For each kv head ``g`` and each query head ``h`` reading it, with ``K``, ``Q`` t
 
 That is ``(H + H_kv) (L d)^2 n / 2`` multiply-adds in the SYRKs plus ``H L d^2 n`` for
 ``K Q^T`` and ``H L 2 d topk n`` for the eigenvectors; no hidden x hidden matrix is formed.
-Weights are read one head slice at a time. In ``float32`` mode the products and the
-2d x 2d eigen-problems run in float32, while the sums over blocks, ``G``, its Cholesky
-factor and a Rayleigh-Ritz refinement of the leading eigenpairs are float64;
-``float64`` mode is float64 throughout; the eigenvector rows are orthonormalised in float64
-either way. Each layer's K and Q blocks are read scaled by exact powers of two that bring their
+Weights are read one head slice at a time. In ``float32`` mode the products (SYRKs,
+``K Q^T``, the eigenvector rows) run in float32, while the sums over blocks, ``G``, its
+Cholesky factor and the 2d x 2d eigen-problems are float64; ``float64`` mode is float64
+throughout; the eigenvector rows are orthonormalised in float64 either way. Each layer's K and Q blocks are read scaled by exact powers of two that bring their
 largest entries near 1, undone in float64: weights anywhere in the float32 range (huge, or near the
 subnormal range) give the numbers of the same weights at unit scale. Weights are read as numpy
 arrays (bfloat16 and FP8 decoded by :mod:`~qkalign.weights.safetensors_ranges`): no torch; numba
@@ -38,14 +37,12 @@ from ..linalg.blas_threads import core_count, one_blas_thread
 from ..memory import check_fits
 from ..qkdata import QKData
 from . import DEFAULT_PRECISION, DEFAULT_TOPK, PRECISIONS
-from .factored_operator import RANK_TOL, stacked_gram, symmetric_part_eigen_from_gram
+from .factored_operator import RANK_TOL, stacked_gram_lower, symmetric_part_eigen_from_gram
 from .layouts import find_prefix, layout_for, text_config
 from .model_folder import ModelFolder
 from .quantization import checkpoint_quantization
 from .sources import resolve_source
 
-# Precision of the 2d x 2d eigen-problems: no finer than G, which float32 products round at ~1e-7.
-EIGEN_DTYPE = {"float32": np.float32, "float64": np.float64}
 BIASES_NOTE = "left out: the operator is W_K^T W_Q of the weights alone"
 ROPE_NOTE = "left out: the operator at relative position 0 (no rotary embedding applied)"
 
@@ -66,7 +63,7 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
         Multiply the input norm's gain into the columns of W_Q and W_K, and QK-norm gains
         (Qwen3, Gemma 3, OLMo2) into their rows (Gemma's gains are ``1 + w``).
     precision : {"float32", "float64"}
-        Precision of the big products and the small eigen-problems; sums over blocks are
+        Precision of the big products; sums over blocks and the 2d x 2d eigen-problems are
         float64 either way. float32 results agree with float64 to about 1e-7 relative.
     progress : bool
         Show a tqdm progress bar on stderr.
@@ -184,8 +181,12 @@ def measure_metadata(model_dir, layout, shape, folder, dtypes, precision, fold_n
 
 
 def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress):
-    """The arrays of :class:`QKData` (gram, fro_sq, sym_eigs, eig_dirs) from the model's weights."""
-    import scipy.linalg  # noqa: F401 - the eigen-problems' LAPACK, loaded before BLAS is held to one thread
+    """The arrays of :class:`QKData` (gram, fro_sq, sym_eigs, eig_dirs) from the model's weights.
+
+    eig_dirs comes read-only: :class:`QKData` then keeps it without a copy (L H topk n float64,
+    377 MB at qwen3-4b, copied on one core after the parallel work).
+    """
+    import scipy.linalg  # noqa: F401  (loaded before one_blas_thread, so that its limit covers scipy's BLAS)
 
     from ..kernels.block_sums import layer_gram_accumulated  # numba: imported when measuring
 
@@ -193,15 +194,18 @@ def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress)
     tasks = _HeadTasks(reader, shape, topk, precision, layer_gram_accumulated)
     torch = sys.modules.get("torch")  # loaded by the caller when torch tensors in memory are read
     if torch is None:
-        return tasks.run(progress)
-    torch_threads = torch.get_num_threads()
-    # torch then only copies slices to the CPU in worker threads; its multithreaded copies
-    # of small slices are ten times slower on a busy machine.
-    torch.set_num_threads(1)
-    try:
-        return tasks.run(progress)
-    finally:
-        torch.set_num_threads(torch_threads)
+        arrays = tasks.run(progress)
+    else:
+        torch_threads = torch.get_num_threads()
+        # torch then only copies slices to the CPU in worker threads; its multithreaded copies
+        # of small slices are ten times slower on a busy machine.
+        torch.set_num_threads(1)
+        try:
+            arrays = tasks.run(progress)
+        finally:
+            torch.set_num_threads(torch_threads)
+    arrays["eig_dirs"].setflags(write=False)
+    return arrays
 
 
 @dataclass(frozen=True)
@@ -277,12 +281,12 @@ class _HeadTasks:
 
     def key_task(self, kv_head):
         k, k_exponents = self.reader.key(kv_head)
-        return k, stacked_gram(k), k_exponents
+        return k, stacked_gram_lower(k), k_exponents
 
     def query_task(self, head, key_job):
         k, kk, k_exponents = key_job.result()
         q, q_exponents = self.reader.query(head)
-        qq = stacked_gram(q)
+        qq = stacked_gram_lower(q)
         gram = self.layer_gram(qq, kk, self.shape.num_layers, self.shape.head_dim)
         fro_sq, sym_eigs, eig_dirs = _layer_work(k, q, kk, qq, self.topk, self.precision)
         # The blocks were K_L 2^-ek[L] and Q_L 2^-eq[L], so the operator computed for layer L was
@@ -343,21 +347,16 @@ class _HeadTasks:
 def _layer_work(k, q, kk, qq, topk, precision):
     """``fro_sq``, ``sym_eigs`` and ``eig_dirs`` of one head in every layer.
 
-    k, q: (L, d, n) blocks; kk, qq: their (L d, L d) stacked Grams.
+    k, q: (L, d, n) blocks; kk, qq: their (L d, L d) stacked Grams (diagonal blocks read).
     """
     d = k.shape[1]
     kq = (k @ np.swapaxes(q, -1, -2)).astype(np.float64)  # (L, d, d): K_L Q_L^T
     a_gram = np.empty((len(k), 2 * d, 2 * d))  # A A^T with A = [K_L; Q_L]
-    a_gram[:, :d, :d] = _diagonal_blocks(kk, d)
+    for layer in range(len(k)):  # the diagonal blocks of the stacked Grams, widened as they are copied
+        rows = slice(layer * d, (layer + 1) * d)
+        a_gram[layer, :d, :d] = kk[rows, rows]
+        a_gram[layer, d:, d:] = qq[rows, rows]
     a_gram[:, :d, d:] = kq
     a_gram[:, d:, :d] = np.swapaxes(kq, -1, -2)
-    a_gram[:, d:, d:] = _diagonal_blocks(qq, d)
-    sym_eigs, eig_dirs = symmetric_part_eigen_from_gram(k, q, a_gram, topk, RANK_TOL[precision],
-                                                        EIGEN_DTYPE[precision])
+    sym_eigs, eig_dirs = symmetric_part_eigen_from_gram(k, q, a_gram, topk, RANK_TOL[precision])
     return np.einsum("lij,lij->l", kq, kq), sym_eigs, eig_dirs
-
-
-def _diagonal_blocks(gram, d):
-    """``gram[L d:(L+1) d, L d:(L+1) d]`` for every ``L``: (L, d, d)."""
-    layers = np.arange(gram.shape[0] // d)
-    return gram.reshape(len(layers), d, len(layers), d)[layers, :, layers]

@@ -141,10 +141,7 @@ class ModelFolder(fp8.DequantizingFolder):
         block = self._dequantized(self._read(source.tensor, index), source)
         if source.transposed:
             block = block.T
-        if not np.isfinite(block).all():
-            where = "columns" if source.transposed else "rows"
-            raise InputError(self._file_of[source.tensor], source.tensor, "finite weights",
-                             f"NaN or Inf in {where} {source.start}:{source.stop}")
+        self._check_finite(block, source, self._file_of[source.tensor])
         return block
 
     def read_gain(self, source, dtype):

@@ -15,8 +15,6 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future
 
-import numpy as np
-
 from ..errors import InputError
 from .fp8 import DequantizingFolder
 from .model_folder import INDEX_NAME, READABLE_DTYPES, SINGLE_FILE_NAME
@@ -116,10 +114,7 @@ class RemoteFolder(DequantizingFolder):
         block = self._dequantized(block, source)
         if source.transposed:
             block = block.T
-        if not np.isfinite(block).all():
-            where = "columns" if source.transposed else "rows"
-            raise InputError(label, source.tensor, "finite weights", f"NaN or Inf in {where} {source.start}:"
-                             f"{source.stop}")
+        self._check_finite(block, source, label)
         return block
 
     def read_gain(self, source, dtype):
