@@ -143,7 +143,8 @@ def _interrupt_when(proc, marker, collected):
             buffer += chunk
             if marker in buffer and not collected:
                 collected.append(time.monotonic())
-                threading.Timer(0.5, proc.send_signal, (signal.SIGINT,)).start()
+                # at once: measure of the model below takes ~0.3 s after its bar appears (2 cores)
+                threading.Timer(0.02, proc.send_signal, (signal.SIGINT,)).start()
         collected.append(buffer.decode())
     reader = threading.Thread(target=read)
     reader.start()
@@ -152,7 +153,7 @@ def _interrupt_when(proc, marker, collected):
 
 @pytest.mark.slow
 def test_ctrl_c_during_measure_is_one_line_exit_130_and_leaves_nothing(tmp_path):
-    # big enough that measure runs for seconds after its progress bar appears
+    # big enough that measure is still running when the signal arrives, 20 ms after its progress bar
     model = write_model(tmp_path / "model", "llama", shape=(24, 16, 4, 32, 512))
     out = tmp_path / "out"
     out.mkdir()
