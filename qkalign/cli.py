@@ -44,8 +44,9 @@ def _parser():
     an = sub.add_parser("analyze", help="report how alike the QK operators of the layers are",
                         description="Analyse a grams JSON and its eigen-direction file (the bundled example "
                                     "when no file is given).")
-    an.add_argument("grams", nargs="?", help="grams JSON, or a model to measure first: a folder, an fsspec URL of one "
-                                             "or a Hub repo id ORG/NAME (default: the bundled example)")
+    an.add_argument("grams", nargs="?", help="grams JSON, or a model to measure first: a folder, an fsspec URL of one, "
+                                             "a Hub repo id ORG/NAME, a GGUF file or ollama:NAME[:TAG] (default: the "
+                                             "bundled example)")
     an.add_argument("--eigdirs", help="eigen-direction file, .safetensors or .pt (default: the JSON's eigdirs_path, "
                                       "else <stem>-eigdirs.safetensors, else <stem>-eigdirs.pt)")
     an.add_argument("--anchor", type=int, default=-1, help="anchor layer, Python indexing (-1 = last)")
@@ -63,11 +64,12 @@ def _parser():
                                     "sweep's OUT.zarr, the statistics against revision and a grid of heatmaps.")
     pl.add_argument("result", help="a JSON written by qkalign analyze --json, or a store written by qkalign sweep")
     pl.add_argument("out_dir", help="folder for the PNG files (created if missing)")
-    me = sub.add_parser("measure", help="compute the grams and eigen-directions from a model's safetensors weights",
-                        description="Read a Hugging Face model folder (config.json + safetensors) and write "
-                                    "PREFIX.json and PREFIX-eigdirs.safetensors for `qkalign analyze`.")
+    me = sub.add_parser("measure", help="compute the grams and eigen-directions from a model's weights",
+                        description="Read a Hugging Face model folder (config.json + safetensors) or a GGUF file and "
+                                    "write PREFIX.json and PREFIX-eigdirs.safetensors for `qkalign analyze`.")
     me.add_argument("model_dir", metavar="SOURCE", help="Hugging Face model folder (config.json, model.safetensors or "
-                    "its index), an fsspec URL of one (https://, s3://, gs://, file://) or a Hub repo id ORG/NAME")
+                    "its index), an fsspec URL of one (https://, s3://, gs://, file://), a Hub repo id ORG/NAME, "
+                    "a GGUF file (any split of a split set) or ollama:NAME[:TAG] (the local Ollama store)")
     _add_output_options(me)
     _add_measure_options(me, for_analyze=False)
     sy = sub.add_parser("synthetic", help="write a synthetic model's grams and eigen-directions",
@@ -227,15 +229,16 @@ def _analysis_input(args):
     """``(QKData, description of the input)`` for ``analyze``: a measured model folder, a grams JSON or
     the bundled example."""
     from .files.seed_format import load
-    from .weights.sources import is_remote_source
+    from .weights.sources import is_model_source
 
-    if args.grams is not None and (Path(args.grams).is_dir() or is_remote_source(args.grams)):
+    if args.grams is not None and is_model_source(args.grams):
         from .weights.measure import measure
 
         options = _measure_options(args)
         data = measure(args.grams, **options)
         folded = ", norms folded" if options["fold_norms"] else ""
-        what = f"model folder {args.grams}" if data.extra["source_kind"] == "local" else f"model {args.grams}"
+        local = "model folder" if data.extra["source_format"] == "safetensors" else "GGUF model"
+        what = f"{local} {args.grams}" if data.extra["source_kind"] == "local" else f"model {args.grams}"
         if data.extra["commit_hash"]:
             what += f" revision {data.extra['revision']} (commit {data.extra['commit_hash']})"
         return data, f"{what} (measured: {data.extra['layout']}, {options['precision']}{folded})"

@@ -12,7 +12,8 @@ import pytest
 from qkalign import InputError
 from qkalign.errors import one_line
 from qkalign.weights import ollama
-from qkalign.weights.ollama import MODEL_MEDIA_TYPE, is_gguf_file, is_ollama_source, resolve_ollama
+from qkalign.weights.gguf_reader import is_gguf_file
+from qkalign.weights.ollama import MODEL_MEDIA_TYPE, is_ollama_source, resolve_ollama
 
 HOST, NAMESPACE = "registry.ollama.ai", "library"
 HF_NAME = "hf.co/bartowski/SmolLM2-135M-Instruct-GGUF"

@@ -184,7 +184,7 @@ def from_weights(W_Q, W_K, *, topk=DEFAULT_TOPK, precision=DEFAULT_PRECISION, pr
     dtypes = check_tensors(layout, shape, tensors, False)
     arrays = compute_arrays(layout, shape, tensors, False, topk, precision, progress)
     extra = {"source": "qkalign.from_weights", "layout": layout.name, "num_kv_heads": shape.num_kv_heads,
-             "checkpoint_dtypes": dtypes, "precision": precision, "fold_norms": False, "folded_gains": [],
+             "checkpoint_dtypes": sorted(set(dtypes.values())), "precision": precision, "fold_norms": False, "folded_gains": [],
              "biases": BIASES_NOTE, "rope": "not applied: the operator of W_Q, W_K as given",
              "rank_deficient_operators": int((arrays["sym_eigs"] == 0).any(axis=-1).sum())}
     return _qkdata(shape, arrays, "<from_weights>", extra)

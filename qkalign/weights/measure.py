@@ -102,6 +102,10 @@ def open_model(model_dir, revision=None):
     """``(ModelFolder or RemoteFolder, Layout, AttentionShape)`` of a model source (a folder, URL, Hub repo
     or :class:`~qkalign.weights.sources.ModelSource`), the layout's weight prefix found."""
     source = resolve_source(model_dir, revision)
+    if source.format == "gguf":
+        from .gguf_model import open_gguf_model
+
+        return open_gguf_model(source)
     config_path = source.config_label()
     full_config = source.read_config()
     config = text_config(full_config)
@@ -124,16 +128,16 @@ def check_topk(topk, shape):
 def check_tensors(layout, shape, folder, fold_norms):
     """Every tensor that will be read exists with the shape config.json implies (before any compute).
 
-    Returns the sorted list of the checkpoint dtypes found (``"BF16"``, ...).
+    Returns ``{tensor name: its stored dtype}`` (``"BF16"``, ``"F8_E4M3"``, GGUF's ``"Q4_K"``, ...).
     """
-    dtypes = set()
+    dtypes = {}
     for layer in range(shape.num_layers):
         expected = layout.weight_shapes(shape, layer)
         if fold_norms:
             expected.update(layout.gain_shapes(shape, layer))
         for name, tensor_shape in expected.items():
-            dtypes.add(folder.check(name, tensor_shape))
-    return sorted(dtypes)
+            dtypes[name] = folder.check(name, tensor_shape)
+    return dtypes
 
 
 #: Memory of the interpreter and numba's working sets (and torch's, when it holds the weights), added to
@@ -168,16 +172,33 @@ def measure_metadata(model_dir, layout, shape, folder, dtypes, precision, fold_n
         "layout": layout.name,
         "weight_prefix": layout.prefix,
         "num_kv_heads": shape.num_kv_heads,
-        "checkpoint_dtypes": dtypes,
+        "checkpoint_dtypes": sorted(set(dtypes.values())),
+        # Every tensor read and its stored type: a GGUF file mixes quantisation types (Q4_K, Q6_K, ...).
+        "tensor_types": dict(dtypes),
         "precision": precision,
         "fold_norms": bool(fold_norms),
         "folded_gains": layout.folded_gains() if fold_norms else [],
         "biases": BIASES_NOTE + (" (the checkpoint has q/k biases)" if has_biases else " (the checkpoint has none)"),
         "rope": ROPE_NOTE if layout.rotary else "none: absolute position embeddings, not part of W_Q, W_K",
+        **rotary_record(layout, shape, folder),
+        **(folder.describe() if hasattr(folder, "describe") else {}),
         # [K; Q] of numerical rank < 2 d in this precision (tied Q and K, n < 2 d, or ill-conditioned):
         # their missing eigenvalues are exact zeros.
         "rank_deficient_operators": int((arrays["sym_eigs"] == 0).any(axis=-1).sum()),
     }
+
+
+def rotary_record(layout, shape, folder):
+    """How the stored Q/K rows of each head pair under RoPE, for rotary analyses (None: no RoPE).
+
+    transformers' checkpoints pair row ``i`` with ``i + d_rot/2`` (``rotate_half``); llama.cpp's
+    converter stores some architectures interleaved (:mod:`~qkalign.weights.gguf_layout`).
+    """
+    if not layout.rotary:
+        return {"rotary_pairing": None, "rotary_dims": None}
+    describe = getattr(folder, "rotary_pairing", None)
+    pairing, dims = describe(layout, shape) if describe is not None else ("half-split", None)
+    return {"rotary_pairing": pairing, "rotary_dims": dims}
 
 
 def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress):

@@ -9,7 +9,7 @@ Ollama keeps what it pulls in one store folder, ``$OLLAMA_MODELS`` or else ``~/.
 A name ``llama3.2`` means ``registry.ollama.ai/library/llama3.2:latest``; ``user/model`` names the
 namespace and ``hf.co/owner/repo`` all three parts. The weights are the one layer of media type
 ``application/vnd.ollama.image.model``: a GGUF file without an extension, which
-:func:`is_gguf_file` recognises by its magic bytes. Its other layers (template, system prompt,
+:func:`~qkalign.weights.gguf_reader.is_gguf_file` recognises by its magic bytes. Its other layers (template, system prompt,
 parameters, licence, LoRA adapters, a vision projector) are not the language model's weights.
 
 Name parts must pass Ollama's own rules (``types/model/name.go``): ASCII letters, digits, ``_``,
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ..checks import file_kind, read_json_object
 from ..errors import InputError
+from .gguf_reader import GGUF_MAGIC, mode_and_magic
 
 OLLAMA_PREFIX = "ollama:"
 #: The environment variable that moves Ollama's store.
@@ -36,7 +37,6 @@ MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
-GGUF_MAGIC = b"GGUF"
 NAME_FORM = f"{OLLAMA_PREFIX}[HOST/][NAMESPACE/]MODEL[:TAG]"
 
 # Per part: the characters allowed after the first (a letter, digit or "_") and the longest part,
@@ -85,22 +85,6 @@ class OllamaModel:
         """The shortest name Ollama shows for this model (``ollama list``): ``llama3.2:latest``, ``user/m:v1``."""
         host, namespace, model = self.name.split("/")
         return _display(host, namespace, model, self.tag)
-
-
-def is_gguf_file(path):
-    """Whether ``path`` is a regular file (symlinks followed) whose first 4 bytes are ``b"GGUF"``.
-
-    The name does not matter: Ollama's blobs are named by digest only. Never raises (a missing,
-    unreadable or non-path argument is ``False``) and reads at most 4 bytes.
-
-    Parameters
-    ----------
-    path : str, bytes or os.PathLike
-    """
-    try:
-        return _mode_and_head(path)[1] == GGUF_MAGIC
-    except (OSError, TypeError, ValueError):  # ValueError: a NUL in the path
-        return False
 
 
 def is_ollama_source(text):
@@ -185,26 +169,6 @@ def resolve_ollama(text):
     _check_blob(blob, manifest, index, _display(host, namespace, model, tag))
     return OllamaModel(given=text, name=f"{host}/{namespace}/{model}", tag=tag, manifest=manifest,
                        blob=blob, digest=digest, store=store)
-
-
-def _mode_and_head(path):
-    """``(st_mode, first bytes)`` of ``path``: at most 4 bytes, None when it is not a regular file.
-
-    Only a regular file is opened: opening a FIFO would block and a device may act on being opened.
-    The mode is checked again on the open descriptor in case the file was swapped in between.
-    """
-    if not isinstance(path, (str, bytes, os.PathLike)):
-        raise TypeError(f"not a path: {type(path).__name__}")  # an int would be taken as a descriptor
-    mode = os.stat(path).st_mode
-    if not stat.S_ISREG(mode):
-        return mode, None
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(path, flags)
-    try:
-        mode = os.fstat(fd).st_mode
-        return mode, os.read(fd, len(GGUF_MAGIC)) if stat.S_ISREG(mode) else None
-    finally:
-        os.close(fd)
 
 
 def _check_part(text, kind, part):
@@ -344,7 +308,7 @@ def _digest(manifest, index, layer):
 def _check_blob(blob, manifest, index, wanted):
     """Raise unless ``blob`` is a readable regular file starting with the GGUF magic bytes."""
     try:
-        mode, head = _mode_and_head(blob)
+        mode, head = mode_and_magic(blob)
     except (FileNotFoundError, NotADirectoryError):
         raise InputError(blob, "", f"the blob of the model layer (layers[{index}]) of {manifest}",
                          f"no such file (ollama pull {wanted} downloads it again)") from None

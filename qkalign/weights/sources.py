@@ -7,6 +7,11 @@
   :class:`~qkalign.weights.model_folder.ModelFolder` (memory-mapped);
 - another URL (``https://``, ``s3://``, ``gs://``, any fsspec protocol): read by byte ranges
   (:class:`~qkalign.weights.remote_folder.RemoteFolder`);
+- a GGUF file (llama.cpp, Ollama, LM Studio; recognised by its magic bytes, whatever its name, a
+  split set by any of its splits), or a folder whose only weights are one GGUF model: read by
+  :class:`~qkalign.weights.gguf_model.GGUFModel`;
+- ``ollama:NAME[:TAG]``: the GGUF blob of that model in the local Ollama store
+  (:mod:`~qkalign.weights.ollama`);
 - ``ORG/NAME`` that is no local path: a Hub repo at ``revision`` (default ``main``), through
   ``huggingface_hub``'s conventions (``HF_HUB_CACHE``, ``HF_TOKEN``, ``HF_ENDPOINT``,
   ``HF_HUB_OFFLINE``). A snapshot in the local Hub cache holding the config and all safetensors
@@ -25,6 +30,7 @@ from urllib.parse import unquote, urlparse
 from ..checks import read_json_object
 from ..errors import InputError, first_line
 from .model_folder import CONFIG_NAME, INDEX_NAME, SINGLE_FILE_NAME, ModelFolder, read_config
+from .ollama import OLLAMA_PREFIX
 
 DEFAULT_REVISION = "main"
 # The Hub's repo ids: ORG/NAME of letters, digits, '-', '_', '.' (huggingface_hub validates the rest).
@@ -38,9 +44,11 @@ SOURCE_FORMS = "a model folder, an fsspec URL of one (https://, s3://, gs://, fi
 class ModelSource:
     """A resolved ``SOURCE``: a local folder (``local_dir``) or remote files (``files``).
 
-    ``given`` is the source as the user wrote it, ``kind`` one of ``"local"``, ``"url"``, ``"hub"``;
-    Hub sources have the ``revision`` asked for and the ``commit_hash`` it resolved to, and
-    ``location`` says where the files were read (a folder, a URL, the Hub cache).
+    ``given`` is the source as the user wrote it, ``kind`` one of ``"local"``, ``"url"``, ``"hub"``,
+    ``"ollama"``; Hub sources have the ``revision`` asked for and the ``commit_hash`` it resolved to,
+    and ``location`` says where the files were read (a folder, a URL, the Hub cache). A GGUF model
+    has ``gguf_path`` (its file, or one split of it) and ``ollama`` (the
+    :class:`~qkalign.weights.ollama.OllamaModel`) when it came from the Ollama store.
     """
 
     given: str
@@ -50,9 +58,18 @@ class ModelSource:
     revision: str = None
     commit_hash: str = None
     location: str = ""
+    gguf_path: Path = None
+    ollama: object = field(default=None, repr=False)
+
+    @property
+    def format(self):
+        """``"gguf"`` or ``"safetensors"``: how the weights are stored."""
+        return "gguf" if self.gguf_path is not None else "safetensors"
 
     def config_label(self):
-        """Path or URL of ``config.json``, for error lines."""
+        """Path or URL of ``config.json`` (a GGUF file: the file, which holds the metadata), for error lines."""
+        if self.gguf_path is not None:
+            return self.given if self.kind == "ollama" else self.gguf_path
         return self.local_dir / CONFIG_NAME if self.local_dir is not None else self.files.url_of(CONFIG_NAME)
 
     def read_config(self):
@@ -71,8 +88,12 @@ class ModelSource:
 
     def metadata(self):
         """What ``QKData.extra`` records of the source."""
-        return {"model_source": self.given, "source_kind": self.kind, "read_from": self.location,
-                "revision": self.revision, "commit_hash": self.commit_hash}
+        record = {"model_source": self.given, "source_kind": self.kind, "read_from": self.location,
+                  "revision": self.revision, "commit_hash": self.commit_hash, "source_format": self.format}
+        if self.ollama is not None:
+            record["ollama"] = {"name": self.ollama.display, "digest": self.ollama.digest,
+                                "manifest": str(self.ollama.manifest)}
+        return record
 
 
 def is_remote_source(text):
@@ -83,13 +104,25 @@ def is_remote_source(text):
     return "://" in text or HUB_REPO_ID.match(text) is not None
 
 
+def is_model_source(text):
+    """Whether ``text`` names a model to measure (a folder, a GGUF file, ``ollama:``, a URL, a Hub repo)
+    rather than a grams JSON."""
+    from .gguf_reader import is_gguf_file
+    from .ollama import is_ollama_source
+
+    path = Path(str(text))
+    return path.is_dir() or is_gguf_file(path) or is_ollama_source(str(text)) or is_remote_source(text)
+
+
 def resolve_source(source, revision=None):
     """The :class:`ModelSource` that ``source`` (+ ``revision`` for a Hub repo) names."""
     if isinstance(source, ModelSource):
         return source
     text = str(source)
-    if isinstance(source, Path) or Path(text).exists() or not is_remote_source(text):
-        resolved = ModelSource(text, "local", local_dir=Path(source), location=text)
+    if text.startswith(OLLAMA_PREFIX) and not Path(text).exists():
+        resolved = _ollama_source(text)
+    elif isinstance(source, Path) or Path(text).exists() or not is_remote_source(text):
+        resolved = _local_source(text)
     elif "://" in text:
         resolved = _url_source(text)
     else:
@@ -98,6 +131,44 @@ def resolve_source(source, revision=None):
         raise InputError("--revision", "", "a Hub repo id ORG/NAME as the source (a revision is a Hub branch, tag "
                          "or commit)", text)
     return resolved
+
+
+def _local_source(text):
+    """A local folder, or a GGUF file (by its magic bytes), or a folder holding one GGUF model only."""
+    from .gguf_reader import is_gguf_file
+
+    path = Path(text)
+    if is_gguf_file(path):
+        return ModelSource(text, "local", gguf_path=path, location=text)
+    if path.is_dir() and not (path / CONFIG_NAME).exists():
+        gguf_file = _only_gguf_model(path)
+        if gguf_file is not None:
+            return ModelSource(text, "local", gguf_path=gguf_file, location=str(gguf_file))
+    return ModelSource(text, "local", local_dir=path, location=text)
+
+
+def _only_gguf_model(folder):
+    """The GGUF file of ``folder`` when it holds exactly one GGUF model (a single file or one split set);
+    None when it holds none; one line naming them when it holds several."""
+    from .gguf_model import SPLIT_NAME
+
+    files = sorted(p for p in folder.glob("*.gguf") if p.is_file())
+    models = {}
+    for path in files:
+        match = SPLIT_NAME.match(path.name)
+        models.setdefault(match["stem"] if match else path.name, path)
+    if len(models) > 1:
+        raise InputError(folder, "", "config.json with safetensors weights, or one GGUF model (name the file to "
+                         "measure)", f"{len(models)} GGUF models: " + ", ".join(p.name for p in models.values())[:300])
+    return next(iter(models.values()), None)
+
+
+def _ollama_source(text):
+    from .ollama import resolve_ollama
+
+    model = resolve_ollama(text)
+    return ModelSource(text, "ollama", gguf_path=model.blob, ollama=model,
+                       location=f"Ollama store {model.store} ({model.blob.name})")
 
 
 def _url_source(url):
