@@ -18,11 +18,12 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from gguf import GGMLQuantizationType as QT  # noqa: E402
-from safetensors.numpy import load_file  # noqa: E402
 
 from qkalign.testing.gguf_files import (  # noqa: E402
+    CONFIGS,
     GGUF_ARCH,
     PERMUTED,
+    build_model,
     converter_permutation,
     quantize_q4_k,
     quantize_q6_k,
@@ -30,29 +31,6 @@ from qkalign.testing.gguf_files import (  # noqa: E402
 )
 from qkalign.testing.model_folders import ALL_MODEL_TYPES, write_model  # noqa: E402
 
-BASE = dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=128, vocab_size=128,
-            max_position_embeddings=128)
-GQA = dict(BASE, num_key_value_heads=2)
-CONFIGS = {
-    "llama": dict(GQA, head_dim=16, attention_bias=True, rope_parameters=dict(
-        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64,
-        rope_theta=10000.0)),
-    "mistral": dict(GQA, head_dim=24, rope_parameters=dict(rope_type="linear", factor=2.0, rope_theta=10000.0)),
-    "qwen2": dict(GQA, rope_parameters=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=32,
-                                            rope_theta=1e6)),
-    "qwen3": dict(GQA, head_dim=24),
-    "gemma": dict(GQA, head_dim=24),
-    "gemma2": dict(GQA, head_dim=24, sliding_window=32),
-    "gemma3_text": dict(GQA, head_dim=24, sliding_window=32),
-    "phi3": dict(GQA, partial_rotary_factor=0.75, original_max_position_embeddings=128, pad_token_id=0),
-    "gpt2": dict(n_embd=64, n_head=4, n_layer=2, vocab_size=128, n_positions=128),
-    "gpt_neox": dict(BASE, rotary_pct=0.25),
-    "bert": dict(BASE),
-    "olmo": dict(GQA, clip_qkv=8.0),
-    "olmo2": dict(GQA),
-    "granite": dict(GQA, attention_multiplier=0.125, embedding_multiplier=12.0, residual_multiplier=0.25,
-                    logits_scaling=8.0),
-}
 HEAD_DIM = {mt: CONFIGS[mt].get("head_dim", 16) for mt in CONFIGS}
 COMMON = {"block_count": 2, "context_length": 128, "embedding_length": 64, "attention.head_count": 4}
 # Per model type: metadata values the converter writes (under the architecture's prefix) and keys it does not write.
@@ -97,19 +75,6 @@ LOADER_SKIPS = {
     "olmo2": "transformers' GGUF loader has no 'olmo2' architecture",
     "granite": "transformers' GGUF loader has no 'granite' architecture",
 }
-
-
-def build_model(model_type, folder, **overrides):
-    """A tiny random transformers model of ``model_type`` saved in ``folder``; its tensors as numpy arrays."""
-    config = transformers.AutoConfig.for_model(model_type, **{**CONFIGS[model_type], **overrides})
-    torch.manual_seed(sorted(CONFIGS).index(model_type))
-    auto = transformers.AutoModel if model_type == "bert" else transformers.AutoModelForCausalLM
-    model = auto.from_config(config)
-    with torch.no_grad():
-        for p in model.parameters():  # every weight random, norm gains too (Gemma's default 0 would hide 1 + w)
-            p.copy_(0.5 * torch.randn_like(p))
-    model.save_pretrained(folder)
-    return model, load_file(str(folder / "model.safetensors"))
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,50 @@ K_FALLBACK = {"Q4_K": "Q5_0", "Q6_K": "Q8_0"}
 QK_K = 256  # values in a K-quant super-block
 
 
+# Tiny transformers configs of every model type converted: 2 layers, hidden 64, 4 heads (2 kv heads where the
+# family has grouped-query attention), head_dim 16 or an explicit 24; rope variants where the family has them.
+BASE = dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, intermediate_size=128, vocab_size=128,
+            max_position_embeddings=128)
+GQA = dict(BASE, num_key_value_heads=2)
+CONFIGS = {
+    "llama": dict(GQA, head_dim=16, attention_bias=True, rope_parameters=dict(
+        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=64,
+        rope_theta=10000.0)),
+    "mistral": dict(GQA, head_dim=24, rope_parameters=dict(rope_type="linear", factor=2.0, rope_theta=10000.0)),
+    "qwen2": dict(GQA, rope_parameters=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=32,
+                                            rope_theta=1e6)),
+    "qwen3": dict(GQA, head_dim=24),
+    "gemma": dict(GQA, head_dim=24),
+    "gemma2": dict(GQA, head_dim=24, sliding_window=32),
+    "gemma3_text": dict(GQA, head_dim=24, sliding_window=32),
+    "phi3": dict(GQA, partial_rotary_factor=0.75, original_max_position_embeddings=128, pad_token_id=0),
+    "gpt2": dict(n_embd=64, n_head=4, n_layer=2, vocab_size=128, n_positions=128),
+    "gpt_neox": dict(BASE, rotary_pct=0.25),
+    "bert": dict(BASE),
+    "olmo": dict(GQA, clip_qkv=8.0),
+    "olmo2": dict(GQA),
+    "granite": dict(GQA, attention_multiplier=0.125, embedding_multiplier=12.0, residual_multiplier=0.25,
+                    logits_scaling=8.0),
+}
+
+def build_model(model_type, folder, **overrides):
+    """A tiny random transformers model of ``model_type`` (:data:`CONFIGS`) saved in ``folder``; returns the model and
+    its saved tensors as numpy arrays."""
+    import torch
+    import transformers
+    from safetensors.numpy import load_file
+
+    config = transformers.AutoConfig.for_model(model_type, **{**CONFIGS[model_type], **overrides})
+    torch.manual_seed(sorted(CONFIGS).index(model_type))
+    auto = transformers.AutoModel if model_type == "bert" else transformers.AutoModelForCausalLM
+    model = auto.from_config(config)
+    with torch.no_grad():
+        for p in model.parameters():  # every weight random, norm gains too (Gemma's default 0 would hide 1 + w)
+            p.copy_(0.5 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    return model, load_file(str(folder / "model.safetensors"))
+
+
 def write_gguf_from_folder(folder, path, *, qtype="F32", split_max_tensors=0):
     """Convert a Hugging Face model folder into GGUF as ``convert_hf_to_gguf.py`` would; return the paths written.
 
