@@ -1,4 +1,4 @@
-"""``measure``: a Hugging Face model folder's safetensors weights -> :class:`QKData`, on CPU.
+"""``measure``: a model's weights (a Hugging Face folder's safetensors, or a GGUF file) -> :class:`QKData`, on CPU.
 
 For each kv head ``g`` and each query head ``h`` reading it, with ``K``, ``Q`` the
 ``(L, d, n)`` stacks of that head's blocks over all layers:
@@ -56,7 +56,8 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
     model_dir : str or Path
         Folder with ``config.json`` and ``model.safetensors`` (or ``model.safetensors.index.json``
         and its shards), an fsspec URL of one (``https://``, ``s3://``, ``gs://``, ``file://``;
-        read by byte ranges) or a Hub repo id ``ORG/NAME`` (see :mod:`~qkalign.weights.sources`).
+        read by byte ranges), a Hub repo id ``ORG/NAME``, a GGUF file (any split of a split set) or
+        ``ollama:NAME[:TAG]`` (see :mod:`~qkalign.weights.sources`).
     topk : int
         Eigenvectors kept per layer and head, ``1 <= topk <= min(2 d, n)``.
     fold_norms : bool
