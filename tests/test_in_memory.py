@@ -123,7 +123,8 @@ def test_from_state_dict_equals_measure(tmp_path, model_type, fold_norms):
                                   progress=False)
     want = measure(model.folder, topk=4, fold_norms=fold_norms, precision="float64", progress=False)
     assert_same(got, want)
-    where = ("source", "model_dir", "model_source", "source_kind", "revision", "commit_hash", "read_from")
+    where = ("source", "model_dir", "model_source", "source_kind", "source_format", "revision", "commit_hash",
+             "read_from")
     assert got.extra["source_kind"] == "memory" and want.extra["source_kind"] == "local"
     assert {k: v for k, v in got.extra.items() if k not in where} == \
         {k: v for k, v in want.extra.items() if k not in where}

@@ -117,7 +117,7 @@ def from_state_dict(state_dict, config, *, topk=DEFAULT_TOPK, fold_norms=False, 
     dtypes = check_tensors(layout, shape, tensors, fold_norms)
     arrays = compute_arrays(layout, shape, tensors, fold_norms, topk, precision, progress)
     extra = measure_metadata("<state_dict>", layout, shape, tensors, dtypes, precision, fold_norms, arrays)
-    extra.update(model_source=extra["model_dir"], source_kind="memory")
+    extra.update(model_source=extra["model_dir"], source_kind="memory", source_format="state_dict")
     extra["source"] = "qkalign.from_state_dict"
     return _qkdata(shape, arrays, "<state_dict>", extra)
 
