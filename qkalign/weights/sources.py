@@ -10,6 +10,10 @@
 - a GGUF file (llama.cpp, Ollama, LM Studio; recognised by its magic bytes, whatever its name, a
   split set by any of its splits), or a folder whose only weights are one GGUF model: read by
   :class:`~qkalign.weights.gguf_model.GGUFModel`;
+- a URL whose path ends ``.gguf``, or ``ORG/NAME/FILE.gguf`` (a GGUF file of a Hub repo, which holds
+  many quantisations: the file is named; it may be in a folder of the repo): read by range requests,
+  only its header and the Q/K rows (:mod:`~qkalign.weights.remote_gguf`); from the Hub cache when
+  every split is cached there;
 - ``ollama:NAME[:TAG]``: the GGUF blob of that model in the local Ollama store
   (:mod:`~qkalign.weights.ollama`);
 - ``ORG/NAME`` that is no local path: a Hub repo at ``revision`` (default ``main``), through
@@ -35,9 +39,13 @@ from .ollama import OLLAMA_PREFIX
 DEFAULT_REVISION = "main"
 # The Hub's repo ids: ORG/NAME of letters, digits, '-', '_', '.' (huggingface_hub validates the rest).
 HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# ORG/NAME/FILE.gguf, FILE a path in the repo (folders of names other than "." and "..").
+HUB_GGUF_FILE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)/"
+                           r"(?P<file>(?:(?!\.\.?/)[^/\\\x00-\x1f]+/)*[^/\\\x00-\x1f]+\.gguf)$", re.IGNORECASE)
 # What measure reads from a Hub snapshot.
 HUB_FILES = [CONFIG_NAME, "*.safetensors", INDEX_NAME]
-SOURCE_FORMS = "a model folder, an fsspec URL of one (https://, s3://, gs://, file://) or a Hub repo id ORG/NAME"
+SOURCE_FORMS = ("a model folder, an fsspec URL of one (https://, s3://, gs://, file://) or of a GGUF file, a Hub repo "
+                "id ORG/NAME or a GGUF file of one ORG/NAME/FILE.gguf")
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,8 @@ class ModelSource:
     ``"ollama"``; Hub sources have the ``revision`` asked for and the ``commit_hash`` it resolved to,
     and ``location`` says where the files were read (a folder, a URL, the Hub cache). A GGUF model
     has ``gguf_path`` (its file, or one split of it) and ``ollama`` (the
-    :class:`~qkalign.weights.ollama.OllamaModel`) when it came from the Ollama store.
+    :class:`~qkalign.weights.ollama.OllamaModel`) when it came from the Ollama store; a remote one
+    ``gguf_file``, the file's name in ``files``.
     """
 
     given: str
@@ -60,14 +69,17 @@ class ModelSource:
     location: str = ""
     gguf_path: Path = None
     ollama: object = field(default=None, repr=False)
+    gguf_file: str = None
 
     @property
     def format(self):
         """``"gguf"`` or ``"safetensors"``: how the weights are stored."""
-        return "gguf" if self.gguf_path is not None else "safetensors"
+        return "gguf" if self.gguf_path is not None or self.gguf_file is not None else "safetensors"
 
     def config_label(self):
         """Path or URL of ``config.json`` (a GGUF file: the file, which holds the metadata), for error lines."""
+        if self.gguf_file is not None:
+            return self.files.url_of(self.gguf_file)
         if self.gguf_path is not None:
             return self.given if self.kind == "ollama" else self.gguf_path
         return self.local_dir / CONFIG_NAME if self.local_dir is not None else self.files.url_of(CONFIG_NAME)
@@ -101,7 +113,7 @@ def is_remote_source(text):
     text = str(text)
     if text.endswith(".json") or Path(text).exists():
         return False
-    return "://" in text or HUB_REPO_ID.match(text) is not None
+    return "://" in text or HUB_REPO_ID.match(text) is not None or HUB_GGUF_FILE.match(text) is not None
 
 
 def is_model_source(text):
@@ -173,8 +185,11 @@ def _ollama_source(text):
 
 def _url_source(url):
     parsed = urlparse(url)
+    gguf = parsed.path.lower().endswith(".gguf")
     if parsed.scheme == "file":
         folder = Path(unquote(parsed.path))
+        if gguf:
+            return ModelSource(url, "url", gguf_path=folder, location=str(folder))
         return ModelSource(url, "url", local_dir=folder, location=str(folder))
     try:
         import fsspec
@@ -187,6 +202,11 @@ def _url_source(url):
     except (ImportError, ValueError) as exc:  # an unknown protocol, or its package (s3fs, gcsfs) missing
         raise InputError(url, "", "an fsspec URL whose filesystem is installed (s3:// needs s3fs, gs:// gcsfs, "
                          "https:// aiohttp)", first_line(exc)) from None
+    if gguf:
+        from .remote_gguf import url_files
+
+        files, name = url_files(fs, root)
+        return ModelSource(url, "url", files=files, gguf_file=name, location=url)
     root = root.rstrip("/")
     files = RemoteFiles(fs, lambda name: f"{root}/{name}" if name else root + "/")
     return ModelSource(url, "url", files=files, location=url)
@@ -199,6 +219,11 @@ def _hub_source(repo_id, revision):
     except ImportError:
         raise InputError(repo_id, "", "huggingface_hub installed to read a Hub repo (pip install huggingface_hub)",
                          "it missing") from None
+    gguf = HUB_GGUF_FILE.match(repo_id)
+    if gguf is not None:
+        from .remote_gguf import hub_gguf_source
+
+        return hub_gguf_source(repo_id, gguf["repo"], gguf["file"], revision)
     try:
         snapshot = snapshot_download(repo_id, revision=revision, local_files_only=True, allow_patterns=HUB_FILES)
     except LocalEntryNotFoundError:
