@@ -69,7 +69,8 @@ def _parser():
                                     "write PREFIX.json and PREFIX-eigdirs.safetensors for `qkalign analyze`.")
     me.add_argument("model_dir", metavar="SOURCE", help="Hugging Face model folder (config.json, model.safetensors or "
                     "its index), an fsspec URL of one (https://, s3://, gs://, file://), a Hub repo id ORG/NAME, "
-                    "a GGUF file (any split of a split set) or ollama:NAME[:TAG] (the local Ollama store)")
+                    "a GGUF file (any split of a split set; also by URL or as ORG/NAME/FILE.gguf on the Hub) or "
+                    "ollama:NAME[:TAG] (the local Ollama store)")
     _add_output_options(me)
     _add_measure_options(me, for_analyze=False)
     sy = sub.add_parser("synthetic", help="write a synthetic model's grams and eigen-directions",

@@ -56,8 +56,9 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
     model_dir : str or Path
         Folder with ``config.json`` and ``model.safetensors`` (or ``model.safetensors.index.json``
         and its shards), an fsspec URL of one (``https://``, ``s3://``, ``gs://``, ``file://``;
-        read by byte ranges), a Hub repo id ``ORG/NAME``, a GGUF file (any split of a split set) or
-        ``ollama:NAME[:TAG]`` (see :mod:`~qkalign.weights.sources`).
+        read by byte ranges), a Hub repo id ``ORG/NAME``, a GGUF file (any split of a split set; also
+        by URL or as ``ORG/NAME/FILE.gguf`` on the Hub, by byte ranges) or ``ollama:NAME[:TAG]`` (see
+        :mod:`~qkalign.weights.sources`).
     topk : int
         Eigenvectors kept per layer and head, ``1 <= topk <= min(2 d, n)``.
     fold_norms : bool
