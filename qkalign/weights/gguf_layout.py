@@ -22,16 +22,20 @@ and BERT have no RoPE. A common row permutation of a head's Q and K leaves every
 operator at relative distance 0 unchanged; rotary analyses need the pairing.
 """
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..checks import positive_int
+from ..checks import is_integer, positive_int
 from ..errors import InputError
+from .gguf_reader import Shown, shown
 from .layouts import BlockSource, GainSource, Layout, whole_gain
 
 INTERLEAVED = "interleaved"
 HALF_SPLIT = "half-split"
+#: A layer's tensor name, ``blk.{l}.``: at most 9 digits (a longer run names no layer of any model).
+_LAYER_NAME = re.compile(r"^blk\.(\d{1,9})\.")
 
 
 @dataclass(frozen=True)
@@ -85,12 +89,18 @@ def architecture_of(meta, source):
     """``(name, Architecture)`` from ``general.architecture``; one line for a missing or unsupported one."""
     name = meta.get("general.architecture")
     if not isinstance(name, str):
-        raise InputError(source, "general.architecture", "the model's architecture in the GGUF metadata",
-                         "it missing" if name is None else repr(name))
+        raise InputError(source, "general.architecture", "the model's architecture in the GGUF metadata (a string)",
+                         "it missing" if name is None else shown(name))
     if name not in ARCHITECTURES:
         raise InputError(source, "general.architecture", "one of the GGUF architectures measure reads: "
-                         + ", ".join(sorted(ARCHITECTURES)), repr(name))
+                         + ", ".join(sorted(ARCHITECTURES)), shown(name))
     return name, ARCHITECTURES[name]
+
+
+def _quotable(meta):
+    """``meta`` with each value that is no integer wrapped in :class:`~.gguf_reader.Shown`: a check refusing
+    it quotes at most a line's worth of a hostile string or array."""
+    return {key: value if value is None or is_integer(value) else Shown(value) for key, value in meta.items()}
 
 
 class GGUFLayout(Layout):
@@ -120,17 +130,20 @@ class GGUFLayout(Layout):
         self.kv_heads_keys = (f"{arch}.attention.head_count_kv",)
         self.hidden_keys = (f"{arch}.embedding_length",)
         self.has_qk_norm = "blk.0.attn_q_norm.weight" in names and "blk.0.attn_k_norm.weight" in names
-        self.qk_norm_lengths = ((shape_of("blk.0.attn_q_norm.weight")[-1], shape_of("blk.0.attn_k_norm.weight")[-1])
-                                if self.has_qk_norm else None)
+        # A 0-D gain has no length: the gain shape checked with --fold-norms refuses it.
+        self.qk_norm_lengths = (tuple((shape_of(f"blk.0.{which}.weight") or (None,))[-1]
+                                      for which in ("attn_q_norm", "attn_k_norm")) if self.has_qk_norm else None)
 
     def shape(self, meta, source):
+        meta = dict(meta)
         for key in self.heads_keys + self.kv_heads_keys:
-            if isinstance(meta.get(key), list):  # per-layer head counts (OpenELM): one value only here
-                values = set(meta[key])
+            if isinstance(meta.get(key), list) and meta[key]:  # per-layer head counts (OpenELM): one value only
+                values = set(meta[key])  # numbers or strings: gguf reads no nested arrays
                 if len(values) != 1:
-                    raise InputError(source, key, "the same head count in every layer", sorted(values)[:8])
-                meta = dict(meta, **{key: values.pop()})
-        return super().shape(meta, source)
+                    raise InputError(source, key, "the same head count in every layer",
+                                     shown(sorted(values, key=repr)))
+                meta[key] = values.pop()
+        return super().shape(_quotable(meta), source)
 
     def _head_dim(self, meta, source, num_heads, hidden):
         key = f"{self.arch}.attention.key_length"
@@ -143,11 +156,20 @@ class GGUFLayout(Layout):
         if not self.rotary:
             return None
         key = f"{self.arch}.rope.dimension_count"
+        meta = _quotable(meta)
         dims = positive_int(meta[key], source, key) if meta.get(key) is not None else shape.head_dim
         if dims > shape.head_dim or dims % 2:
             raise InputError(source, key, f"an even number of rotated dimensions <= the head size {shape.head_dim}",
                              dims)
         return dims
+
+    def check_layers(self, names, shape, source):
+        """Refuse tensors of layers at or past ``{arch}.block_count``: measure would leave them out without a
+        word (a corrupt count, or one edited), and llama.cpp refuses a file with tensors it does not use."""
+        beyond = max((int(match[1]) for match in map(_LAYER_NAME.match, names) if match), default=-1)
+        if beyond >= shape.num_layers:
+            raise InputError(source, self.layers_keys[0], f"the number of layers the tensors hold (blk.0 .. "
+                             f"blk.{beyond})", shape.num_layers)
 
     def _attn(self, layer, what):
         return f"blk.{layer}.{what}.weight"

@@ -15,12 +15,13 @@ import numpy as np
 
 from ..errors import InputError
 from .fp8 import DequantizingFolder
-from .gguf_reader import gguf_module, metadata, open_gguf
+from .gguf_reader import field_value, gguf_module, metadata, open_gguf, shown
 
 #: ``NAME-00001-of-00003.gguf``: llama.cpp's split naming (``llama_split_path``).
 SPLIT_NAME = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
-#: Types read as stored (numpy has them); others go through gguf's dequantiser.
-_PLAIN = {"F32": np.float32, "F64": np.float64}
+#: Types read as stored, by numpy (which honours a big-endian file's byte order; gguf's F16 dequantiser
+#: views the bytes as native float16), widened exactly to the dtype given; others go through gguf's dequantiser.
+_PLAIN = {"F32": np.float32, "F16": np.float32, "F64": np.float64}
 
 
 def split_paths(path):
@@ -74,14 +75,13 @@ class GGUFModel(DequantizingFolder):
         ``split.count`` 1 or nothing (a split found under another name is refused: its other parts are missing)."""
         count = len(self.paths)
         for index, (path, reader) in enumerate(zip(self.paths, self._readers)):
-            fields = [reader.fields.get(key) for key in ("split.no", "split.count")]
-            found = tuple(field.contents() if field is not None else None for field in fields)
+            found = tuple(field_value(reader, key) for key in ("split.no", "split.count"))
             if count > 1 and found != (index, count):
                 raise InputError(path, "split.no, split.count", f"({index}, {count}): split {index + 1} of {count} "
-                                 "as its name says", found)
+                                 "as its name says", f"({shown(found[0])}, {shown(found[1])})")
             if count == 1 and found[1] not in (None, 1):
                 raise InputError(path, "split.count", "1 or none (a split set is read by its "
-                                 "NAME-0000i-of-0000N.gguf file names)", found[1])
+                                 "NAME-0000i-of-0000N.gguf file names)", shown(found[1]))
 
     def rotary_pairing(self, layout, shape):
         """``(pairing, rotated dimensions per head)`` of the file's Q/K rows (see :mod:`.gguf_layout`)."""
@@ -92,8 +92,8 @@ class GGUFModel(DequantizingFolder):
         version = self._readers[0].fields.get("GGUF.version")
         return {"gguf": {"version": int(version.contents()) if version is not None else None,
                          "architecture": self.metadata.get("general.architecture"),
-                         "name": self.metadata.get("general.name"),
-                         "file_type": self.metadata.get("general.file_type"),
+                         "name": _scalar(self.metadata.get("general.name")),
+                         "file_type": _scalar(self.metadata.get("general.file_type")),
                          "files": [p.name for p in self.paths]}}
 
     def names(self):
@@ -124,21 +124,31 @@ class GGUFModel(DequantizingFolder):
         if type_name not in _PLAIN and not _dequantizable(tensor.tensor_type):
             raise InputError(path, name, "a tensor type the gguf package dequantises (F32, F16, BF16, Q4_0 .. Q8_0, "
                              "the K-quants, IQ types, MXFP4, ...)", f"{type_name}, which it does not")
+        if type_name not in _PLAIN and self._readers[self.paths.index(path)].byte_order == "S":
+            # gguf's dequantisers read little-endian blocks; gguf_convert_endian.py byte-swaps their scales
+            raise InputError(path, name, "F32, F16 or F64 in a big-endian GGUF file (gguf dequantises "
+                             "little-endian blocks only)", type_name)
         self.types_read[name] = type_name
         return type_name
 
     def _read(self, name, index):
         """Rows ``index`` (a slice) of tensor ``name``, as float32 (float64 for F64)."""
         path, tensor = self._tensor(name)
-        self._fetch(path, tensor, index.start, index.stop)
-        rows = tensor.data.reshape(-1, tensor.data.shape[-1])[index] if tensor.data.ndim > 1 else tensor.data[index]
         plain = _PLAIN.get(tensor.tensor_type.name)
+        if len(tensor.shape) == 1:  # a gain: dequantised whole, as a quantised vector's bytes do not slice by element
+            self._fetch(path, tensor, 0, 1)
+            whole = np.array(tensor.data, dtype=plain) if plain is not None else \
+                gguf_module().quants.dequantize(np.ascontiguousarray(tensor.data), tensor.tensor_type)
+            return whole[index]
+        self._fetch(path, tensor, index.start, index.stop)
+        rows = tensor.data.reshape(-1, tensor.data.shape[-1])[index]
         if plain is not None:
             return np.array(rows, dtype=plain)
         return gguf_module().quants.dequantize(np.ascontiguousarray(rows), tensor.tensor_type)
 
     def _fetch(self, path, tensor, start, stop):
-        """Bring rows ``start:stop`` of ``tensor`` into the mapped file before they are read (local: nothing)."""
+        """Bring rows ``start:stop`` of ``tensor`` (a vector: its one row, 0:1) into the mapped file before they
+        are read (local: nothing)."""
 
     def read_block(self, source):
         """The ``(d, n)`` block a :class:`~qkalign.weights.layouts.BlockSource` names, dequantised to float32."""
@@ -152,6 +162,12 @@ class GGUFModel(DequantizingFolder):
         if not np.isfinite(gain).all():
             raise InputError(self._tensor(source.tensor)[0], source.tensor, "a finite norm gain", "NaN or Inf")
         return gain
+
+
+def _scalar(value):
+    """``value`` if it is a str or an int, else None: what the output JSON records of a free-form metadata value
+    (an array or an undecodable string would not serialise, or bloat it)."""
+    return value if isinstance(value, (str, int)) and not isinstance(value, bool) else None
 
 
 def _dequantizable(tensor_type):
@@ -179,6 +195,7 @@ def open_gguf_model(source, model=None):
     arch, _ = architecture_of(model.metadata, model.paths[0])
     layout = GGUFLayout(arch, model.names(), model.shape_of)
     shape = layout.shape(model.metadata, model.paths[0])
+    layout.check_layers(model.names(), shape, model.paths[0])
     model.rotary_dims = layout.rotary_dims(model.metadata, shape, model.paths[0])
     for name in layout.weight_shapes(shape, 0):
         if name not in model.names():
