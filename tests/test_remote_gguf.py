@@ -313,8 +313,9 @@ def faulty(tmp_path):
 
 @pytest.mark.parametrize("name, words", [
     ("missing.gguf", "missing.gguf: expected a readable file, found HTTP 404 (no such file)"),
-    ("not-gguf.gguf", "not-gguf.gguf: expected a readable GGUF file (version 2 or 3), found GGUF magic invalid"),
-    ("cut.gguf", "cut.gguf: expected a readable GGUF file (version 2 or 3), found a read of bytes"),
+    ("not-gguf.gguf", "not-gguf.gguf: expected a GGUF file (its first 4 bytes b'GGUF'), found b'\\x10\\x00"),
+    ("cut.gguf", "cut.gguf: blk.0.attn_q.weight: expected its 2176 bytes of Q8_0 data at bytes 102272:104448 within "
+                 "the file, found it ends at byte 103272"),
     ("lonely-00001-of-00002.gguf", "lonely-00002-of-00002.gguf: expected split 2 of 2 next to "
                                    "lonely-00001-of-00002.gguf, found HTTP 404 (no such file)"),
 ])
