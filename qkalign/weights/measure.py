@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ..checks import int_in_range
 from ..errors import InputError
-from ..linalg.binary_scaling import normalize_in_place
+from ..linalg.binary_scaling import max_exponent, normalize_in_place
 from ..linalg.blas_threads import core_count, one_blas_thread
 from ..memory import check_fits
 from ..qkdata import QKData
@@ -262,8 +262,10 @@ class _HeadReader:
         exponents = np.zeros(shape.num_layers, dtype=np.int64)
         for layer in range(shape.num_layers):
             # Widening is exact; FP8's float64 products are rounded once to float32 (round to nearest even).
-            blocks[layer] = self.folder.read_block(block_of(shape, layer, head))
-            exponents[layer] = normalize_in_place(blocks[layer])
+            block = self.folder.read_block(block_of(shape, layer, head))
+            block, exponents[layer] = self._prescaled_wide(block)
+            blocks[layer] = block
+            exponents[layer] += normalize_in_place(blocks[layer])
             if self.fold_norms:
                 column_gain = self.layout.input_gain(shape, layer)
                 if column_gain is not None:  # W diag(gamma): the norm's output feeds W
@@ -273,6 +275,19 @@ class _HeadReader:
                     exponents[layer] += self._fold(blocks[layer], row_gain, rows=True)
                 exponents[layer] += normalize_in_place(blocks[layer])  # gains can move the largest entry
         return blocks, exponents
+
+    def _prescaled_wide(self, block):
+        """``(block, e)``: a float64 ``block`` read for float32 products, times ``2^-e`` when its largest entry
+        lies outside float32's range (an F64 weight of 1e39), which rounded to float32 first would overflow
+        (or flush to zero). ``e = 0`` and the block as read otherwise: those keep the bits of rounding first,
+        then scaling."""
+        if block.dtype.itemsize <= self.dtype.itemsize:
+            return block, 0
+        exponent = int(max_exponent(block))
+        info = np.finfo(self.dtype)
+        if info.minexp + 2 <= exponent <= info.maxexp - 2:
+            return block, 0
+        return np.ldexp(block, -exponent), exponent
 
     def _fold(self, block, source, rows=False):
         """Multiply ``block`` (d, n) by a gain (along its rows or columns) scaled to max in [0.5, 1);
