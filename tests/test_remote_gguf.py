@@ -20,9 +20,8 @@ from qkalign.testing import http_server
 from qkalign.testing.http_server import RangeServer
 from qkalign.testing.hub import commit_of, hub_routes, write_hub_snapshot
 from qkalign.weights import remote_files, remote_gguf
-from qkalign.weights.gguf_model import open_gguf_model
 from qkalign.weights.gguf_reader import open_gguf
-from qkalign.weights.measure import measure
+from qkalign.weights.measure import measure, open_model
 from qkalign.weights.sources import is_remote_source, resolve_source
 
 ARRAYS = ("gram", "fro_sq", "sym_eigs", "eig_dirs")
@@ -175,7 +174,7 @@ def test_any_fsspec_url(served, temp_dir, small_reads):
 def test_the_sparse_copies_are_unlinked_while_the_model_is_read(served, temp_dir):
     root, local = served
     with RangeServer(root) as server:
-        model, layout, shape = open_gguf_model(resolve_source(f"{server.url}/tiny.gguf"))
+        model, layout, shape = open_model(f"{server.url}/tiny.gguf")
         assert list(temp_dir.iterdir()) == []  # nothing on disk by name: the map and descriptor hold the file
         block = model.read_block(layout.q_block(shape, 2, 3))
     reference = next(t for t in open_gguf(root / "tiny.gguf").tensors if t.name == "blk.2.attn_q.weight")

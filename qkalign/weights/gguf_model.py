@@ -183,13 +183,9 @@ def _dequantizable(tensor_type):
 
 def open_gguf_model(source, model=None):
     """``(GGUFModel, GGUFLayout, AttentionShape)`` of a GGUF :class:`~qkalign.weights.sources.ModelSource`
-    (``model``: its model when already open, as :mod:`.remote_gguf` opens a remote file's)."""
+    (``model``: its model when already open, as :mod:`.remote_gguf` opens a remote file's; else the local file)."""
     from .gguf_layout import GGUFLayout, architecture_of
 
-    if model is None and source.gguf_path is None:  # a remote file: remote_gguf opens it and calls back
-        from .remote_gguf import open_remote_gguf_model
-
-        return open_remote_gguf_model(source)
     if model is None:
         model = GGUFModel(source.gguf_path, label=source.given if source.kind == "ollama" else None)
     arch, _ = architecture_of(model.metadata, model.paths[0])

@@ -105,6 +105,10 @@ def open_model(model_dir, revision=None):
     or :class:`~qkalign.weights.sources.ModelSource`), the layout's weight prefix found."""
     source = resolve_source(model_dir, revision)
     if source.format == "gguf":
+        if source.gguf_path is None:  # a URL or a Hub file, by byte ranges
+            from .remote_gguf import open_remote_gguf_model
+
+            return open_remote_gguf_model(source)
         from .gguf_model import open_gguf_model
 
         return open_gguf_model(source)

@@ -182,3 +182,15 @@ class RemoteFiles:
             raw = with_retries(lambda: self.fs.cat_file(url), url, f"an existing {what}")
         doc = parse_json_object(raw, url, what)
         return doc
+
+
+def plain_file_name(name):
+    """A file name inside a folder: no separators, NUL or URL delimiters (``?``, ``#``), not ``.`` or ``..``
+    (a URL built from it must not leave the folder)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0?#")
+
+
+def is_http_filesystem(fs):
+    """Whether ``fs`` is fsspec's HTTP filesystem (its protocol ``("http", "https")``)."""
+    protocol = getattr(fs, "protocol", ())
+    return bool({"http", "https"} & set((protocol,) if isinstance(protocol, str) else protocol))

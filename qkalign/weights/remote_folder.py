@@ -18,6 +18,7 @@ from concurrent.futures import Future
 from ..errors import InputError
 from .fp8 import DequantizingFolder
 from .model_folder import INDEX_NAME, READABLE_DTYPES, SINGLE_FILE_NAME
+from .remote_files import plain_file_name
 from .safetensors_ranges import read_columns, read_header, read_rows
 
 #: Memory for the column chunks of Conv1D weights kept between head reads.
@@ -42,7 +43,7 @@ class RemoteFolder(DequantizingFolder):
         if index is not None:
             self.source = files.url_of(INDEX_NAME)
             weight_map = index.get("weight_map")
-            if not isinstance(weight_map, dict) or not all(_plain_name(v) for v in weight_map.values()):
+            if not isinstance(weight_map, dict) or not all(plain_file_name(v) for v in weight_map.values()):
                 raise InputError(self.source, "weight_map", "an object mapping tensor names to shard file names "
                                  "in the folder", repr(weight_map)[:200])
             self._file_of = dict(weight_map)
@@ -188,8 +189,3 @@ class ColumnChunks:
                     self._chunks.pop(key, None)
                 raise
         return chunk.result()[:, start - first:stop - first]
-
-
-def _plain_name(name):
-    """A file name inside the folder: no separators, not ``.`` or ``..`` (a URL must not leave the folder)."""
-    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\?#")

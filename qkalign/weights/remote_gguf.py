@@ -36,16 +36,14 @@ import threading
 import weakref
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import replace
-from pathlib import Path, PurePosixPath
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError, first_line
-from .gguf_model import GGUFModel, open_gguf_model, split_paths
+from .gguf_model import GGUFModel, open_gguf_model
 from .gguf_reader import HeaderPastFetched, open_gguf
-from .remote_files import RemoteFiles, with_retries
+from .remote_files import is_http_filesystem, plain_file_name, with_retries
 
 #: Bytes of the first read of a header; each further read at least doubles what was read.
 FIRST_HEADER_BYTES = 2 * 2**20
@@ -81,7 +79,7 @@ class RemoteGGUFModel(GGUFModel):
     """
 
     def __init__(self, files, name, label=None):
-        if not _plain_name(name):
+        if not plain_file_name(name):
             raise InputError(files.url_of(name), "", "a GGUF file name without path separators", repr(name))
         self.files = files
         self.file_bytes = self.bytes_read = self.range_requests = 0
@@ -356,17 +354,6 @@ def _remove(fds, folder):
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def _plain_name(name):
-    """A file name inside a folder: no separators or NUL, not ``.`` or ``..``."""
-    return isinstance(name, str) and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
-
-
-def _is_http(fs):
-    """Whether ``fs`` is fsspec's HTTP filesystem (its protocol ``("http", "https")``)."""
-    protocol = getattr(fs, "protocol", ())
-    return bool({"http", "https"} & set((protocol,) if isinstance(protocol, str) else protocol))
-
-
 def _refuse_servers_ignoring_ranges(files, name, size):
     """One line when an HTTP server answers a Range request with the whole file, before anything is read.
 
@@ -374,7 +361,7 @@ def _refuse_servers_ignoring_ranges(files, name, size):
     not the range asked for; fsspec's ``HTTPFile`` looks at the status and the length first and leaves
     the body unread. Other filesystems (S3, GCS, ...) always honour ranges.
     """
-    if not _is_http(files.fs) or size < PROBE_RANGE[1]:
+    if not is_http_filesystem(files.fs) or size < PROBE_RANGE[1]:
         return
     url = files.url_of(name)
     expected = "a server that answers HTTP Range requests (206 Partial Content): a GGUF file is read in parts"
@@ -399,75 +386,3 @@ def open_remote_gguf_model(source):
     model = RemoteGGUFModel(source.files, source.gguf_file, label=source.files.url_of(source.gguf_file))
     with model._labelled():
         return open_gguf_model(source, model)
-
-
-# --- sources -----------------------------------------------------------------------------------------------
-
-
-def url_files(fs, root):
-    """``(RemoteFiles, name)``: the folder of the GGUF file at ``root`` on ``fs`` and the file's name in it.
-
-    The other splits of a split set are its neighbours by name (``NAME-0000i-of-0000N.gguf``); an HTTP
-    URL keeps its query (``?download=true``) for them.
-    """
-    if _is_http(fs):
-        parts = urlsplit(root)
-        folder, _, quoted = parts.path.rpartition("/")
-        name = unquote(quoted)
-
-        def url_of(other):
-            return root if other == name else urlunsplit(parts._replace(path=f"{folder}/{quote(other)}"))
-    else:
-        folder, _, name = root.rpartition("/")
-
-        def url_of(other):
-            return f"{folder}/{other}" if folder else other
-    if not _plain_name(name):
-        raise InputError(root, "", "a URL of a GGUF file NAME.gguf", repr(name))
-    return RemoteFiles(fs, url_of), name
-
-
-def hub_gguf_source(text, repo_id, filename, revision):
-    """The :class:`~.sources.ModelSource` of the GGUF file ``filename`` (a path in the repo) of the Hub repo
-    ``repo_id`` at ``revision``: the local Hub cache when it holds every split, else (unless HF_HUB_OFFLINE)
-    range reads at the commit the revision resolves to."""
-    from huggingface_hub import constants
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    from .sources import SOURCE_FORMS, ModelSource, _cached_revisions, _hub_remote_source
-
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as exc:
-        raise InputError(text, "", f"{SOURCE_FORMS} (no such local path exists)", first_line(exc)) from None
-    folder, name = str(PurePosixPath(filename).parent).removeprefix("."), PurePosixPath(filename).name
-    prefix = f"{folder}/" if folder else ""
-    cached, missing = _cached_gguf(text, repo_id, prefix, name, revision)
-    if cached is not None:
-        commit = cached.parents[len(PurePosixPath(filename).parts) - 1].name
-        return ModelSource(text, "hub", gguf_path=cached, revision=revision, commit_hash=commit,
-                           location=f"local Hub cache {cached}")
-    if constants.HF_HUB_OFFLINE:
-        raise InputError(f"{repo_id}@{revision}", filename, f"this file in a snapshot of this revision in the local "
-                         f"Hub cache {constants.HF_HUB_CACHE} (HF_HUB_OFFLINE is set: no network)",
-                         f"{missing} not cached ({_cached_revisions(constants.HF_HUB_CACHE, repo_id)})")
-    hub = _hub_remote_source(repo_id, revision)
-    files = RemoteFiles(hub.files.fs, lambda other: hub.files.url_of(prefix + other), redirect_fs=hub.files.redirect_fs)
-    return replace(hub, given=text, files=files, gguf_file=name, location=files.url_of(name))
-
-
-def _cached_gguf(text, repo_id, prefix, name, revision):
-    """``(the cached path of prefix + name at revision or None, what of its split set is not cached)``: the path
-    only when every split of its set is cached."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        names = [p.name for p in split_paths(Path(name))]
-    except InputError as exc:
-        raise InputError(text, exc.field, exc.expected, exc.found) from None
-    paths = [try_to_load_from_cache(repo_id, prefix + other, revision=revision) for other in names]
-    missing = [other for other, path in zip(names, paths) if not isinstance(path, str)]
-    if missing:
-        return None, "it" if missing == [name] else f"{len(missing)} of its {len(names)} splits ({missing[0]}, ...)"
-    return Path(paths[names.index(name)]), None

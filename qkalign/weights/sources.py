@@ -27,9 +27,9 @@ fsspec and huggingface_hub are imported only for remote sources.
 """
 
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import unquote, urlparse
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote, unquote, urlparse, urlsplit, urlunsplit
 
 from ..checks import read_json_object
 from ..errors import InputError, first_line
@@ -203,7 +203,6 @@ def _url_source(url):
         raise InputError(url, "", "an fsspec URL whose filesystem is installed (s3:// needs s3fs, gs:// gcsfs, "
                          "https:// aiohttp)", first_line(exc)) from None
     if gguf:
-        from .remote_gguf import url_files
 
         files, name = url_files(fs, root)
         return ModelSource(url, "url", files=files, gguf_file=name, location=url)
@@ -221,7 +220,6 @@ def _hub_source(repo_id, revision):
                          "it missing") from None
     gguf = HUB_GGUF_FILE.match(repo_id)
     if gguf is not None:
-        from .remote_gguf import hub_gguf_source
 
         return hub_gguf_source(repo_id, gguf["repo"], gguf["file"], revision)
     try:
@@ -305,3 +303,78 @@ def _hub_remote_source(repo_id, revision):
                         redirect_fs=fsspec.filesystem("http"))
     return ModelSource(repo_id, "hub", files=files, revision=revision, commit_hash=sha, location=label)
 
+
+# --- GGUF files by URL and on the Hub ----------------------------------------------------------------------
+
+
+def url_files(fs, root):
+    """``(RemoteFiles, name)``: the folder of the GGUF file at ``root`` on ``fs`` and the file's name in it.
+
+    The other splits of a split set are its neighbours by name (``NAME-0000i-of-0000N.gguf``); an HTTP
+    URL keeps its query (``?download=true``) for them.
+    """
+    from .remote_files import RemoteFiles, is_http_filesystem, plain_file_name
+
+    if is_http_filesystem(fs):
+        parts = urlsplit(root)
+        folder, _, quoted = parts.path.rpartition("/")
+        name = unquote(quoted)
+
+        def url_of(other):
+            return root if other == name else urlunsplit(parts._replace(path=f"{folder}/{quote(other)}"))
+    else:
+        folder, _, name = root.rpartition("/")
+
+        def url_of(other):
+            return f"{folder}/{other}" if folder else other
+    if not plain_file_name(name):
+        raise InputError(root, "", "a URL of a GGUF file NAME.gguf", repr(name))
+    return RemoteFiles(fs, url_of), name
+
+
+def hub_gguf_source(text, repo_id, filename, revision):
+    """The :class:`~.sources.ModelSource` of the GGUF file ``filename`` (a path in the repo) of the Hub repo
+    ``repo_id`` at ``revision``: the local Hub cache when it holds every split, else (unless HF_HUB_OFFLINE)
+    range reads at the commit the revision resolves to."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise InputError(text, "", f"{SOURCE_FORMS} (no such local path exists)", first_line(exc)) from None
+    folder, name = str(PurePosixPath(filename).parent).removeprefix("."), PurePosixPath(filename).name
+    prefix = f"{folder}/" if folder else ""
+    cached, missing = _cached_gguf(text, repo_id, prefix, name, revision)
+    if cached is not None:
+        commit = cached.parents[len(PurePosixPath(filename).parts) - 1].name
+        return ModelSource(text, "hub", gguf_path=cached, revision=revision, commit_hash=commit,
+                           location=f"local Hub cache {cached}")
+    if constants.HF_HUB_OFFLINE:
+        raise InputError(f"{repo_id}@{revision}", filename, f"this file in a snapshot of this revision in the local "
+                         f"Hub cache {constants.HF_HUB_CACHE} (HF_HUB_OFFLINE is set: no network)",
+                         f"{missing} not cached ({_cached_revisions(constants.HF_HUB_CACHE, repo_id)})")
+    from .remote_files import RemoteFiles
+
+    hub = _hub_remote_source(repo_id, revision)
+    files = RemoteFiles(hub.files.fs, lambda other: hub.files.url_of(prefix + other), redirect_fs=hub.files.redirect_fs)
+    return replace(hub, given=text, files=files, gguf_file=name, location=files.url_of(name))
+
+
+def _cached_gguf(text, repo_id, prefix, name, revision):
+    """``(the cached path of prefix + name at revision or None, what of its split set is not cached)``: the path
+    only when every split of its set is cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from .gguf_model import split_paths
+
+    try:
+        names = [p.name for p in split_paths(Path(name))]
+    except InputError as exc:
+        raise InputError(text, exc.field, exc.expected, exc.found) from None
+    paths = [try_to_load_from_cache(repo_id, prefix + other, revision=revision) for other in names]
+    missing = [other for other, path in zip(names, paths) if not isinstance(path, str)]
+    if missing:
+        return None, "it" if missing == [name] else f"{len(missing)} of its {len(names)} splits ({missing[0]}, ...)"
+    return Path(paths[names.index(name)]), None
