@@ -176,8 +176,8 @@ def test_a_truncated_file_is_one_line(cli, valid, tmp_path, where):
     cut = CUTS[where](valid.layout)
     path = tmp_path / "bad.gguf"
     path.write_bytes(valid.bytes[:cut])
-    if cut < 4:  # not recognisably GGUF (no magic): refused as a model folder that is not one
-        refused(cli, path, "expected a model folder")
+    if cut < 4:  # no whole magic: a .gguf file that is not GGUF
+        refused(cli, path, "expected a GGUF file (its first 4 bytes b'GGUF'), found b'")
     else:
         refused(cli, path, "expected", f"at byte {cut}")
 

@@ -32,7 +32,7 @@ def read_config(model_dir):
     """``MODEL_DIR/config.json`` as a dict."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise InputError(model_dir, "", "a model folder (config.json plus safetensors weights)",
+        raise InputError(model_dir, "", "a model folder (config.json plus safetensors weights) or a GGUF file",
                          "no such directory" if not model_dir.exists() else "a file")
     return read_json_object(model_dir / CONFIG_NAME, "model config")
 

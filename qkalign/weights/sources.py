@@ -152,6 +152,10 @@ def _local_source(text):
     path = Path(text)
     if is_gguf_file(path):
         return ModelSource(text, "local", gguf_path=path, location=text)
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        from .gguf_reader import mode_and_magic
+
+        raise InputError(path, "", "a GGUF file (its first 4 bytes b'GGUF')", repr(mode_and_magic(path)[1]))
     if path.is_dir() and not (path / CONFIG_NAME).exists():
         gguf_file = _only_gguf_model(path)
         if gguf_file is not None:
