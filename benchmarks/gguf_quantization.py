@@ -36,15 +36,14 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
 
 from end_to_end import machine_line  # noqa: E402
 from summary import replace_block  # noqa: E402
-from test_gguf_quantization import operator_error, realistic_weights, step_model  # noqa: E402
 
 import qkalign  # noqa: E402
 from qkalign.stats.chance import ChanceLevel, z_score  # noqa: E402
 from qkalign.testing.gguf_files import build_model, converter_permutation, write_gguf_from_folder  # noqa: E402
+from qkalign.testing.quantization_errors import operator_error, realistic_weights, step_model  # noqa: E402
 
 MARKERS = ("<!-- gguf-quantization:start -->", "<!-- gguf-quantization:end -->")
 FORMATS = ("Q8_0", "Q6_K", "Q4_K", "Q4_1", "Q4_0")

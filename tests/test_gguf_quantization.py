@@ -9,7 +9,7 @@ measured. (Q5_0 is what llama-quantize stores for Q4_K where rows are no multipl
 formats' step sizes, computed from the F32 weights alone:
 
 **Steps.** A format stores a block's weights as ``x_hat = s q + offset`` with integer codes ``q``, its step
-``s`` set by the block's extremes (:func:`step_model`): Q8_0 blocks of 32, ``s = max|x| / 127``; Q4_0 32,
+``s`` set by the block's extremes (:func:`~qkalign.testing.quantization_errors.step_model`): Q8_0 blocks of 32, ``s = max|x| / 127``; Q4_0 32,
 ``s = max|x| / 8`` (the extreme is code -8 and codes stop at +7, so values in the top half step of the other
 sign clip by up to one step); Q5_0 likewise, ``s = max|x| / 16``, codes -16..15; Q4_1 32,
 ``s = (max - min) / 15``; Q4_K sub-blocks of 32 in super-blocks of 256, ``s = (max - min) / 15`` plus up to
@@ -26,7 +26,7 @@ for the 4-bit formats (2^-3 where Q4_0 clips).
    ``3.9 / (15 sqrt 12) = 2^-3.7`` for Q4_1; heavier tails raise both.
 2. Operators ``g = K^T Q``: ``dg = dK^T Q + K^T dQ + dK^T dQ``, so under M
    ``E||dg||_F^2 = sum_r (V^K_r ||Q_r||^2 + V^Q_r ||K_r||^2 + V^K_r V^Q_r)`` over the head's rows ``r``
-   (``V_r`` the row's summed variances): ``rho_hat = sqrt(.) / ||g||_F`` (:func:`operator_error`). For
+   (``V_r`` the row's summed variances): ``rho_hat = sqrt(.) / ||g||_F`` (:func:`~qkalign.testing.quantization_errors.operator_error`). For
    unstructured K and Q (``||g||^2 ~ ||K||^2 ||Q||^2 / d``) that is ``sqrt(eps_K^2 + eps_Q^2) ~ sqrt 2 eps``.
 3. Grams, by Cauchy-Schwarz: ``|dG_LL'| <= (rho_L + rho_L' + rho_L rho_L') ||g_L|| ||g_L'||``. The errors are
    7-50 x smaller: ``dg`` is nearly orthogonal to every ``g``, what remains is ``rho^2`` on the diagonal and
@@ -35,10 +35,10 @@ for the 4-bit formats (2^-3 where Q4_0 clips).
    What actually happens is systematic: to first order ``dg`` is orthogonal to ``g_L`` and ``g_L'``; it adds
    ``rho^2`` to ``||g_hat||^2 / ||g||^2`` and nothing to the inner product, so
    ``cos_hat ~ cos / sqrt((1 + rho_L^2)(1 + rho_L'^2))``: 4-bit cosines shrink by ~rho^2 ~ 1.5 % of
-   themselves, with a first-order scatter around that whose sd M gives (:func:`cosine_scatter`).
+   themselves, with a first-order scatter around that whose sd M gives (:func:`~qkalign.testing.quantization_errors.cosine_scatter`).
 5. Eigenvalues of ``S = (g + g^T) / 2``, by Weyl (for singular values, = the |lambda| order):
    ``| |lambda_hat|_i - |lambda|_i | <= ||dS||_2``. Under M, ``dS`` is a sum of independent random matrices;
-   ``sigma_S^2 = ||E dS^2||_2`` has a closed form (:func:`symmetric_error_sigma`) and ``||dS||_2`` comes
+   ``sigma_S^2 = ||E dS^2||_2`` has a closed form (:func:`~qkalign.testing.quantization_errors.symmetric_error_sigma`) and ``||dS||_2`` comes
    out 1.0-1.4 ``sigma_S`` here (the matrix Khintchine inequality caps its mean at ``sqrt(6 log 2n)``
    ``sigma_S``); the bound is ``eta = 2 sigma_S``.
 6. Top-k subspaces, by Davis-Kahan's sin-theta theorem, gap-free form: the top-m eigenvectors ``V_m`` of
@@ -51,7 +51,7 @@ for the 4-bit formats (2^-3 where Q4_0 clips).
 
 and the errors are ordered Q8_0 < Q6_K < Q4_K ~ Q4_1 ~ Q4_0 (ratios that held over seeds 0-7 with room).
 
-The weights (:func:`realistic_weights`) are heavy-tailed, with row and column scales and a drift across
+The weights (:func:`~qkalign.testing.quantization_errors.realistic_weights`) are heavy-tailed, with row and column scales and a drift across
 layers, as in real attention weights. Q4_K and Q6_K come from this package's small quantisers
 (:func:`~qkalign.testing.gguf_files.quantize_q4_k`: scales and mins rounded up, no clipping, no search);
 llama.cpp's searched scales err a little less.
@@ -68,14 +68,20 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 from qkalign.testing.dense import dense_operators, dense_truth  # noqa: E402
 from qkalign.testing.gguf_files import build_model, write_gguf_from_folder  # noqa: E402
+from qkalign.testing.quantization_errors import (  # noqa: E402
+    cosine_scatter,
+    operator_error,
+    principal_cosines,
+    realistic_weights,
+    step_model,
+    symmetric_error_sigma,
+)
 from qkalign.weights.measure import measure  # noqa: E402
 
 L, H, H_KV, D, N = 4, 4, 2, 64, 256  # hidden a multiple of 256: real K-quants, no fallback
 TOPK = 16
 SEED = 0
 QTYPES = ("Q8_0", "Q6_K", "Q5_0", "Q4_K", "Q4_1", "Q4_0")
-FP16 = 2.0**-11  # relative rounding of a float16 scale (half an ulp)
-FP16_UP = 2.0**-10  # a scale rounded *up* to float16 (one ulp), as quantize_q4_k / quantize_q6_k do
 # float32 products of n = 256 terms against float64 (as tests/test_gguf_real.py), relative to the
 # Cauchy-Schwarz bound of an entry or to the top |lambda|.
 TOL = {"float32": 1e-5, "float64": 1e-11}
@@ -87,128 +93,6 @@ RATIO_RANGE = (0.9, 1.04)
 # whole step.
 BLOCK_MAX_BOUND = {"Q8_0": 1 / 254 + 2**-11, "Q5_0": 1 / 16 + 2**-11, "Q4_1": 1 / 15 + 2**-10 + 2**-11,
                    "Q4_0": 1 / 8 + 2**-11}
-
-
-def realistic_weights(rng, num_layers, rows, hidden, nu=6, drift=0.8, row_sd=0.3, col_sd=0.2, std=0.02):
-    """(num_layers, rows, hidden) float32 weights distributed roughly like real attention weights.
-
-    Student-t entries with ``nu`` = 6 times log-normal row and column scales, drifting across layers as an
-    AR(1) process (correlation ``drift`` from one layer to the next, so that operators of nearby layers have
-    cosines of 0.2-0.5, where a change of them is visible). A layer's kurtosis comes out 6-11 and its extremes
-    11-27 sd, its row norms spread by 30 %, its column norms by 20 %; SmolLM2-135M's Q/K weights have kurtosis
-    3.7-11, extremes of 11-18 sd, row norms spread by 20-40 % and column norms by 10-50 %.
-    """
-    def t_noise():
-        return rng.standard_t(nu, (rows, hidden)) / np.sqrt(nu / (nu - 2))
-
-    col = np.exp(col_sd * rng.standard_normal(hidden))
-    z, out = t_noise(), np.empty((num_layers, rows, hidden))
-    for layer in range(num_layers):
-        if layer:
-            z = drift * z + np.sqrt(1 - drift**2) * t_noise()
-        out[layer] = std * z * np.exp(row_sd * rng.standard_normal(rows))[:, None] * col
-    return out.astype(np.float32)
-
-
-def step_model(w, qtype):
-    """The step of each weight's block under ``qtype``, from the unquantised weights (module docstring).
-
-    Parameters
-    ----------
-    w : array_like
-        (..., n) float32 weights, blocks running along the last axis as GGUF stores rows.
-    qtype : str
-        One of :data:`QTYPES`.
-
-    Returns
-    -------
-    step : numpy.ndarray
-        Same shape as ``w``: the step M's variance ``step^2 / 12`` uses (for the K-quants, with half the
-        scale rounding: its mean).
-    bound : numpy.ndarray
-        Same shape: the largest error the format's rounding allows, fp16 scale rounding included.
-    """
-    x = np.asarray(w, dtype=np.float64)
-    shape = x.shape
-
-    def spread(a, like):
-        return np.broadcast_to(a, like.shape).reshape(shape)
-
-    if qtype in ("Q8_0", "Q5_0", "Q4_0", "Q4_1"):
-        b = x.reshape(*shape[:-1], -1, 32)
-        hi, lo = b.max(-1, keepdims=True), b.min(-1, keepdims=True)
-        amax = np.maximum(hi, -lo)
-        if qtype == "Q8_0":  # codes -127..127 of max|x| / 127: the fp16 scale errs by <= 127 FP16 steps
-            s = amax / 127
-            return spread(s, b), spread(s / 2 + 127 * FP16 * s, b)
-        if qtype in ("Q4_0", "Q5_0"):  # the signed extreme is code -c: values >= c - 1/2 steps the other way clip
-            c = 8 if qtype == "Q4_0" else 16
-            s = amax / c
-            extreme = np.take_along_axis(b, np.abs(b).argmax(-1)[..., None], -1)
-            clipped = b / (extreme / -c) >= c - 0.5
-            return spread(s, b), (np.where(clipped, s, s / 2) + c * FP16 * s).reshape(shape)
-        s = (hi - lo) / 15  # Q4_1: codes 0..15 above the block minimum, scale and minimum both fp16
-        return spread(s, b), spread(s / 2 + FP16 * (15 * s + np.abs(lo)), b)
-    if qtype == "Q4_K":  # super-blocks of 256: 8 sub-blocks of 32 with 6-bit scales and mins
-        b = x.reshape(*shape[:-1], -1, 8, 32)
-        hi, lift = np.maximum(b.max(-1), 0), np.maximum(-b.min(-1), 0)
-        dmin = lift.max(-1, keepdims=True) / 63 * (1 + FP16_UP)  # the offset is lift rounded up to a dmin step
-        need = (hi + lift + dmin) / 15
-        d = need.max(-1, keepdims=True) / 63 * (1 + FP16_UP)  # the step is need rounded up to a d multiple
-        mean_step = (hi + lift + dmin / 2) / 15 + d / 2
-        return spread(mean_step[..., None], b), spread((need + d)[..., None] / 2, b)
-    if qtype == "Q6_K":  # super-blocks of 256: 16 sub-blocks of 16, codes -32..31, 8-bit scales
-        b = x.reshape(*shape[:-1], -1, 16, 16)
-        need = np.abs(b).max(-1) / 31
-        d = need.max(-1, keepdims=True) / 127 * (1 + FP16_UP)
-        return spread((need + d / 2)[..., None], b), spread((need + d)[..., None] / 2, b)
-    raise ValueError(qtype)
-
-
-def operator_error(v_k, v_q, k, q):
-    """M's ``sqrt(E ||dg||_F^2)`` of a head: ``v_k``, ``v_q`` (..., d, n) error variances of ``k``, ``q``."""
-    row_k, row_q = v_k.sum(-1), v_q.sum(-1)
-    return np.sqrt((row_k * (q**2).sum(-1) + row_q * (k**2).sum(-1) + row_k * row_q).sum(-1))
-
-
-def linear_sd(v_k, v_q, k, q, t):
-    """M's sd of ``<dK^T Q + K^T dQ, T>`` for one head and an (n, n) ``t``: the first-order change of any
-    linear function of ``g``."""
-    return np.sqrt((v_k * (q @ t.T) ** 2).sum() + (v_q * (k @ t) ** 2).sum())
-
-
-def cosine_scatter(v_k, v_q, k, q, g, a, b):
-    """M's first-order sd of the operator cosine of layers ``a`` and ``b`` of one head.
-
-    ``d cos = <dg_a, u_b - cos u_a> / ||g_a|| + (a <-> b)`` with ``u = g / ||g||``; the layers' errors are
-    independent. ``v_k``, ``v_q``, ``k``, ``q``: (L, d, n); ``g``: (L, n, n).
-    """
-    norm_a, norm_b = np.linalg.norm(g[a]), np.linalg.norm(g[b])
-    u_a, u_b = g[a] / norm_a, g[b] / norm_b
-    cos = np.sum(u_a * u_b)
-    return np.hypot(linear_sd(v_k[a], v_q[a], k[a], q[a], (u_b - cos * u_a) / norm_a),
-                    linear_sd(v_k[b], v_q[b], k[b], q[b], (u_a - cos * u_b) / norm_b))
-
-
-def symmetric_error_sigma(v_k, v_q, k, q):
-    """``sqrt(||E dS^2||_2)`` of one head under M, ``dS = sym(dK^T Q + K^T dQ)`` (its first-order part).
-
-    For ``A = dX^T Y`` (``dX`` independent entries of variances ``V``): ``E[A A^T] = diag_i(sum_r V_ri ||Y_r||^2)``,
-    ``E[A^T A] = Y^T diag_r(sum_i V_ri) Y``, ``E[A A] = (V o Y)^T Y``; ``sym(A)^2 = (AA + AA^T + A^TA + A^TA^T)/4``.
-    ``K^T dQ`` is the transpose of ``dQ^T K``, of the same form; the cross terms have mean 0.
-    """
-    def part(v, y):
-        aat = np.diag((v * (y**2).sum(-1, keepdims=True)).sum(0))
-        ata = y.T @ (v.sum(-1)[:, None] * y)
-        aa = (v * y).T @ y
-        return (aa + aa.T + aat + ata) / 4
-
-    return np.sqrt(np.linalg.eigvalsh(part(v_k, q) + part(v_q, k))[-1])
-
-
-def principal_cosines(rows_a, rows_b):
-    """Cosines of the principal angles between the spans of orthonormal rows (..., k, n), descending."""
-    return np.linalg.svd(rows_a @ np.swapaxes(rows_b, -1, -2), compute_uv=False)
 
 
 @pytest.fixture(scope="module")
