@@ -76,3 +76,13 @@ def dask_scheduler():
         yield cluster.scheduler_address
     os.environ.clear()
     os.environ.update(environment)
+
+
+@pytest.fixture()
+def hub(monkeypatch, tmp_path):
+    """huggingface_hub's constants with its cache in ``tmp_path/hub``, offline unless a test says otherwise."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return constants

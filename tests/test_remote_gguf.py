@@ -18,7 +18,7 @@ import pytest
 from qkalign.errors import InputError
 from qkalign.testing import http_server
 from qkalign.testing.http_server import RangeServer
-from qkalign.testing.hub import commit_of, hub_routes, write_hub_snapshot
+from qkalign.testing.hub import commit_of, hub_routes, use_hub_endpoint, write_hub_snapshot
 from qkalign.weights import remote_files, remote_gguf
 from qkalign.weights.gguf_reader import open_gguf
 from qkalign.weights.measure import measure, open_model
@@ -185,23 +185,6 @@ def test_the_sparse_copies_are_unlinked_while_the_model_is_read(served, temp_dir
 # --- the Hugging Face Hub ----------------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def hub(monkeypatch, tmp_path):
-    """huggingface_hub's cache in ``tmp_path/hub``, offline unless a test says otherwise."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return constants
-
-
-def endpoint(monkeypatch, constants, url):
-    """Point huggingface_hub at ``url`` as HF_ENDPOINT would (its URL template is fixed at import)."""
-    template = constants.HUGGINGFACE_CO_URL_TEMPLATE.replace(constants.ENDPOINT, url)
-    monkeypatch.setattr(constants, "ENDPOINT", url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-
-
 def test_hub_file_in_a_folder_over_http_through_a_cdn(served, hub, temp_dir, small_reads, monkeypatch, tmp_path):
     """``ORG/NAME/FOLDER/FILE.gguf`` at a revision: resolved to its commit, each split's resolve URL redirected to a
     CDN on another origin, where the ranges are read; the token goes to the Hub only."""
@@ -227,7 +210,7 @@ def test_hub_file_in_a_folder_over_http_through_a_cdn(served, hub, temp_dir, sma
             name = f"split-0000{i}-of-00003.gguf"
             routes[f"/org/tiny-GGUF/resolve/{commit}/Q8_0/{name}"] = (302, {"Location": f"{other_origin}/{name}"}, b"")
         with RangeServer(tmp_path, routes=routes) as server:
-            endpoint(monkeypatch, hub, server.url)
+            use_hub_endpoint(monkeypatch, hub, server.url)
             remote = measure("org/tiny-GGUF/Q8_0/split-00001-of-00003.gguf", revision="v1", topk=4, progress=False)
             hub_port, cdn_port = server.url.rsplit(":", 1)[1], cdn.url.rsplit(":", 1)[1]
         cdn_sent = cdn.total_sent
@@ -255,7 +238,7 @@ def test_hub_cache_is_read_locally_offline_and_online(served, hub, monkeypatch, 
     hub.HF_HUB_OFFLINE = False
     (tmp_path / "nothing").mkdir()
     with RangeServer(tmp_path / "nothing") as server:
-        endpoint(monkeypatch, hub, server.url)
+        use_hub_endpoint(monkeypatch, hub, server.url)
         online = measure("org/tiny-GGUF/tiny.gguf", revision=commit, topk=4, progress=False)
         assert server.requests == []  # a cached file needs no network
     assert_identical(online, offline)

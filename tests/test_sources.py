@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from qkalign.errors import InputError
 from qkalign.testing.http_server import RangeServer
-from qkalign.testing.hub import commit_of, hub_routes, write_hub_snapshot
+from qkalign.testing.hub import commit_of, hub_routes, use_hub_endpoint, write_hub_snapshot
 from qkalign.testing.model_folders import write_model
 from qkalign.testing.processes import run_python, run_qkalign
 from qkalign.testing.quantized_folders import write_fp8_model
@@ -205,23 +205,6 @@ def test_analyze_measures_a_url(models, cli):
 # --- the Hugging Face Hub --------------------------------------------------------------------------------
 
 
-@pytest.fixture()
-def hub(monkeypatch, tmp_path):
-    """huggingface_hub's cache in ``tmp_path/hub``, offline unless a test says otherwise."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return constants
-
-
-def endpoint(monkeypatch, constants, url):
-    """Point huggingface_hub at ``url`` as HF_ENDPOINT would (its URL template is fixed at import)."""
-    template = constants.HUGGINGFACE_CO_URL_TEMPLATE.replace(constants.ENDPOINT, url)
-    monkeypatch.setattr(constants, "ENDPOINT", url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-
-
 @pytest.mark.slow
 def test_hub_cache_offline_cli(models, tmp_path):
     """``qkalign measure ORG/NAME --revision REV`` with HF_HUB_OFFLINE=1 finds the cached snapshot: the
@@ -253,7 +236,7 @@ def test_hub_cache_is_used_without_network(models, hub, monkeypatch, tmp_path):
     """A complete cached snapshot needs no network even when online (the endpoint is a closed port)."""
     model, local = models[case_name(GPT2)]
     hub.HF_HUB_OFFLINE = False
-    endpoint(monkeypatch, hub, closed_port_url())
+    use_hub_endpoint(monkeypatch, hub, closed_port_url())
     commit = write_hub_snapshot(tmp_path / "hub", "org/tiny", "main", model.folder)
     data = measure("org/tiny", topk=4, precision="float64", progress=False)
     assert_same(data, local)
@@ -281,7 +264,7 @@ def test_hub_over_http(models, hub, monkeypatch, cli, tmp_path):
     routes.update(hub_routes("org/private", {"main": (commit_of("p"), model.folder)}))
     routes[f"/org/private/resolve/{commit_of('p')}/config.json"] = (401, {}, b"")
     with RangeServer(tmp_path, routes=routes) as server:
-        endpoint(monkeypatch, hub, server.url)
+        use_hub_endpoint(monkeypatch, hub, server.url)
         data = measure("org/tiny", revision="v1", topk=4, precision="float64", progress=False)
         sent, requests = server.total_sent, list(server.requests)
         # A signed CDN URL that expired mid-run (403): the resolve URL is asked again.
@@ -434,7 +417,7 @@ def test_fp8_from_the_hub_over_http(fp8_models, hub, monkeypatch, tmp_path):
     model = models["qwen3"]
     hub.HF_HUB_OFFLINE = False
     with RangeServer(tmp_path, routes=hub_routes("org/fp8", {"main": (commit_of("fp8"), model.folder)})) as server:
-        endpoint(monkeypatch, hub, server.url)
+        use_hub_endpoint(monkeypatch, hub, server.url)
         data = measure("org/fp8", topk=4, precision="float32", progress=False)
     assert data.extra["source_kind"] == "hub" and data.extra["commit_hash"] == commit_of("fp8")
     twin = measure(model.twin32, topk=4, precision="float32", progress=False)
@@ -507,7 +490,7 @@ def test_the_token_goes_to_the_hub_and_not_to_the_host_it_redirects_to(models, h
             if isinstance(answer, tuple) and answer[0] == 302:
                 routes[path] = (302, {"Location": f"{other_host}/{model.folder.name}/{path.rsplit('/', 1)[1]}"}, b"")
         with RangeServer(tmp_path, routes=routes) as server:
-            endpoint(monkeypatch, hub, server.url)
+            use_hub_endpoint(monkeypatch, hub, server.url)
             data = measure("org/tiny", topk=4, precision="float64", progress=False)
             hub_port, cdn_port = server.url.rsplit(":", 1)[1], cdn.url.rsplit(":", 1)[1]
     assert_same(data, local)

@@ -59,3 +59,11 @@ def hub_routes(repo_id, revisions, missing=()):
             else:
                 routes[resolve] = file
     return routes
+
+
+def use_hub_endpoint(monkeypatch, constants, url):
+    """Point huggingface_hub (its ``constants`` module) at ``url`` as HF_ENDPOINT would; its URL template is
+    fixed at import, so both are patched (``monkeypatch``: pytest's, undone after the test)."""
+    template = constants.HUGGINGFACE_CO_URL_TEMPLATE.replace(constants.ENDPOINT, url)
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
