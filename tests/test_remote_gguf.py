@@ -17,7 +17,7 @@ import pytest
 
 from qkalign.errors import InputError
 from qkalign.testing import http_server
-from qkalign.testing.http_server import RangeServer
+from qkalign.testing.http_server import RangeServer, record_authorization
 from qkalign.testing.hub import commit_of, hub_routes, use_hub_endpoint, write_hub_snapshot
 from qkalign.weights import remote_files, remote_gguf
 from qkalign.weights.gguf_reader import open_gguf
@@ -189,15 +189,7 @@ def test_hub_file_in_a_folder_over_http_through_a_cdn(served, hub, temp_dir, sma
     """``ORG/NAME/FOLDER/FILE.gguf`` at a revision: resolved to its commit, each split's resolve URL redirected to a
     CDN on another origin, where the ranges are read; the token goes to the Hub only."""
     root, local = served
-    seen = []
-    parse = http.server.BaseHTTPRequestHandler.parse_request
-
-    def logged(handler):
-        ok = parse(handler)
-        seen.append((handler.server.server_address[1], handler.headers.get("Authorization")))
-        return ok
-
-    monkeypatch.setattr(http.server.BaseHTTPRequestHandler, "parse_request", logged)
+    seen = record_authorization(monkeypatch)
     monkeypatch.setenv("HF_TOKEN", "hf_SECRET")
     monkeypatch.setattr(hub, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))
     hub.HF_HUB_OFFLINE = False

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from qkalign.errors import InputError
-from qkalign.testing.http_server import RangeServer
+from qkalign.testing.http_server import RangeServer, record_authorization
 from qkalign.testing.hub import commit_of, hub_routes, use_hub_endpoint, write_hub_snapshot
 from qkalign.testing.model_folders import write_model
 from qkalign.testing.processes import run_python, run_qkalign
@@ -466,20 +466,11 @@ def test_fp8_refusals_are_the_same_over_http(tmp_path, edit, fold_norms, field, 
 
 def test_the_token_goes_to_the_hub_and_not_to_the_host_it_redirects_to(models, hub, monkeypatch, tmp_path):
     """The Hub redirects weights to a CDN on another host: range reads there carry no Authorization header."""
-    import http.server
 
     from huggingface_hub import constants
 
     model, local = models[case_name(GPT2)]
-    seen = []
-    parse = http.server.BaseHTTPRequestHandler.parse_request
-
-    def logged(handler):
-        ok = parse(handler)
-        seen.append((handler.server.server_address[1], handler.headers.get("Authorization")))
-        return ok
-
-    monkeypatch.setattr(http.server.BaseHTTPRequestHandler, "parse_request", logged)
+    seen = record_authorization(monkeypatch)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_TOKEN", "hf_SECRET")
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token-file"))

@@ -162,3 +162,21 @@ class _Handler(BaseHTTPRequestHandler):
                 owner.bytes_sent[path] += len(payload)
         with owner._lock:
             owner.requests.append((method, self.path, self.headers.get("Range"), status))
+
+
+def record_authorization(monkeypatch):
+    """A list that every HTTP request served in this process (any ``http.server`` handler) appends
+    ``(server port, its Authorization header or None)`` to: which hosts a token went to.
+    ``monkeypatch``: pytest's, undone after the test."""
+    import http.server
+
+    seen = []
+    parse = http.server.BaseHTTPRequestHandler.parse_request
+
+    def logged(handler):
+        ok = parse(handler)
+        seen.append((handler.server.server_address[1], handler.headers.get("Authorization")))
+        return ok
+
+    monkeypatch.setattr(http.server.BaseHTTPRequestHandler, "parse_request", logged)
+    return seen
