@@ -129,3 +129,17 @@ def test_cli_measure_and_analyze_a_gguf_file(tmp_path):
     report = run_cli("analyze", path, "--quiet")
     assert report.returncode == 0, report.stderr
     assert report.stdout.splitlines()[0].startswith(f"qkalign analyze: input GGUF model {path} (measured: gguf llama")
+
+
+def test_gguf_version_2_reads_as_version_3(tmp_path):
+    """GGUF v2 differs from v3 only in what v3 allows beyond it (big-endian files): the same bytes with version 2
+    measure alike, and the JSON records the version."""
+    write_tiny_gguf(tmp_path / "v3.gguf", seed=6)
+    raw = bytearray((tmp_path / "v3.gguf").read_bytes())
+    assert raw[4:8] == (3).to_bytes(4, "little")
+    raw[4:8] = (2).to_bytes(4, "little")
+    (tmp_path / "v2.gguf").write_bytes(bytes(raw))
+    v2, v3 = (qkalign.measure(tmp_path / f"v{v}.gguf", topk=4, progress=False) for v in (2, 3))
+    np.testing.assert_array_equal(v2.gram, v3.gram)
+    np.testing.assert_array_equal(v2.eig_dirs, v3.eig_dirs)
+    assert (v2.extra["gguf"]["version"], v3.extra["gguf"]["version"]) == (2, 3)
