@@ -113,3 +113,37 @@ def test_olmo_is_permuted_without_an_input_norm(tmp_path):
     from_gguf = measure(path, topk=8, precision="float64", fold_norms=True, progress=False)
     assert from_gguf.extra["rotary_pairing"] == INTERLEAVED and from_gguf.extra["folded_gains"] == []
     assert_same_operators(measure(tmp_path, topk=8, precision="float64", progress=False), from_gguf, EPS64)
+
+
+@pytest.mark.parametrize("model_type", [mt for mt in CONFIGS if mt != "olmo"])
+def test_measure_records_the_models_rope(converted, model_type):
+    """``rope_parameters``: θ_i as the model's own rotary embedding holds them (float32 there: within a few
+    float32 ulps of their float64 formula, tests/test_rope.py), the same from the folder and from the GGUF
+    (whose pairing is the file's); absent (None) for the models without RoPE."""
+    import torch
+    import transformers
+
+    folder, gguf_path = converted[model_type]
+    from_folder = measure(folder, topk=1, progress=False).extra["rope_parameters"]
+    from_gguf = measure(gguf_path, topk=1, progress=False).extra["rope_parameters"]
+    if model_type in NO_ROPE:
+        assert from_folder is None and from_gguf is None
+        return
+    kinds = from_folder["kinds"]
+    assert set(kinds) == set(from_gguf["kinds"]) and from_folder["layer_kinds"] == from_gguf["layer_kinds"]
+    for kind, spec in kinds.items():
+        # Llama 3 scaling is stored as float32 factors (the rope_freqs tensor): θ_i / factor_i within 2 ulps.
+        rtol = 4 * EPS32 if "rope_freqs" in from_gguf["kinds"][kind]["source"] else 1e-12
+        np.testing.assert_allclose(from_gguf["kinds"][kind]["inv_freq"], spec["inv_freq"], rtol=rtol, atol=0)
+        assert spec["pairing"] == HALF_SPLIT
+        assert from_gguf["kinds"][kind]["pairing"] == (INTERLEAVED if model_type in PERMUTED else HALF_SPLIT)
+    config = transformers.AutoConfig.from_pretrained(folder)
+    with torch.device("cpu"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    rotary = model.base_model.rotary_emb
+    if "all" in kinds:
+        np.testing.assert_allclose(kinds["all"]["inv_freq"], rotary.inv_freq.double().numpy(), rtol=64 * EPS32)
+    else:  # Gemma 3: one embedding per layer kind (here both layers are local: every 6th is global)
+        for kind, spec in kinds.items():
+            held = getattr(rotary, f"{kind}_inv_freq").double().numpy()
+            np.testing.assert_allclose(spec["inv_freq"], held, rtol=64 * EPS32)

@@ -191,7 +191,7 @@ def _gpt_neox(model_type, weights, shape, prefix):
         tensors[f"{prefix}layers.{l}.attention.query_key_value.weight"] = torch.stack(
             [weights.q_t[l], weights.k_t[l], weights.v_t[l]], dim=1).reshape(3 * n, n)
         tensors[f"{prefix}layers.{l}.input_layernorm.weight"] = weights.input_gain[l][0]
-    config = dict(num_hidden_layers=L, num_attention_heads=H, hidden_size=n, rotary_pct=0.25)
+    config = dict(num_hidden_layers=L, num_attention_heads=H, hidden_size=n, rotary_pct=1.0)  # head_dim 6: a quarter is no whole pair
     return _Layout(tensors, config, *_plain_gains(weights, shape))
 
 

@@ -150,6 +150,28 @@ class GGUFModel(DequantizingFolder):
         """Bring rows ``start:stop`` of ``tensor`` (a vector: its one row, 0:1) into the mapped file before they
         are read (local: nothing)."""
 
+    def read_rope(self, layout, shape):
+        """The model's :class:`~qkalign.weights.rope.ModelRope` from the metadata (and the ``rope_freqs`` /
+        ``rope_factors_short`` tensors where the file has them)."""
+        from .rope import rope_from_gguf
+
+        return rope_from_gguf(self.metadata, layout.arch, shape.head_dim, self.rotary_dims, layout.spec.pairing,
+                              rope_freqs=self.read_vector("rope_freqs.weight"),
+                              rope_factors_short=self.read_vector("rope_factors_short.weight"), source=self.paths[0])
+
+    def read_vector(self, name):
+        """The whole 1-D tensor ``name`` (``rope_freqs.weight``, say) as float64, or None when the model has none;
+        refused in one line unless finite."""
+        if name not in self._tensors:
+            return None
+        path, tensor = self._tensor(name)
+        if len(tensor.shape) != 1:
+            raise InputError(path, name, "a vector (1 dimension)", f"shape {self.shape_of(name)}")
+        values = self._read(name, slice(None)).astype(np.float64)
+        if not np.isfinite(values).all():
+            raise InputError(path, name, "finite values", "NaN or Inf")
+        return values
+
     def read_block(self, source):
         """The ``(d, n)`` block a :class:`~qkalign.weights.layouts.BlockSource` names, dequantised to float32."""
         block = self._read(source.tensor, slice(source.start, source.stop))
@@ -193,6 +215,7 @@ def open_gguf_model(source, model=None):
     shape = layout.shape(model.metadata, model.paths[0])
     layout.check_layers(model.names(), shape, model.paths[0])
     model.rotary_dims = layout.rotary_dims(model.metadata, shape, model.paths[0])
+
     for name in layout.weight_shapes(shape, 0):
         if name not in model.names():
             raise InputError(model.paths[0], name, f"the attention weights of a GGUF {arch} model (blk.N.attn_q and "

@@ -22,7 +22,7 @@ from ..extras import import_torch
 from ..qkdata import QKData
 from . import DEFAULT_PRECISION, DEFAULT_TOPK, PRECISIONS
 from .layouts import AttentionShape, BlockSource, Layout, find_prefix, layout_for, text_config
-from .measure import BIASES_NOTE, check_tensors, check_topk, compute_arrays, measure_metadata
+from .measure import BIASES_NOTE, check_tensors, check_topk, compute_arrays, measure_metadata, read_rope
 from .model_folder import ModelFolder
 from .quantization import checkpoint_quantization
 
@@ -113,8 +113,10 @@ def from_state_dict(state_dict, config, *, topk=DEFAULT_TOPK, fold_norms=False, 
     shape = layout.shape(language_config, "config")
     tensors.fp8 = checkpoint_quantization(config, "config", tensors.names(), tensors.source)
     find_prefix(layout, shape, tensors.names(), tensors.shape_of, tensors.source)
+    tensors.config, tensors.config_path = language_config, "config"
     check_topk(topk, shape)
     dtypes = check_tensors(layout, shape, tensors, fold_norms)
+    tensors.rope = read_rope(tensors, layout, shape)
     arrays = compute_arrays(layout, shape, tensors, fold_norms, topk, precision, progress)
     extra = measure_metadata("<state_dict>", layout, shape, tensors, dtypes, precision, fold_norms, arrays)
     extra.update(model_source=extra["model_dir"], source_kind="memory", source_format="state_dict")

@@ -41,6 +41,7 @@ from .factored_operator import RANK_TOL, stacked_gram_lower, symmetric_part_eige
 from .layouts import find_prefix, layout_for, text_config
 from .model_folder import ModelFolder
 from .quantization import checkpoint_quantization
+from .rope import rope_from_config, rope_record
 from .sources import resolve_source
 
 BIASES_NOTE = "left out: the operator is W_K^T W_Q of the weights alone"
@@ -91,6 +92,7 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
     folder, layout, shape = open_model(source)
     check_topk(topk, shape)
     dtypes = check_tensors(layout, shape, folder, fold_norms)
+    folder.rope = read_rope(folder, layout, shape)
     check_fits(peak_bytes(shape, topk, precision), source.config_label(), "",
                f"measuring {shape.num_layers} layers x {shape.num_heads} heads (head_dim {shape.head_dim}, "
                f"hidden_size {shape.hidden_size}, topk {topk})")
@@ -121,7 +123,19 @@ def open_model(model_dir, revision=None):
     # FP8 block size, or one line for an integer-quantised model (before a q_proj.weight is missed).
     folder.fp8 = checkpoint_quantization(full_config, config_path, folder.names(), folder.source)
     find_prefix(layout, shape, folder.names(), folder.shape_of, folder.source)
+    folder.config, folder.config_path = config, config_path  # the RoPE is read from it once the tensors are checked
     return folder, layout, shape
+
+
+def read_rope(folder, layout, shape):
+    """The model's :class:`~qkalign.weights.rope.ModelRope` (None without RoPE): from a GGUF file's metadata, else
+    from the config that ``open_model`` kept on ``folder``. Read after :func:`check_tensors`, so that the layer
+    count it spans is one the tensors hold."""
+    if not layout.rotary:
+        return None
+    if hasattr(folder, "read_rope"):
+        return folder.read_rope(layout, shape)
+    return rope_from_config(folder.config, layout.model_type, shape.head_dim, folder.config_path)
 
 
 def check_topk(topk, shape):
@@ -187,6 +201,8 @@ def measure_metadata(model_dir, layout, shape, folder, dtypes, precision, fold_n
         "biases": BIASES_NOTE + (" (the checkpoint has q/k biases)" if has_biases else " (the checkpoint has none)"),
         "rope": ROPE_NOTE if layout.rotary else "none: absolute position embeddings, not part of W_Q, W_K",
         **rotary_record(layout, shape, folder),
+        # θ_i of every layer as the model's RoPE initialisation gives them (None: no RoPE, or none known).
+        "rope_parameters": rope_record(getattr(folder, "rope", None)),
         **(folder.describe() if hasattr(folder, "describe") else {}),
         # [K; Q] of numerical rank < 2 d in this precision (tied Q and K, n < 2 d, or ill-conditioned):
         # their missing eigenvalues are exact zeros.
@@ -203,7 +219,11 @@ def rotary_record(layout, shape, folder):
     if not layout.rotary:
         return {"rotary_pairing": None, "rotary_dims": None}
     describe = getattr(folder, "rotary_pairing", None)
-    pairing, dims = describe(layout, shape) if describe is not None else ("half-split", None)
+    if describe is not None:
+        pairing, dims = describe(layout, shape)
+    else:
+        rope = getattr(folder, "rope", None)
+        pairing, dims = "half-split", rope.layer(0).rotary_dims if rope is not None else None
     return {"rotary_pairing": pairing, "rotary_dims": dims}
 
 

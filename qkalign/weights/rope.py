@@ -688,3 +688,16 @@ def rope_from_gguf(metadata, arch, head_dim, rotary_dims=None, pairing=None, *, 
     if arch == "gemma3":
         return _gguf_gemma3(metadata, global_spec, num_layers, source)
     return uniform_rope(global_spec, num_layers)
+
+
+def rope_record(model_rope):
+    """What the JSON records of a model's RoPE (``rope_parameters``): None without RoPE, else per layer kind
+    its type, base, rotated dimensions, pairing, attention factor and ``inv_freq`` (θ_i), and the kind of
+    every layer."""
+    if model_rope is None:
+        return None
+    kinds = {kind: {"rope_type": spec.rope_type, "base": spec.base, "rotary_dims": spec.rotary_dims,
+                    "pairing": spec.pairing, "attention_factor": spec.attention_factor, "source": spec.source,
+                    "inv_freq": [float(x) for x in spec.inv_freq]}
+             for kind, spec in model_rope.specs.items()}
+    return {"kinds": kinds, "layer_kinds": list(model_rope.layer_kinds)}
