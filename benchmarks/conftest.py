@@ -3,7 +3,7 @@ small preset for a smoke run (``QKALIGN_BENCH_PRESET=small``).
 
 ``QKALIGN_BENCH_CACHE`` sets the cache folder (default ``~/.cache/qkalign``);
 ``QKALIGN_BENCH_SLOW=1`` adds the numpy reference of the all-pairs principal angles
-(~2 minutes per round at the qwen3-4b preset).
+(~2 minutes per round at the qwen3-4b preset) and of the rotary Grams (~20 s per round).
 
 The run's ``machine_info`` (``--benchmark-json``, ``--benchmark-save``) also records the
 preset, the RAM, the cores this process may use and the versions of python's numerical

@@ -16,8 +16,9 @@ import qkalign
 from qkalign.stats.backends import get_backend
 from qkalign.testing.comparisons import COMPARISONS
 
-#: Reference functions too slow for every run at the qwen3-4b preset (see QKALIGN_BENCH_SLOW).
-SLOW_REFERENCES = {"principal_cosines_all_pairs"}
+#: Reference functions too slow for every run at the qwen3-4b preset (see QKALIGN_BENCH_SLOW): the
+#: all-pairs principal angles (~2 minutes a round), the rotary Grams (~20 s a round, 5 calls).
+SLOW_REFERENCES = {"principal_cosines_all_pairs", "rotary_layer_grams"}
 
 
 def _timed(benchmark, function, *args, blas_threads=None, budget=3.0):
@@ -37,7 +38,7 @@ def _timed(benchmark, function, *args, blas_threads=None, budget=3.0):
 def test_function(benchmark, inputs, comparison, backend):
     benchmark.group = comparison.label
     if backend == "numpy" and comparison.name in SLOW_REFERENCES and not (SLOW or SMOKE):
-        pytest.skip("numpy all-pairs reference takes minutes: set QKALIGN_BENCH_SLOW=1")
+        pytest.skip(f"the numpy reference of {comparison.name} takes minutes: set QKALIGN_BENCH_SLOW=1")
     function = comparison.kernel if backend == "numba" else comparison.reference
     _timed(benchmark, function, *comparison.args(inputs), blas_threads=None if backend == "numba" else 1)
 

@@ -3,10 +3,14 @@
 One row per backend function; the tests check each row's kernel against its
 reference, and the benchmarks time both, so adding a kernel means adding a row.
 Inputs come from :class:`Inputs`, either random (:func:`random_inputs`) or a
-model's :class:`~qkalign.QKData` (:meth:`Inputs.from_qkdata`).
+model's :class:`~qkalign.QKData` (:meth:`Inputs.from_qkdata`). Kernels of ``measure`` (not in the
+backend) have rows too: their inputs, one head's stacked Grams, are :class:`StackedGrams`.
 """
 
+import importlib
 from dataclasses import dataclass
+from functools import cached_property
+from operator import attrgetter
 
 import numpy as np
 
@@ -28,7 +32,8 @@ EIG_DIRS_KINDS = (
 class Inputs:
     """The arrays and parameters a backend function can take.
 
-    gram: (L, L, H); sym_eigs: (L, H, m); eig_dirs: (L, H, k, n); anchor: int; k_values: tuple of int.
+    gram: (L, L, H); sym_eigs: (L, H, m); eig_dirs: (L, H, k, n); anchor: int; k_values: tuple of int;
+    stacked: one head's stacked Grams and a rotary profile (:class:`StackedGrams`, made on first use).
     """
 
     gram: np.ndarray
@@ -36,6 +41,7 @@ class Inputs:
     eig_dirs: np.ndarray
     anchor: int
     k_values: tuple
+    stacked: "StackedGrams" = None
 
     @property
     def topk(self):
@@ -44,9 +50,85 @@ class Inputs:
 
     @classmethod
     def from_qkdata(cls, data, anchor=-1):
-        """A model's arrays, with the seed's k values for its spectrum length."""
+        """A model's arrays, with the seed's k values for its spectrum length, and random stacked
+        Grams of its shape with a Qwen3-like rotary profile."""
         return cls(data.gram, data.sym_eigs, data.eig_dirs, anchor % data.num_layers,
-                   reference.sign_k_values(data.sym_eigs.shape[2]))
+                   reference.sign_k_values(data.sym_eigs.shape[2]),
+                   StackedGrams(data.num_layers, data.head_dim, data.hidden_size, seed=0))
+
+
+#: The distances of the rotary profile timed at a model's shape: 0, 1, 2, 4, ..., 8192.
+PROFILE_DISTANCES = (0,) + tuple(2**i for i in range(14))
+
+
+@dataclass(frozen=True)
+class StackedGrams:
+    """One head's stacked Grams ``QQ``, ``KK`` (L d, L d) of random K, Q blocks (L, d, n), with a
+    rotary profile: the arguments ``qq, kk, num_layers, head_dim, cos, sin, first, second``.
+
+    The arrays are made on first use (seconds at the qwen3-4b shape). Each layer's blocks have unit
+    Frobenius norm, so every rotary Gram entry is at most 1 and sums of its ~4 d^2 terms are defined
+    to ~d^2 eps absolute. Grams as ``measure`` fills them (lower triangle and diagonal blocks), in
+    ``dtype``; ``rotary_dims`` (None: all) of the head's dimensions rotate, paired half-split or
+    interleaved, at transformers' frequencies ``rope_theta^(-2p / d_rot)``.
+    """
+
+    num_layers: int
+    head_dim: int
+    hidden: int
+    seed: int
+    dtype: str = "float32"
+    rotary_dims: int = None
+    interleaved: bool = False
+    distances: tuple = PROFILE_DISTANCES
+    rope_theta: float = 1e6
+
+    @cached_property
+    def _grams(self):
+        from ..weights.factored_operator import stacked_gram_lower  # imports scipy: only when used
+
+        rng = np.random.default_rng(self.seed)
+        blocks = rng.standard_normal((2, self.num_layers, self.head_dim, self.hidden))
+        blocks /= np.linalg.norm(blocks, axis=(-2, -1), keepdims=True)
+        return tuple(stacked_gram_lower(b.astype(self.dtype)) for b in blocks)
+
+    @property
+    def qq(self):
+        return self._grams[0]
+
+    @property
+    def kk(self):
+        return self._grams[1]
+
+    @cached_property
+    def _pairs(self):
+        from ..weights.rotary_grams import rotary_pairs
+
+        return rotary_pairs(self.head_dim, self.rotary_dims, self.interleaved)
+
+    @property
+    def first(self):
+        return self._pairs[0]
+
+    @property
+    def second(self):
+        return self._pairs[1]
+
+    @cached_property
+    def _tables(self):
+        from ..weights.rotary_grams import rotary_tables
+
+        rotary_dims = 2 * len(self.first)
+        inv_freq = self.rope_theta ** (-np.arange(0, rotary_dims, 2) / max(rotary_dims, 1))
+        return rotary_tables(self.distances, inv_freq)
+
+    @property
+    def cos(self):
+        return self._tables[0]
+
+    @property
+    def sin(self):
+        return self._tables[1]
 
 
 @dataclass(frozen=True)
@@ -57,7 +139,9 @@ class Comparison:
     squared cosines or cosines computed from dot products of length n: near 0 those
     are defined only to about ``n * eps`` absolute, in the reference as in the kernel.
     ``constants`` follow the fields as further positional arguments (a flag that selects
-    a variant of the function, named by ``variant`` in test and benchmark ids).
+    a variant of the function, named by ``variant`` in test and benchmark ids). Fields may be
+    dotted (``"stacked.qq"``). ``modules`` names the (reference, kernel) modules of a function
+    outside the backend; by default they are ``qkalign.stats.reference`` and the numba backend.
     """
 
     name: str
@@ -65,14 +149,22 @@ class Comparison:
     atol: float = 0.0
     variant: str = ""
     constants: tuple = ()
+    modules: tuple = ()
+
+    @property
+    def backend(self):
+        """Whether the function is one of the backend's (``qkalign.stats.backends.BACKEND_FUNCTIONS``)."""
+        return not self.modules
 
     @property
     def reference(self):
-        return getattr(reference, self.name)
+        module = importlib.import_module(self.modules[0]) if self.modules else reference
+        return getattr(module, self.name)
 
     @property
     def kernel(self):
-        return getattr(get_backend("numba"), self.name)
+        module = importlib.import_module(self.modules[1]) if self.modules else get_backend("numba")
+        return getattr(module, self.name)
 
     @property
     def label(self):
@@ -81,9 +173,11 @@ class Comparison:
 
     def args(self, inputs):
         """The positional arguments of this function for ``inputs``: its fields, then ``constants``."""
-        return tuple(getattr(inputs, field) for field in self.arguments) + self.constants
+        return tuple(attrgetter(field)(inputs) for field in self.arguments) + self.constants
 
 
+#: The arguments of ``rotary_layer_grams``, fields of :class:`StackedGrams`.
+ROTARY_ARGUMENTS = ("qq", "kk", "num_layers", "head_dim", "cos", "sin", "first", "second")
 #: Relative tolerance of every kernel against its reference (float64).
 RTOL = 1e-12
 #: Absolute floor for cosines from dot products (see :class:`Comparison`).
@@ -104,6 +198,9 @@ COMPARISONS = (
     # a ratio of sums of length m: near 0 its value is defined to ~m eps absolute
     Comparison("signed_mass", ("sym_eigs",), atol=DOT_ATOL),
     Comparison("fraction_positive_topk", ("sym_eigs", "topk")),
+    # measure's rotary profile: sums of ~4 d^2 terms (d <= 10) of unit-norm blocks, near 0 defined to ~4 d^2 eps
+    Comparison("rotary_layer_grams", tuple(f"stacked.{field}" for field in ROTARY_ARGUMENTS), atol=1e-13,
+               modules=("qkalign.weights.rotary_grams", "qkalign.kernels.rotary_grams")),
 )
 
 
@@ -115,6 +212,8 @@ def random_inputs(num_layers, num_heads, topk, hidden, spectrum, seed, eig_dirs_
     ``10**head_scale_exponent``; sym_eigs has random signs, some exact zeros (never a
     whole spectrum) and is sorted by ``|lambda|`` descending; eig_dirs is of ``eig_dirs_kind``
     (see :data:`EIG_DIRS_KINDS`), stored as ``eig_dirs_dtype`` (float32 as a file would hold it).
+    The stacked Grams have L layers and n columns, their other parameters drawn from a generator of
+    its own (:func:`_random_stacked_grams`), so the other arrays of a seed stay what they were.
     """
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((num_heads, num_layers, num_layers + 2)) * 10.0 ** head_scale_exponent
@@ -127,7 +226,22 @@ def random_inputs(num_layers, num_heads, topk, hidden, spectrum, seed, eig_dirs_
     anchor = int(rng.integers(-num_layers, num_layers))
     k_values = tuple(sorted(set(int(k) for k in rng.integers(1, spectrum + 1, size=3))))
     eig_dirs = _random_eig_dirs(rng, num_layers, num_heads, topk, hidden, anchor, eig_dirs_kind)
-    return Inputs(gram, sym_eigs, eig_dirs.astype(eig_dirs_dtype), anchor, k_values)
+    return Inputs(gram, sym_eigs, eig_dirs.astype(eig_dirs_dtype), anchor, k_values,
+                  _random_stacked_grams(num_layers, hidden, seed))
+
+
+def _random_stacked_grams(num_layers, hidden, seed):
+    """:class:`StackedGrams` with random d (1..10), d_rot (even, 0..d), pairing, precision and 1-5
+    distances in -40..40 (0 among them half the time)."""
+    rng = np.random.default_rng([seed, 23])
+    head_dim = int(rng.integers(1, 11))
+    distances = rng.integers(-40, 41, size=int(rng.integers(1, 6)))
+    if rng.random() < 0.5:
+        distances[0] = 0
+    return StackedGrams(num_layers, head_dim, hidden, seed=int(rng.integers(2**32)),
+                        dtype=str(rng.choice(["float32", "float64"])),
+                        rotary_dims=2 * int(rng.integers(0, head_dim // 2 + 1)), interleaved=bool(rng.random() < 0.5),
+                        distances=tuple(int(x) for x in distances), rope_theta=float(rng.choice([10.0, 1e4])))
 
 
 def _orthonormal_rows(rng, shape):
