@@ -22,7 +22,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 # Defaults of the measure options; analyze takes them too, but only with a model folder.
 MEASURE_DEFAULTS = {"topk": DEFAULT_TOPK, "fold_norms": False, "precision": DEFAULT_PRECISION, "quiet": False,
-                    "revision": None}
+                    "revision": None, "deltas": None}
 
 
 def bundled_example_path():
@@ -149,6 +149,9 @@ def _add_measure_options(parser, for_analyze):
     parser.add_argument("--quiet", action="store_true", default=default("quiet"), help=f"no progress bar{when}")
     parser.add_argument("--revision", default=default("revision"),
                         help="branch, tag or commit of a Hub repo id (default main)")
+    parser.add_argument("--deltas", type=_distances, default=default("deltas"), metavar="D1,D2,...",
+                        help=f"relative distances of the rotary profile rope_profile{when} (default 0 and the powers "
+                             "of two up to the model's context length)")
 
 
 def _measure_options(args):
@@ -156,7 +159,15 @@ def _measure_options(args):
     opts = {key: MEASURE_DEFAULTS[key] if getattr(args, key) is None else getattr(args, key)
             for key in MEASURE_DEFAULTS}
     return dict(topk=opts["topk"], fold_norms=opts["fold_norms"], precision=opts["precision"],
-                progress=not opts["quiet"], revision=opts["revision"])
+                progress=not opts["quiet"], revision=opts["revision"], deltas=opts["deltas"])
+
+
+def _distances(text):
+    """``--deltas 0,1,16``: a list of ints (their range and count are checked by measure)."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, found {text!r}") from None
 
 
 def _save(data, prefix, file_format, eig_dirs_dtype="float32"):

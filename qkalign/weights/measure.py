@@ -42,6 +42,7 @@ from .layouts import find_prefix, layout_for, text_config
 from .model_folder import ModelFolder
 from .quantization import checkpoint_quantization
 from .rope import rope_from_config, rope_record
+from .rope_profile import DEFAULT_CONTEXT, check_deltas, default_deltas, profile_plan, profile_record
 from .sources import resolve_source
 
 BIASES_NOTE = "left out: the operator is W_K^T W_Q of the weights alone"
@@ -49,7 +50,7 @@ ROPE_NOTE = "left out: the operator at relative position 0 (no rotary embedding 
 
 
 def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PRECISION, progress=True,
-            revision=None):
+            revision=None, deltas=None):
     """Grams and eigen-directions of the QK operators of a Hugging Face model's weights.
 
     Parameters
@@ -72,6 +73,9 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
         Show a tqdm progress bar on stderr.
     revision : str, optional
         Branch, tag or commit of a Hub repo (default ``main``); only with a Hub repo id.
+    deltas : sequence of int, optional
+        Relative distances of the rotary profile ``rope_profile`` (:mod:`~qkalign.weights.rope_profile`);
+        default 0 and the powers of two up to the model's context length.
 
     Returns
     -------
@@ -93,11 +97,14 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
     check_topk(topk, shape)
     dtypes = check_tensors(layout, shape, folder, fold_norms)
     folder.rope = read_rope(folder, layout, shape)
-    check_fits(peak_bytes(shape, topk, precision), source.config_label(), "",
+    plan = profile_plan(folder.rope, default_deltas(context_length(folder, layout)) if deltas is None
+                        else check_deltas(deltas))
+    check_fits(peak_bytes(shape, topk, precision, len(plan.deltas) if plan else 0), source.config_label(), "",
                f"measuring {shape.num_layers} layers x {shape.num_heads} heads (head_dim {shape.head_dim}, "
                f"hidden_size {shape.hidden_size}, topk {topk})")
-    arrays = compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress)
+    arrays = compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan)
     extra = measure_metadata(source, layout, shape, folder, dtypes, precision, fold_norms, arrays)
+    extra.update(profile_record(plan, arrays.pop("rope_gram", None), folder.rope))
     return QKData(shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size, **arrays,
                   json_path=str(folder.source), eigdirs_path=str(folder.source), extra=extra)
 
@@ -138,6 +145,18 @@ def read_rope(folder, layout, shape):
     return rope_from_config(folder.config, layout.model_type, shape.head_dim, folder.config_path)
 
 
+def context_length(folder, layout):
+    """The model's context length: ``max_position_embeddings`` (``n_positions``) of its config, a GGUF file's
+    ``{arch}.context_length``; :data:`~qkalign.weights.rope_profile.DEFAULT_CONTEXT` when it states none."""
+    config = getattr(folder, "config", None) or {}
+    meta = getattr(folder, "metadata", None) or {}
+    for value in (config.get("max_position_embeddings"), config.get("n_positions"),
+                  meta.get(f"{getattr(layout, 'arch', '')}.context_length")):
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return DEFAULT_CONTEXT
+
+
 def check_topk(topk, shape):
     """``topk`` fits the spectrum of ``(g + g^T)/2``: at most ``min(2 d, n)`` nonzero eigenvalues."""
     limit = min(2 * shape.head_dim, shape.hidden_size)
@@ -165,7 +184,7 @@ def check_tensors(layout, shape, folder, fold_norms):
 BASE_BYTES = 64 * 2**20
 
 
-def peak_bytes(shape, topk, precision):
+def peak_bytes(shape, topk, precision, num_deltas=0):
     """Estimated peak memory of :func:`measure` and writing its result, in bytes.
 
     :data:`BASE_BYTES`, the outputs (float64), per running task (one per core) one ``(L d, n)``
@@ -177,7 +196,8 @@ def peak_bytes(shape, topk, precision):
     outputs = 8 * (L * L * H + L * H + L * H * 2 * d + L * H * topk * n)
     stack = item * ((L * d) ** 2 + L * d * n)
     per_task = stack + 8 * (L * L + L * topk * n + 3 * L * (2 * d) ** 2 + 2 * L * 2 * d * n)
-    return BASE_BYTES + outputs + core_count() * per_task + 2 * stack + 56 * L * L * H
+    profile = (8 + 56) * num_deltas * L * L * H  # the rotary profile, and its JSON text
+    return BASE_BYTES + outputs + core_count() * per_task + 2 * stack + 56 * L * L * H + profile
 
 
 def measure_metadata(model_dir, layout, shape, folder, dtypes, precision, fold_norms, arrays):
@@ -227,18 +247,19 @@ def rotary_record(layout, shape, folder):
     return {"rotary_pairing": pairing, "rotary_dims": dims}
 
 
-def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress):
+def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan=None):
     """The arrays of :class:`QKData` (gram, fro_sq, sym_eigs, eig_dirs) from the model's weights.
 
     eig_dirs comes read-only: :class:`QKData` then keeps it without a copy (L H topk n float64,
-    377 MB at qwen3-4b, copied on one core after the parallel work).
+    377 MB at qwen3-4b, copied on one core after the parallel work). With a
+    :class:`~qkalign.weights.rope_profile.ProfilePlan`, also ``rope_gram`` (D, L, L, H) float64.
     """
     import scipy.linalg  # noqa: F401  (loaded before one_blas_thread, so that its limit covers scipy's BLAS)
 
     from ..kernels.block_sums import layer_gram_accumulated  # numba: imported when measuring
 
     reader = _HeadReader(layout, shape, folder, fold_norms, np.dtype(precision))
-    tasks = _HeadTasks(reader, shape, topk, precision, layer_gram_accumulated)
+    tasks = _HeadTasks(reader, shape, topk, precision, layer_gram_accumulated, plan)
     torch = sys.modules.get("torch")  # loaded by the caller when torch tensors in memory are read
     if torch is None:
         arrays = tasks.run(progress)
@@ -334,12 +355,15 @@ class _HeadTasks:
     until the work is done.
     """
 
-    def __init__(self, reader, shape, topk, precision, layer_gram):
+    def __init__(self, reader, shape, topk, precision, layer_gram, plan=None):
         self.reader, self.shape, self.topk, self.precision = reader, shape, topk, precision
         self.layer_gram = layer_gram  # gram[L, L'] of one head from its stacked Grams (a numba kernel)
+        self.plan = plan
         L, H, d, n = shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size
         self.out = dict(gram=np.empty((L, L, H)), fro_sq=np.empty((L, H)), sym_eigs=np.empty((L, H, 2 * d)),
                         eig_dirs=np.empty((L, H, topk, n)))
+        if plan is not None:
+            self.out["rope_gram"] = np.empty((len(plan.deltas), L, L, H))
 
     def key_task(self, kv_head):
         k, k_exponents = self.reader.key(kv_head)
@@ -363,6 +387,16 @@ class _HeadTasks:
         out["fro_sq"][:, head] = fro_sq
         out["sym_eigs"][:, head] = np.ldexp(sym_eigs, e[:, None])
         out["eig_dirs"][:, head] = eig_dirs
+        if self.plan is not None:
+            out["rope_gram"][..., head] = np.ldexp(self._profile(qq, kk), e[:, None] + e[None, :])
+
+    def _profile(self, qq, kk):
+        """gram(Δ) of one head (D, L, L) at the scaled blocks, from its stacked Grams (a numba kernel)."""
+        from ..kernels.rotary_grams import rotary_layer_grams
+
+        plan = self.plan
+        return rotary_layer_grams(qq, kk, self.shape.num_layers, self.shape.head_dim, plan.cos, plan.sin,
+                                  plan.first, plan.second)
 
     def _check_float64_range(self, head, scaled_norms_sq, exponents, fro_sq):
         """Refuse, with one line, an operator whose squared norm ``scaled_norms_sq 2^(2 exponents)``
