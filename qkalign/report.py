@@ -272,4 +272,24 @@ def format_extended_report(result):
         out += _chance_section(result)
     if result.matched is not None:
         out += _matched_section(result)
+    if result.rope_profile is not None:
+        out += _rope_section(result)
     return "\n".join(out) + "\n" if out else ""
+
+
+def _rope_section(result):
+    """(h) the operator the model applies at each rotary distance: cosines across layers, head norms."""
+    profile, meta = result.rope_profile, result.meta
+    L, H = meta["num_layers"], meta["num_heads"]
+    level = (result.chance or {}).get("operator_cos")
+    out = ["", f"=== [qkalign] (h) Rotary distance profile: g(D) = W_K^T R(D) W_Q, mean over {H} heads ===",
+           "       D  adjacent  to_anchor  z(to_anchor)  offdiag   head norm / D=0 (median, min, max)"]
+    for t, delta in enumerate(profile["deltas"]):
+        ratio = profile["norm_ratio"][t]
+        z = f"{_z(profile['to_anchor'][t], level, (L - 1) * H):+12.1f}" if level and L > 1 else f"{'':>12}"
+        out.append(f"  {delta:6d}   {profile['adjacent'][t]:+.4f}    {profile['to_anchor'][t]:+.4f}  {z}  "
+                   f"{profile['offdiag'][t]:+.4f}   {np.nanmedian(ratio):.3f} {np.nanmin(ratio):.3f} "
+                   f"{np.nanmax(ratio):.3f}")
+    out.append(f"  [qkalign] D = query position - key position; to_anchor: anchor L={meta['anchor']} excluded; "
+               "chance as for the operator cosine (a rotation of unrelated operators is unrelated)")
+    return out

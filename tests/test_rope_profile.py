@@ -105,3 +105,28 @@ def test_cli_deltas(folders, cli, tmp_path):
     assert cli("measure", folders["llama"], "-o", tmp_path / "m", "--quiet", "--deltas", "0,5").returncode == 0
     one_error_line(cli("measure", folders["llama"], "-o", tmp_path / "m2", "--deltas", "0,x"), "--deltas")
     assert not (tmp_path / "m2.json").exists()
+
+
+def test_analyze_reports_the_profile(folders):
+    """analyze's rope_profile: operator cosines at each distance from the dense profile; at Δ = 0 they are the
+    seed's own numbers (adjacent mean, the verdict's mean to the anchor without the anchor)."""
+    import qkalign
+
+    data = measure(folders["llama"], topk=2, precision="float64", deltas=DELTAS, progress=False)
+    result = qkalign.analyze(data, backend="numpy")
+    stats = result.rope_profile
+    want, _ = dense_profile(folders["llama"], DELTAS)
+    norms = np.sqrt(np.einsum("tllh->tlh", want))
+    cos = (want / (norms[:, :, None, :] * norms[:, None, :, :])).mean(axis=3)  # (D, L, L)
+    anchor = data.num_layers - 1
+    tol = 1e-12
+    np.testing.assert_allclose(stats["adjacent"], [np.mean([c[i, i + 1] for i in range(anchor)]) for c in cos],
+                               atol=tol)
+    np.testing.assert_allclose(stats["to_anchor"], cos[:, :anchor, anchor].mean(axis=1), atol=tol)
+    np.testing.assert_allclose(stats["norm_ratio"], norms / norms[:1], rtol=tol)
+    assert abs(stats["adjacent"][0] - result.adjacent["mean"]) <= tol
+    assert abs(stats["to_anchor"][0] - result.verdict["mean_cos_to_anchor_excluding_anchor"]) <= tol
+    report = qkalign.format_report(result)
+    assert "=== [qkalign] (h) Rotary distance profile" in report
+    assert "rope_profile" in result.to_dict() and "(h) Rotary" not in qkalign.format_report(
+        qkalign.analyze(measure(folders["gpt2"], topk=1, progress=False), backend="numpy"))

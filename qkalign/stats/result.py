@@ -48,6 +48,9 @@ class AnalysisResult:
         (mean, sd of one head, method, seed, samples, note).
     matched : dict, optional
         Head-matched statistics (``qkalign.stats.head_matching.match_heads``), with ``match_heads=True``.
+    rope_profile : dict, optional
+        Operator cosines against the rotary distance (``qkalign.stats.rope_profile``), where measure
+        recorded a ``rope_profile``.
     """
 
     meta: dict
@@ -67,6 +70,7 @@ class AnalysisResult:
     frac_positive_topk: np.ndarray = None
     chance: dict = None
     matched: dict = None
+    rope_profile: dict = None
 
     def to_dict(self):
         """Plain Python containers (lists, floats, ``None`` for nan), ready for ``json``.
