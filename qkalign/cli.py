@@ -151,7 +151,7 @@ def _add_measure_options(parser, for_analyze):
                         help="branch, tag or commit of a Hub repo id (default main)")
     parser.add_argument("--deltas", type=_distances, default=default("deltas"), metavar="D1,D2,...",
                         help=f"relative distances of the rotary profile rope_profile{when} (default 0 and the powers "
-                             "of two up to the model's context length)")
+                             "of two up to the model's context length; none: no profile)")
 
 
 def _measure_options(args):
@@ -163,7 +163,9 @@ def _measure_options(args):
 
 
 def _distances(text):
-    """``--deltas 0,1,16``: a list of ints (their range and count are checked by measure)."""
+    """``--deltas 0,1,16``: a list of ints (their range and count are checked by measure); ``none``: no profile."""
+    if text.strip().lower() == "none":
+        return []
     try:
         return [int(part) for part in text.split(",")]
     except ValueError:

@@ -94,7 +94,7 @@ def test_default_distances_and_no_rope(folders):
     assert plain.extra["rope_parameters"] is None
 
 
-@pytest.mark.parametrize("deltas, found", [((-1,), "-1"), ((), "0 values"), ((1, 1), "2 values"),
+@pytest.mark.parametrize("deltas, found", [((-1,), "-1"), (tuple(range(65)), "65 values"), ((1, 1), "2 values"),
                                            (("x",), "'x'")])
 def test_bad_distances_are_one_line(folders, deltas, found):
     with pytest.raises(InputError, match=f"--deltas: expected .*found {found}"):

@@ -22,10 +22,10 @@ from ..extras import import_torch
 from ..qkdata import QKData
 from . import DEFAULT_PRECISION, DEFAULT_TOPK, PRECISIONS
 from .layouts import AttentionShape, BlockSource, Layout, find_prefix, layout_for, text_config
-from .measure import BIASES_NOTE, check_tensors, check_topk, compute_arrays, context_length, measure_metadata, read_rope
+from .measure import BIASES_NOTE, check_tensors, check_topk, compute_arrays, measure_metadata, profile_for, read_rope
 from .model_folder import ModelFolder
 from .quantization import checkpoint_quantization
-from .rope_profile import default_deltas, profile_plan, profile_record
+from .rope_profile import profile_record
 
 # torch / numpy dtype -> safetensors' dtype name, which ModelFolder.check knows.
 _DTYPE_NAMES = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
@@ -118,7 +118,7 @@ def from_state_dict(state_dict, config, *, topk=DEFAULT_TOPK, fold_norms=False, 
     check_topk(topk, shape)
     dtypes = check_tensors(layout, shape, tensors, fold_norms)
     tensors.rope = read_rope(tensors, layout, shape)
-    plan = profile_plan(tensors.rope, default_deltas(context_length(tensors, layout)))
+    plan = profile_for(tensors, layout, None)
     arrays = compute_arrays(layout, shape, tensors, fold_norms, topk, precision, progress, plan)
     extra = measure_metadata("<state_dict>", layout, shape, tensors, dtypes, precision, fold_norms, arrays)
     extra.update(profile_record(plan, arrays.pop("rope_gram", None), tensors.rope))

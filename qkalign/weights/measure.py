@@ -75,7 +75,7 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
         Branch, tag or commit of a Hub repo (default ``main``); only with a Hub repo id.
     deltas : sequence of int, optional
         Relative distances of the rotary profile ``rope_profile`` (:mod:`~qkalign.weights.rope_profile`);
-        default 0 and the powers of two up to the model's context length.
+        default 0 and the powers of two up to the model's context length; empty: no profile.
 
     Returns
     -------
@@ -97,14 +97,13 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
     check_topk(topk, shape)
     dtypes = check_tensors(layout, shape, folder, fold_norms)
     folder.rope = read_rope(folder, layout, shape)
-    plan = profile_plan(folder.rope, default_deltas(context_length(folder, layout)) if deltas is None
-                        else check_deltas(deltas))
+    plan = profile_for(folder, layout, deltas)
     check_fits(peak_bytes(shape, topk, precision, len(plan.deltas) if plan else 0), source.config_label(), "",
                f"measuring {shape.num_layers} layers x {shape.num_heads} heads (head_dim {shape.head_dim}, "
                f"hidden_size {shape.hidden_size}, topk {topk})")
     arrays = compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan)
     extra = measure_metadata(source, layout, shape, folder, dtypes, precision, fold_norms, arrays)
-    extra.update(profile_record(plan, arrays.pop("rope_gram", None), folder.rope))
+    extra.update(profile_record(plan, arrays.pop("rope_gram", None), folder.rope, deltas))
     return QKData(shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size, **arrays,
                   json_path=str(folder.source), eigdirs_path=str(folder.source), extra=extra)
 
@@ -143,6 +142,15 @@ def read_rope(folder, layout, shape):
     if hasattr(folder, "read_rope"):
         return folder.read_rope(layout, shape)
     return rope_from_config(folder.config, layout.model_type, shape.head_dim, folder.config_path)
+
+
+def profile_for(folder, layout, deltas):
+    """The :class:`~qkalign.weights.rope_profile.ProfilePlan` of the distances ``deltas`` (None: the default grid;
+    empty: no profile), None without one."""
+    if deltas is not None and len(deltas) == 0:
+        return None
+    chosen = default_deltas(context_length(folder, layout)) if deltas is None else check_deltas(deltas)
+    return profile_plan(folder.rope, chosen)
 
 
 def context_length(folder, layout):

@@ -67,10 +67,15 @@ def profile_plan(model_rope, deltas):
     return ProfilePlan(tuple(deltas), scale * cos, scale * sin, np.asarray(first), np.asarray(second))
 
 
-def profile_record(plan, gram, model_rope):
+def profile_record(plan, gram, model_rope, deltas=None):
     """The JSON's ``rope_profile``: ``{"deltas": [...], "gram": D x L x L x H}``, or None (with the reason in
     ``rope_profile_note``)."""
     if plan is not None:
         return {"rope_profile": {"deltas": list(plan.deltas), "gram": gram.tolist()}, "rope_profile_note": None}
-    note = "no RoPE" if model_rope is None else "not computed: its layers rotate differently (local and global)"
+    if model_rope is None:
+        note = "no RoPE"
+    elif deltas is not None and len(deltas) == 0:
+        note = "not asked for (no distances)"
+    else:
+        note = "not computed: its layers rotate differently (local and global)"
     return {"rope_profile": None, "rope_profile_note": note}
