@@ -217,3 +217,33 @@ def measure_against_sgemm(model_dir, name, spec, benchmark, ratio_target):
     if not SMOKE:  # a tiny preset's times say nothing about the targets
         assert peak <= MEMORY_TARGET_BYTES
         assert wall <= ratio_target * sgemm_wall
+
+
+#: Issue 23.7: the default measure, with the rotary profile, against measure without it.
+PROFILE_RATIO_TARGET = 1.3
+
+
+def test_measure_profile_cost(model_dir):
+    """measure with its default rotary profile (0 and the powers of two up to Qwen3's 32768 positions: 16
+    distances) against measure without one (``deltas=()``), alternated, on the qwen3-4b folder: the ratio of
+    the best walls, and the median ratio of each pair of neighbouring runs."""
+    from qkalign.weights.measure import measure
+
+    spec = PRESETS[PRESET]
+    rounds = 1 if SMOKE else int(os.environ.get("QKALIGN_BENCH_ROUNDS", "2"))
+    measure(model_dir, topk=spec.topk, progress=False, deltas=())  # loads the kernels, maps the file
+    off, on, distances = [], [], None
+    for _ in range(rounds):
+        for times, deltas in ((off, ()), (on, None)):
+            start = time.perf_counter()
+            data = measure(model_dir, topk=spec.topk, progress=False, deltas=deltas)
+            times.append(time.perf_counter() - start)
+            if deltas is None:
+                distances = len(data.extra["rope_profile"]["deltas"])
+    pairs = [b / a for a, b in zip(off, on)]
+    print(f"\nmeasure {PRESET} without the profile: " + ", ".join(f"{t:.2f}" for t in off)
+          + f" s; with {distances} distances: " + ", ".join(f"{t:.2f}" for t in on)
+          + f" s; best/best {min(on) / min(off):.2f} (target <= {PROFILE_RATIO_TARGET}), pairs "
+          + ", ".join(f"{r:.2f}" for r in pairs))
+    if not SMOKE:
+        assert min(on) <= PROFILE_RATIO_TARGET * min(off)

@@ -41,7 +41,7 @@ from .factored_operator import RANK_TOL, stacked_gram_lower, symmetric_part_eige
 from .layouts import find_prefix, layout_for, text_config
 from .model_folder import ModelFolder
 from .quantization import checkpoint_quantization
-from .rope import rope_from_config, rope_record
+from .rope import MAX_POSITIONS, rope_from_config, rope_record
 from .rope_profile import DEFAULT_CONTEXT, check_deltas, default_deltas, profile_plan, profile_record
 from .sources import resolve_source
 
@@ -154,11 +154,13 @@ def profile_for(folder, layout, deltas):
 
 
 def context_length(folder, layout):
-    """The model's context length: ``max_position_embeddings`` (``n_positions``) of its config, a GGUF file's
-    ``{arch}.context_length``; :data:`~qkalign.weights.rope_profile.DEFAULT_CONTEXT` when it states none."""
+    """The model's context length: ``max_position_embeddings`` (``n_positions``) of its config, else transformers'
+    default for its model type (:data:`~qkalign.weights.rope.MAX_POSITIONS`), a GGUF file's
+    ``{arch}.context_length``; :data:`~qkalign.weights.rope_profile.DEFAULT_CONTEXT` when none says."""
     config = getattr(folder, "config", None) or {}
     meta = getattr(folder, "metadata", None) or {}
-    for value in (config.get("max_position_embeddings"), config.get("n_positions"),
+    family_default = MAX_POSITIONS.get(layout.model_type) if config else None
+    for value in (config.get("max_position_embeddings"), config.get("n_positions"), family_default,
                   meta.get(f"{getattr(layout, 'arch', '')}.context_length")):
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
