@@ -8,6 +8,8 @@ against the model's own attention scores. A GGUF written as llama.cpp's converte
 permuted to interleaved pairs for Llama) gives the folder's profile.
 """
 
+import json
+
 import numpy as np
 import pytest
 
@@ -101,8 +103,17 @@ def test_bad_distances_are_one_line(folders, deltas, found):
         measure(folders["llama"], topk=1, deltas=deltas, progress=False)
 
 
+def test_no_distances_no_profile(folders):
+    data = measure(folders["llama"], topk=1, deltas=(), progress=False)
+    assert data.extra["rope_profile"] is None and data.extra["rope_profile_note"] == "not asked for (no distances)"
+    assert data.extra["rope_parameters"] is not None
+
+
 def test_cli_deltas(folders, cli, tmp_path):
     assert cli("measure", folders["llama"], "-o", tmp_path / "m", "--quiet", "--deltas", "0,5").returncode == 0
+    assert cli("measure", folders["llama"], "-o", tmp_path / "n", "--quiet", "--deltas", "none").returncode == 0
+    assert json.loads((tmp_path / "m.json").read_text())["rope_profile"]["deltas"] == [0, 5]
+    assert json.loads((tmp_path / "n.json").read_text())["rope_profile"] is None
     one_error_line(cli("measure", folders["llama"], "-o", tmp_path / "m2", "--deltas", "0,x"), "--deltas")
     assert not (tmp_path / "m2.json").exists()
 
