@@ -83,10 +83,6 @@ class GGUFModel(DequantizingFolder):
                 raise InputError(path, "split.count", "1 or none (a split set is read by its "
                                  "NAME-0000i-of-0000N.gguf file names)", shown(found[1]))
 
-    def rotary_pairing(self, layout, shape):
-        """``(pairing, rotated dimensions per head)`` of the file's Q/K rows (see :mod:`.gguf_layout`)."""
-        return layout.spec.pairing, self.rotary_dims
-
     def describe(self):
         """What ``QKData.extra["gguf"]`` records of the file: its version, architecture, name and files."""
         version = self._readers[0].fields.get("GGUF.version")

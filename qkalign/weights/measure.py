@@ -230,7 +230,7 @@ def measure_metadata(model_dir, layout, shape, folder, dtypes, precision, fold_n
         "folded_gains": layout.folded_gains() if fold_norms else [],
         "biases": BIASES_NOTE + (" (the checkpoint has q/k biases)" if has_biases else " (the checkpoint has none)"),
         "rope": ROPE_NOTE if layout.rotary else "none: absolute position embeddings, not part of W_Q, W_K",
-        **rotary_record(layout, shape, folder),
+        **rotary_record(layout, folder),
         # θ_i of every layer as the model's RoPE initialisation gives them (None: no RoPE, or none known).
         "rope_parameters": rope_record(getattr(folder, "rope", None)),
         **(folder.describe() if hasattr(folder, "describe") else {}),
@@ -240,21 +240,16 @@ def measure_metadata(model_dir, layout, shape, folder, dtypes, precision, fold_n
     }
 
 
-def rotary_record(layout, shape, folder):
+def rotary_record(layout, folder):
     """How the stored Q/K rows of each head pair under RoPE, for rotary analyses (None: no RoPE).
 
     transformers' checkpoints pair row ``i`` with ``i + d_rot/2`` (``rotate_half``); llama.cpp's
     converter stores some architectures interleaved (:mod:`~qkalign.weights.gguf_layout`).
     """
-    if not layout.rotary:
+    rope = getattr(folder, "rope", None) if layout.rotary else None
+    if rope is None:
         return {"rotary_pairing": None, "rotary_dims": None}
-    describe = getattr(folder, "rotary_pairing", None)
-    if describe is not None:
-        pairing, dims = describe(layout, shape)
-    else:
-        rope = getattr(folder, "rope", None)
-        pairing, dims = "half-split", rope.layer(0).rotary_dims if rope is not None else None
-    return {"rotary_pairing": pairing, "rotary_dims": dims}
+    return {"rotary_pairing": rope.layer(0).pairing, "rotary_dims": rope.layer(0).rotary_dims}
 
 
 def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan=None):
@@ -269,7 +264,10 @@ def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress,
     from ..kernels.block_sums import layer_gram_accumulated  # numba: imported when measuring
 
     reader = _HeadReader(layout, shape, folder, fold_norms, np.dtype(precision))
-    tasks = _HeadTasks(reader, shape, topk, precision, layer_gram_accumulated, plan)
+    rotary_grams = None
+    if plan is not None:
+        from ..kernels.rotary_grams import rotary_layer_grams as rotary_grams
+    tasks = _HeadTasks(reader, shape, topk, precision, layer_gram_accumulated, plan, rotary_grams)
     torch = sys.modules.get("torch")  # loaded by the caller when torch tensors in memory are read
     if torch is None:
         arrays = tasks.run(progress)
@@ -365,10 +363,10 @@ class _HeadTasks:
     until the work is done.
     """
 
-    def __init__(self, reader, shape, topk, precision, layer_gram, plan=None):
+    def __init__(self, reader, shape, topk, precision, layer_gram, plan=None, rotary_grams=None):
         self.reader, self.shape, self.topk, self.precision = reader, shape, topk, precision
         self.layer_gram = layer_gram  # gram[L, L'] of one head from its stacked Grams (a numba kernel)
-        self.plan = plan
+        self.plan, self.rotary_grams = plan, rotary_grams  # gram(Δ)[L, L'] likewise, with a ProfilePlan
         L, H, d, n = shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size
         self.out = dict(gram=np.empty((L, L, H)), fro_sq=np.empty((L, H)), sym_eigs=np.empty((L, H, 2 * d)),
                         eig_dirs=np.empty((L, H, topk, n)))
@@ -401,12 +399,10 @@ class _HeadTasks:
             out["rope_gram"][..., head] = np.ldexp(self._profile(qq, kk), e[:, None] + e[None, :])
 
     def _profile(self, qq, kk):
-        """gram(Δ) of one head (D, L, L) at the scaled blocks, from its stacked Grams (a numba kernel)."""
-        from ..kernels.rotary_grams import rotary_layer_grams
-
+        """gram(Δ) of one head (D, L, L) at the scaled blocks, from its stacked Grams."""
         plan = self.plan
-        return rotary_layer_grams(qq, kk, self.shape.num_layers, self.shape.head_dim, plan.cos, plan.sin,
-                                  plan.first, plan.second)
+        return self.rotary_grams(qq, kk, self.shape.num_layers, self.shape.head_dim, plan.cos, plan.sin,
+                                 plan.first, plan.second)
 
     def _check_float64_range(self, head, scaled_norms_sq, exponents, fro_sq):
         """Refuse, with one line, an operator whose squared norm ``scaled_norms_sq 2^(2 exponents)``

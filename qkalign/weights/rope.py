@@ -146,10 +146,9 @@ class RopeSpec:
 
     def pairs(self):
         """``(a, b)``, two ``(d_rot/2,)`` int64 arrays: pair ``i`` rotates dimensions ``a[i]`` and ``b[i]``."""
-        half = self.rotary_dims // 2
-        if self.pairing == INTERLEAVED:
-            return 2 * np.arange(half), 2 * np.arange(half) + 1
-        return np.arange(half), np.arange(half) + half
+        from .rotary_grams import rotary_pairs
+
+        return rotary_pairs(self.rotary_dims, self.rotary_dims, self.pairing == INTERLEAVED)
 
     def rotation(self, delta, scaled=False):
         """``R(Δ)``, ``(head_dim, head_dim)`` float64; with ``scaled``, ``S R(Δ) S`` (``s²`` on the rotated block).
