@@ -220,30 +220,51 @@ def measure_against_sgemm(model_dir, name, spec, benchmark, ratio_target):
 
 
 #: Issue 23.7: the default measure, with the rotary profile, against measure without it.
+WINDOW_RATIO_TARGET = 1.2  # --operator window:W against raw (issue 23.7)
 PROFILE_RATIO_TARGET = 1.3
 
 
-def test_measure_profile_cost(model_dir):
-    """measure with its default rotary profile (0 and the powers of two up to Qwen3's 32768 positions: 16
-    distances) against measure without one (``deltas=()``), alternated, on the qwen3-4b folder: the ratio of
-    the best walls, and the median ratio of each pair of neighbouring runs."""
+def alternated_walls(model_dir, rounds, baseline, option):
+    """Walls (s) of ``measure(model_dir, **baseline)`` and ``measure(model_dir, **option)`` run alternately
+    ``rounds`` times each (after one warm-up run), and the last ``option`` run's result."""
     from qkalign.weights.measure import measure
 
-    spec = PRESETS[PRESET]
-    rounds = 1 if SMOKE else int(os.environ.get("QKALIGN_BENCH_ROUNDS", "2"))
-    measure(model_dir, topk=spec.topk, progress=False, deltas=())  # loads the kernels, maps the file
-    off, on, distances = [], [], None
+    topk = PRESETS[PRESET].topk
+    measure(model_dir, topk=topk, progress=False, **baseline)  # loads the kernels, maps the file
+    off, on, data = [], [], None
     for _ in range(rounds):
-        for times, deltas in ((off, ()), (on, None)):
+        for times, kwargs in ((off, baseline), (on, option)):
             start = time.perf_counter()
-            data = measure(model_dir, topk=spec.topk, progress=False, deltas=deltas)
+            data = measure(model_dir, topk=topk, progress=False, **kwargs)
             times.append(time.perf_counter() - start)
-            if deltas is None:
-                distances = len(data.extra["rope_profile"]["deltas"])
-    pairs = [b / a for a, b in zip(off, on)]
-    print(f"\nmeasure {PRESET} without the profile: " + ", ".join(f"{t:.2f}" for t in off)
-          + f" s; with {distances} distances: " + ", ".join(f"{t:.2f}" for t in on)
-          + f" s; best/best {min(on) / min(off):.2f} (target <= {PROFILE_RATIO_TARGET}), pairs "
-          + ", ".join(f"{r:.2f}" for r in pairs))
+    return off, on, data
+
+
+def _ratio_line(what, off, on, target):
+    pairs = ", ".join(f"{b / a:.2f}" for a, b in zip(off, on))
+    return (f"\nmeasure {PRESET} {what}: " + ", ".join(f"{t:.2f}" for t in off) + " s against "
+            + ", ".join(f"{t:.2f}" for t in on) + f" s; best/best {min(on) / min(off):.2f} (target <= {target}), "
+            f"pairs {pairs}")
+
+
+def test_measure_profile_cost(model_dir):
+    """measure with its default rotary profile (0 and the powers of two up to Qwen3's 32768 positions: 17
+    distances) against measure without one (``deltas=()``), alternated, on the qwen3-4b folder: the ratio of
+    the best walls, and the ratio of each pair of neighbouring runs."""
+    rounds = 1 if SMOKE else int(os.environ.get("QKALIGN_BENCH_ROUNDS", "2"))
+    off, on, data = alternated_walls(model_dir, rounds, {"deltas": ()}, {"deltas": None})
+    distances = len(data.extra["rope_profile"]["deltas"])
+    print(_ratio_line(f"without the profile, then with {distances} distances", off, on, PROFILE_RATIO_TARGET))
     if not SMOKE:
         assert min(on) <= PROFILE_RATIO_TARGET * min(off)
+
+
+def test_measure_window_operator_cost(model_dir):
+    """``--operator window:W`` (W = 4096, the mean of g(0..4095)) against ``raw``, both without a profile,
+    alternated on the qwen3-4b folder (issue 23.7: <= 1.2x)."""
+    rounds = 1 if SMOKE else int(os.environ.get("QKALIGN_BENCH_ROUNDS", "2"))
+    off, on, data = alternated_walls(model_dir, rounds, {"deltas": ()}, {"deltas": (), "operator": "window:4096"})
+    assert data.extra["operator"] == "window:4096"
+    print(_ratio_line("raw, then window:4096", off, on, WINDOW_RATIO_TARGET))
+    if not SMOKE:
+        assert min(on) <= WINDOW_RATIO_TARGET * min(off)

@@ -22,7 +22,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 # Defaults of the measure options; analyze takes them too, but only with a model folder.
 MEASURE_DEFAULTS = {"topk": DEFAULT_TOPK, "fold_norms": False, "precision": DEFAULT_PRECISION, "quiet": False,
-                    "revision": None, "deltas": None}
+                    "revision": None, "deltas": None, "operator": "raw"}
 
 
 def bundled_example_path():
@@ -113,6 +113,7 @@ def _add_sweep_parser(sub):
     sw.add_argument("--chance-seed", type=int, help="seed of the Monte Carlo chance levels")
     sw.add_argument("--topk", type=int, help=f"eigen-directions kept per layer and head (default {DEFAULT_TOPK})")
     sw.add_argument("--fold-norms", action="store_true", default=None, help="fold the norm gains into W_Q, W_K")
+    sw.add_argument("--operator", metavar="raw|delta:D|window:W", help="the operator measured (default raw)")
     sw.add_argument("--precision", choices=PRECISIONS, help=f"precision of the big products (default "
                                                             f"{DEFAULT_PRECISION})")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -149,6 +150,9 @@ def _add_measure_options(parser, for_analyze):
     parser.add_argument("--quiet", action="store_true", default=default("quiet"), help=f"no progress bar{when}")
     parser.add_argument("--revision", default=default("revision"),
                         help="branch, tag or commit of a Hub repo id (default main)")
+    parser.add_argument("--operator", default=default("operator"), metavar="raw|delta:D|window:W",
+                        help=f"the operator analysed{when}: raw W_K^T W_Q (default), the rotary operator g(D) at "
+                             "distance D, or its mean over distances 0..W-1")
     parser.add_argument("--deltas", type=_distances, default=default("deltas"), metavar="D1,D2,...",
                         help=f"relative distances of the rotary profile rope_profile{when} (default 0 and the powers "
                              "of two up to the model's context length; none: no profile)")
@@ -159,7 +163,8 @@ def _measure_options(args):
     opts = {key: MEASURE_DEFAULTS[key] if getattr(args, key) is None else getattr(args, key)
             for key in MEASURE_DEFAULTS}
     return dict(topk=opts["topk"], fold_norms=opts["fold_norms"], precision=opts["precision"],
-                progress=not opts["quiet"], revision=opts["revision"], deltas=opts["deltas"])
+                progress=not opts["quiet"], revision=opts["revision"], deltas=opts["deltas"],
+                operator=opts["operator"])
 
 
 def _distances(text):
@@ -255,7 +260,8 @@ def _analysis_input(args):
         what = f"{local} {args.grams}" if data.extra["source_kind"] == "local" else f"model {args.grams}"
         if data.extra["commit_hash"]:
             what += f" revision {data.extra['revision']} (commit {data.extra['commit_hash']})"
-        return data, f"{what} (measured: {data.extra['layout']}, {options['precision']}{folded})"
+        operator = "" if data.extra["operator"] == "raw" else f", operator {data.extra['operator']}"
+        return data, f"{what} (measured: {data.extra['layout']}, {options['precision']}{folded}{operator})"
     for key in MEASURE_DEFAULTS:
         if getattr(args, key) not in (None, False):
             raise InputError(f"--{key.replace('_', '-')}", "", "a model folder as the input (the option applies "
@@ -333,7 +339,7 @@ def _sweep(args):
     if args.revisions_from:
         revisions += read_revisions(args.revisions_from)
     options = {key: getattr(args, key) for key in ("anchor", "backend", "match_heads", "chance_seed", "topk",
-                                                   "fold_norms", "precision")}
+                                                   "fold_norms", "precision", "operator")}
     try:
         summary = run_sweep(args.sources, args.output, revisions or None, args.workers, args.scheduler,
                             retries=args.retries, progress=not args.quiet, **options)

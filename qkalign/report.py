@@ -24,9 +24,23 @@ def format_report(result, input_description=None):
     if input_description is None:
         input_description = f"{meta['grams_path']} + {meta['eigdirs_path']}"
     out = [f"qkalign analyze: input {input_description} (backend {meta['backend']})"]
+    if meta.get("operator", "raw") != "raw":
+        out.append(f"  operator {meta['operator']}: {_operator_definition(meta['operator'])}; every number below is "
+                   "of this operator")
     for section in (_operator_section, _rescale_section, _signs_section, _principal_angles_section, _verdict_section):
         out += section(result)
     return "\n".join(out) + "\n" + format_extended_report(result)
+
+
+def _operator_definition(name):
+    """The formula of an operator recorded by measure (its name as the JSON holds it)."""
+    from .errors import InputError
+    from .weights.rotary_operator import parse_operator
+
+    try:
+        return parse_operator(name).definition
+    except InputError:  # a JSON written by a newer qkalign
+        return "an operator this version does not know"
 
 
 def _operator_section(result):

@@ -328,6 +328,10 @@ def test_the_store_grows_a_dimension_and_pads_earlier_runs(tmp_path):
     assert store.runs() == {("a", None): (0, "ok", ""), ("b", "step5"): (1, "ok", "")}
     with pytest.raises(InputError, match="attrs.options"):
         SweepStore(tmp_path / "s.zarr", {"topk": 8}, "test")
+    # a store from before --operator existed holds raw operators: it resumes as raw, not as another operator
+    assert SweepStore(tmp_path / "s.zarr", {"topk": 4, "operator": "raw"}, "test").num_runs == 2
+    with pytest.raises(InputError, match="attrs.options"):
+        SweepStore(tmp_path / "s.zarr", {"topk": 4, "operator": "delta:4"}, "test")
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text("{}")
     with pytest.raises(InputError, match="a new path or a store written by qkalign sweep"):
@@ -354,10 +358,10 @@ def test_revisions_cross_every_source_and_reach_measure(monkeypatch, tmp_path):
 
     monkeypatch.setattr(measure_module, "measure", fake_measure)
     options = {"topk": 4, "fold_norms": True, "precision": "float64", "anchor": 0, "backend": "numpy",
-               "match_heads": False, "chance_seed": 1}
+               "match_heads": False, "chance_seed": 1, "operator": "delta:8"}
     outcome = run_task("org/model", "step1000", options)
     assert seen == {"source": "org/model", "revision": "step1000", "topk": 4, "fold_norms": True,
-                    "precision": "float64", "progress": False}
+                    "precision": "float64", "operator": "delta:8", "progress": False}
     assert outcome.status == "failed" and outcome.error_type == "InputError" and "step1000" in outcome.error
 
 

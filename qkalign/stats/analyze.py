@@ -232,4 +232,6 @@ def _meta(data, anchor, backend):
         "num_layers": data.num_layers, "num_heads": data.num_heads, "head_dim": data.head_dim,
         "hidden_size": data.hidden_size, "topk": data.topk, "anchor": anchor, "backend": backend,
         "grams_path": data.json_path, "eigdirs_path": data.eigdirs_path,
+        # what the grams describe (qkalign.weights.rotary_operator): raw W_K^T W_Q unless measure was told otherwise
+        "operator": str((data.extra or {}).get("operator") or "raw")[:80],
     }

@@ -39,6 +39,7 @@ def sweep_options(options):
     """Every option with its default filled in; unknown names and bad values raise."""
     from ..stats.backends import BACKEND_NAMES
     from ..weights import PRECISIONS
+    from ..weights.rotary_operator import parse_operator
 
     defaults = default_options()
     unknown = sorted(set(options) - set(defaults))
@@ -49,6 +50,7 @@ def sweep_options(options):
         raise InputError("--precision", "", " or ".join(PRECISIONS), repr(merged["precision"]))
     if merged["backend"] not in BACKEND_NAMES:
         raise InputError("--backend", "", " or ".join(BACKEND_NAMES), repr(merged["backend"]))
+    merged["operator"] = parse_operator(merged["operator"]).name  # as the store records it
     return merged
 
 

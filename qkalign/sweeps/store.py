@@ -73,7 +73,7 @@ class SweepStore:
                 raise InputError(self.path, "attrs.options", "a store written by qkalign sweep", "none")
             self.group.attrs.update({"qkalign_version": version, "options": self.options_text,
                                      "sweep_store_format": STORE_FORMAT, "coordinates": COORDINATES})
-        elif attrs["options"] != self.options_text:
+        elif not _same_options(attrs["options"], options):
             raise InputError(self.path, "attrs.options", f"the options of this sweep ({self.options_text}); "
                              "write runs with other options to another store", attrs["options"])
         else:
@@ -195,6 +195,22 @@ class SweepStore:
 
     def _consolidate(self):
         zarr.consolidate_metadata(str(self.path), zarr_format=2)
+
+
+#: Options that sweeps gained after stores were first written, and the value an older store's runs had.
+ADDED_OPTIONS = {"operator": "raw"}
+
+
+def _same_options(stored_text, options):
+    """Whether a store's recorded options (JSON text) are ``options``, an option it predates counting as its
+    :data:`ADDED_OPTIONS` value (a store of raw operators resumes as ``--operator raw``)."""
+    try:
+        stored = json.loads(stored_text)
+    except (TypeError, ValueError):
+        return False
+    if not isinstance(stored, dict):
+        return False
+    return {**{k: v for k, v in ADDED_OPTIONS.items() if k in options}, **stored} == json.loads(json.dumps(options))
 
 
 def _write_rows(rows, index):

@@ -46,3 +46,31 @@ def dense_truth(w_q, w_k, topk):
         m = min(2 * head_dim, hidden)
         sym_eigs[..., :m] = lam[..., :m]
         return gram, fro_sq, sym_eigs, np.swapaxes(vec[..., :topk], -1, -2)
+
+
+#: Relative tolerance of measure's numbers against :func:`dense_truth`, per precision of its products: float32
+#: products of n terms, then float64 sums and eigen-problems (measure's docstring: about 1e-7 relative).
+TOL = {"float32": 1e-5, "float64": 1e-11}
+#: 1 - |cos| allowed between measure's eigenvectors and the dense ones.
+DIRECTION_TOL = 1e-6
+
+
+def assert_matches_dense(data, w_q, w_k, precision, topk=None):
+    """gram, fro_sq, sym_eigs within the precision's tolerance; top-k directions equal up to sign."""
+    tol = TOL[precision]
+    topk = topk or data.topk
+    gram, fro_sq, sym_eigs, vecs = dense_truth(w_q, w_k, topk)
+    norms = np.sqrt(np.einsum("llh->lh", gram))
+    scale = norms[:, None, :] * norms[None, :, :]  # Cauchy-Schwarz bound of each entry
+    assert np.abs(data.gram - gram).max() <= tol * scale.max()
+    assert np.all(np.abs(data.gram - gram) <= tol * scale)
+    np.testing.assert_allclose(data.fro_sq, fro_sq, rtol=tol, atol=0)
+    top = np.abs(sym_eigs[..., :1])
+    assert np.all(np.abs(data.sym_eigs - sym_eigs) <= tol * top), np.abs(data.sym_eigs - sym_eigs).max()
+    cosines = np.abs(np.einsum("lhkn,lhkn->lhk", data.eig_dirs[:, :, :topk], vecs))
+    assert cosines.min() >= 1 - DIRECTION_TOL, cosines.min()
+    # Rows are orthonormalised in float64 whatever the precision: an entry of their k x k Gram
+    # sums n products and the correction (V V^T)^{-1/2} V sums k rows, so a few (n + k) ulps.
+    gram_of_rows = data.eig_dirs @ np.swapaxes(data.eig_dirs, -1, -2)
+    atol = 4 * (data.hidden_size + data.topk) * np.finfo(np.float64).eps
+    np.testing.assert_allclose(gram_of_rows, np.broadcast_to(np.eye(data.topk), gram_of_rows.shape), atol=atol)

@@ -135,7 +135,7 @@ def _complete_rows(vecs, lam, topk):
     return out
 
 
-def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=RANK_TOL["float64"]):
+def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=RANK_TOL["float64"], q_map=None):
     """:func:`symmetric_part_eigen` given ``G = A A^T`` for ``A = [K; Q]``.
 
     ``G`` comes from Grams computed anyway (its diagonal blocks ``K K^T``, ``Q Q^T`` sit in the
@@ -158,6 +158,10 @@ def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=RANK
         ``G`` is rank-deficient where a squared Cholesky pivot (or an eigenvalue) is at most
         ``rank_tol`` times the largest diagonal entry (eigenvalue): set it above the
         relative rounding error of ``G``.
+    q_map : (..., d, d) float64, optional
+        ``M`` of a rotated operator ``K^T M Q`` (:mod:`~qkalign.weights.rotary_operator`): ``A = [K; M Q]``,
+        ``a_gram`` its Gram, and the eigenvector rows ``coef_K^T K + (M^T coef_Q)^T Q`` are formed from ``q_block``
+        itself, so that ``M Q`` (d x n) is never formed.
 
     Returns
     -------
@@ -169,6 +173,9 @@ def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=RANK
     factors = _gram_factors(np.asarray(a_gram, dtype=np.float64).reshape((-1, two_d, two_d)), rank_tol)
     lam, w = leading_eigenpairs(_j_form(factors), min(topk, two_d))
     coef = _eigenvector_coefficients(factors, lam, w)
+    if q_map is not None:
+        d = two_d // 2
+        coef[:, d:] = np.swapaxes(np.reshape(q_map, (-1, d, d)), -1, -2) @ coef[:, d:]
     k, q = (np.asarray(x).reshape((-1,) + x.shape[-2:]) for x in (k_block, q_block))
     vecs = _eigenvector_rows(k, q, coef, factors.full)
     lam = lam.reshape(batch + (two_d,))

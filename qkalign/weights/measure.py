@@ -43,6 +43,7 @@ from .model_folder import ModelFolder
 from .quantization import checkpoint_quantization
 from .rope import MAX_POSITIONS, rope_from_config, rope_record
 from .rope_profile import DEFAULT_CONTEXT, check_deltas, default_deltas, profile_plan, profile_record
+from .rotary_operator import operator_plan, operator_record, parse_operator
 from .sources import resolve_source
 
 BIASES_NOTE = "left out: the operator is W_K^T W_Q of the weights alone"
@@ -50,7 +51,7 @@ ROPE_NOTE = "left out: the operator at relative position 0 (no rotary embedding 
 
 
 def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PRECISION, progress=True,
-            revision=None, deltas=None):
+            revision=None, deltas=None, operator="raw"):
     """Grams and eigen-directions of the QK operators of a Hugging Face model's weights.
 
     Parameters
@@ -76,6 +77,10 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
     deltas : sequence of int, optional
         Relative distances of the rotary profile ``rope_profile`` (:mod:`~qkalign.weights.rope_profile`);
         default 0 and the powers of two up to the model's context length; empty: no profile.
+    operator : str or Operator
+        What the Grams and eigen-directions describe (:mod:`~qkalign.weights.rotary_operator`): ``"raw"``
+        (default, ``W_K^T W_Q``), ``"delta:D"`` (the rotary operator at distance D) or ``"window:W"`` (its mean over
+        distances 0..W-1); rotated operators need a rotary model.
 
     Returns
     -------
@@ -92,17 +97,22 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
     """
     if precision not in PRECISIONS:
         raise InputError("--precision", "", " or ".join(PRECISIONS), repr(precision))
+    operator = parse_operator(operator)
     source = resolve_source(model_dir, revision)
     folder, layout, shape = open_model(source)
     check_topk(topk, shape)
     dtypes = check_tensors(layout, shape, folder, fold_norms)
     folder.rope = read_rope(folder, layout, shape)
     plan = profile_for(folder, layout, deltas)
+    rotated = operator_plan(operator, folder.rope, source.config_label())
     check_fits(peak_bytes(shape, topk, precision, len(plan.deltas) if plan else 0), source.config_label(), "",
                f"measuring {shape.num_layers} layers x {shape.num_heads} heads (head_dim {shape.head_dim}, "
                f"hidden_size {shape.hidden_size}, topk {topk})")
-    arrays = compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan)
+    arrays = compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan, rotated)
     extra = measure_metadata(source, layout, shape, folder, dtypes, precision, fold_norms, arrays)
+    extra.update(operator_record(operator))
+    if rotated is not None:
+        extra["rope"] = f"applied: the operator {operator.name}, {operator.definition}"
     extra.update(profile_record(plan, arrays.pop("rope_gram", None), folder.rope, deltas))
     return QKData(shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size, **arrays,
                   json_path=str(folder.source), eigdirs_path=str(folder.source), extra=extra)
@@ -252,12 +262,13 @@ def rotary_record(layout, folder):
     return {"rotary_pairing": rope.layer(0).pairing, "rotary_dims": rope.layer(0).rotary_dims}
 
 
-def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan=None):
+def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan=None, rotated=None):
     """The arrays of :class:`QKData` (gram, fro_sq, sym_eigs, eig_dirs) from the model's weights.
 
     eig_dirs comes read-only: :class:`QKData` then keeps it without a copy (L H topk n float64,
     377 MB at qwen3-4b, copied on one core after the parallel work). With a
-    :class:`~qkalign.weights.rope_profile.ProfilePlan`, also ``rope_gram`` (D, L, L, H) float64.
+    :class:`~qkalign.weights.rope_profile.ProfilePlan`, also ``rope_gram`` (D, L, L, H) float64. With an
+    :class:`~qkalign.weights.rotary_operator.OperatorPlan`, the arrays describe its operator ``K^T M Q``.
     """
     import scipy.linalg  # noqa: F401  (loaded before one_blas_thread, so that its limit covers scipy's BLAS)
 
@@ -265,9 +276,9 @@ def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress,
 
     reader = _HeadReader(layout, shape, folder, fold_norms, np.dtype(precision))
     rotary_grams = None
-    if plan is not None:
+    if plan is not None or rotated is not None:
         from ..kernels.rotary_grams import rotary_layer_grams as rotary_grams
-    tasks = _HeadTasks(reader, shape, topk, precision, layer_gram_accumulated, plan, rotary_grams)
+    tasks = _HeadTasks(reader, shape, topk, precision, layer_gram_accumulated, plan, rotary_grams, rotated)
     torch = sys.modules.get("torch")  # loaded by the caller when torch tensors in memory are read
     if torch is None:
         arrays = tasks.run(progress)
@@ -363,10 +374,11 @@ class _HeadTasks:
     until the work is done.
     """
 
-    def __init__(self, reader, shape, topk, precision, layer_gram, plan=None, rotary_grams=None):
+    def __init__(self, reader, shape, topk, precision, layer_gram, plan=None, rotary_grams=None, rotated=None):
         self.reader, self.shape, self.topk, self.precision = reader, shape, topk, precision
         self.layer_gram = layer_gram  # gram[L, L'] of one head from its stacked Grams (a numba kernel)
         self.plan, self.rotary_grams = plan, rotary_grams  # gram(Δ)[L, L'] likewise, with a ProfilePlan
+        self.rotated = rotated  # the OperatorPlan of a rotated operator K^T M Q (None: raw)
         L, H, d, n = shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size
         self.out = dict(gram=np.empty((L, L, H)), fro_sq=np.empty((L, H)), sym_eigs=np.empty((L, H, 2 * d)),
                         eig_dirs=np.empty((L, H, topk, n)))
@@ -381,8 +393,12 @@ class _HeadTasks:
         k, kk, k_exponents = key_job.result()
         q, q_exponents = self.reader.query(head)
         qq = stacked_gram_lower(q)
-        gram = self.layer_gram(qq, kk, self.shape.num_layers, self.shape.head_dim)
-        fro_sq, sym_eigs, eig_dirs = _layer_work(k, q, kk, qq, self.topk, self.precision)
+        if self.rotated is None:
+            gram = self.layer_gram(qq, kk, self.shape.num_layers, self.shape.head_dim)
+        else:  # its one table row (c, s) of M
+            gram = self._rotated_grams(qq, kk, self.rotated)[0]
+        maps = None if self.rotated is None else self.rotated.maps
+        fro_sq, sym_eigs, eig_dirs = _layer_work(k, q, kk, qq, self.topk, self.precision, maps)
         # The blocks were K_L 2^-ek[L] and Q_L 2^-eq[L], so the operator computed for layer L was
         # g_L 2^-e[L]: its gram entries scale by 2^-(e[L] + e[L']), fro_sq by 2^-2e[L], the spectrum
         # by 2^-e[L], and the eigenvectors not at all. ldexp undoes that exactly in float64.
@@ -400,9 +416,14 @@ class _HeadTasks:
 
     def _profile(self, qq, kk):
         """gram(Δ) of one head (D, L, L) at the scaled blocks, from its stacked Grams."""
-        plan = self.plan
+        return self._rotated_grams(qq, kk, self.plan)
+
+    def _rotated_grams(self, qq, kk, plan):
+        """The rotary kernel at the tables of ``plan`` (a profile or an operator): (D, L, L)."""
+        kinds = getattr(plan, "layer_kinds", None)
+        more = {} if kinds is None else {"layer_kinds": kinds}
         return self.rotary_grams(qq, kk, self.shape.num_layers, self.shape.head_dim, plan.cos, plan.sin,
-                                 plan.first, plan.second)
+                                 plan.first, plan.second, **more)
 
     def _check_float64_range(self, head, scaled_norms_sq, exponents, fro_sq):
         """Refuse, with one line, an operator whose squared norm ``scaled_norms_sq 2^(2 exponents)``
@@ -446,10 +467,12 @@ class _HeadTasks:
         return self.out
 
 
-def _layer_work(k, q, kk, qq, topk, precision):
+def _layer_work(k, q, kk, qq, topk, precision, maps=None):
     """``fro_sq``, ``sym_eigs`` and ``eig_dirs`` of one head in every layer.
 
-    k, q: (L, d, n) blocks; kk, qq: their (L d, L d) stacked Grams (diagonal blocks read).
+    k, q: (L, d, n) blocks; kk, qq: their (L d, L d) stacked Grams (diagonal blocks read); maps: (L, d, d)
+    float64 ``M_L`` of a rotated operator ``K^T M Q`` (None: ``K^T Q``), applied as ``Q -> M Q`` to the
+    (d, d) products only: ``K Q^T M^T`` and ``M Q Q^T M^T``.
     """
     d = k.shape[1]
     kq = (k @ np.swapaxes(q, -1, -2)).astype(np.float64)  # (L, d, d): K_L Q_L^T
@@ -458,7 +481,10 @@ def _layer_work(k, q, kk, qq, topk, precision):
         rows = slice(layer * d, (layer + 1) * d)
         a_gram[layer, :d, :d] = kk[rows, rows]
         a_gram[layer, d:, d:] = qq[rows, rows]
+    if maps is not None:
+        kq = kq @ np.swapaxes(maps, -1, -2)
+        a_gram[:, d:, d:] = maps @ a_gram[:, d:, d:] @ np.swapaxes(maps, -1, -2)
     a_gram[:, :d, d:] = kq
     a_gram[:, d:, :d] = np.swapaxes(kq, -1, -2)
-    sym_eigs, eig_dirs = symmetric_part_eigen_from_gram(k, q, a_gram, topk, RANK_TOL[precision])
+    sym_eigs, eig_dirs = symmetric_part_eigen_from_gram(k, q, a_gram, topk, RANK_TOL[precision], q_map=maps)
     return np.einsum("lij,lij->l", kq, kq), sym_eigs, eig_dirs

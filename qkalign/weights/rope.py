@@ -160,10 +160,9 @@ class RopeSpec:
         cos, sin = np.cos(angles), np.sin(angles)
         if scaled:
             cos, sin = cos * self.attention_factor ** 2, sin * self.attention_factor ** 2
-        a, b = self.pairs()
-        r = np.eye(self.head_dim)
-        r[a, a], r[b, b], r[a, b], r[b, a] = cos, cos, -sin, sin
-        return r
+        from .rotary_grams import rotation_matrix
+
+        return rotation_matrix(self.head_dim, *self.pairs(), cos, sin)
 
 
 @dataclass(frozen=True)

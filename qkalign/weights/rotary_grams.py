@@ -115,6 +115,15 @@ def rotary_pairs(head_dim, rotary_dims=None, interleaved=False):
     return (2 * half, 2 * half + 1) if interleaved else (half, half + rotary_dims // 2)
 
 
+def rotation_matrix(head_dim, first, second, cos, sin):
+    """``R`` (d, d) float64: pair ``p`` turned from ``first[p]`` towards ``second[p]`` by the angle of
+    ``(cos[p], sin[p])`` (any scale: ``s² R``, or a mean of rotations), the identity on unpaired dimensions."""
+    r = np.eye(head_dim)
+    r[first, first], r[second, second] = cos, cos
+    r[first, second], r[second, first] = -np.asarray(sin), sin
+    return r
+
+
 def rotary_tables(distances, inv_freq):
     """``cos(Δ_t θ_p)``, ``sin(Δ_t θ_p)``: (D,) distances and (P,) frequencies -> two (D, P) float64.
 
