@@ -152,3 +152,22 @@ def test_analysis_of_a_raw_json_has_no_operator_line(folders):
 
     report = format_report(analyze(data))
     assert "operator" not in report.splitlines()[1] and analyze(data).meta["operator"] == "raw"
+
+
+def test_chance_levels_follow_the_operator(folders):
+    """A window mean shrinks its pairs unequally: its spectra get their own chance level; delta:D of wholly rotated
+    heads is a scaled rotation (all singular values equal), whose levels are the raw operator's."""
+    window = measure(folders["llama"], topk=2, deltas=(), operator="window:64", progress=False)
+    delta = measure(folders["llama"], topk=2, deltas=(), operator="delta:5", progress=False)
+    raw = measure(folders["llama"], topk=2, deltas=(), progress=False)
+    sv = np.asarray(window.extra["operator_singular_values"])
+    assert sv.shape == (window.num_layers, window.head_dim) and sv.min() < 0.5 * sv.max()
+    np.testing.assert_allclose(delta.extra["operator_singular_values"], 1.0, rtol=1e-14)
+    assert raw.extra["operator_singular_values"] is None
+    levels = {name: analyze(data).chance for name, data in (("window", window), ("delta", delta), ("raw", raw))}
+    assert "singular values" in levels["window"]["spectral_abs_cos"]["method"]
+    assert levels["delta"]["spectral_abs_cos"] == levels["raw"]["spectral_abs_cos"]
+    assert levels["window"]["operator_cos"] == levels["raw"]["operator_cos"]
+    window.extra["operator_singular_values"] = [[1.0, -1.0]]
+    with pytest.raises(InputError, match="operator_singular_values"):
+        analyze(window)

@@ -212,9 +212,31 @@ def pair_statistics(data, impl, pair_arrays, cos_per_head, k_values):
     }
 
 
+def operator_scales(data):
+    """The singular values (m, d) of a rotated operator's ``M`` per layer, as measure records them in
+    ``operator_singular_values``, where some ``M`` is not a multiple of an orthogonal matrix (its spectra then
+    have their own chance level); None otherwise (raw operators, and ``delta:D`` of wholly rotated heads)."""
+    values = (data.extra or {}).get("operator_singular_values")
+    if values is None:
+        return None
+    try:
+        scales = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        scales = None
+    if scales is None or scales.shape != (data.num_layers, data.head_dim) or not np.isfinite(scales).all() \
+            or (scales < 0).any() or not (scales.max(axis=1) > 0).all():
+        raise InputError(data.json_path, "operator_singular_values",
+                         f"a list of {data.num_layers} lists of {data.head_dim} non-negative numbers, none all zero",
+                         repr(values)[:80])
+    unit = scales / scales.max(axis=1, keepdims=True)
+    # a rotation's singular values are 1 to rounding (sqrt(c^2 + s^2)): a scaled orthogonal M
+    return None if np.all(unit >= 1 - 64 * np.finfo(np.float64).eps) else unit
+
+
 def chance_statistics(data, k_values, seed, match_heads):
     """Chance levels of every statistic (as dicts), with the head-matching one when ``match_heads``."""
-    levels = chance_levels(data.head_dim, data.hidden_size, data.topk, k_values, seed=seed)
+    levels = chance_levels(data.head_dim, data.hidden_size, data.topk, k_values, seed=seed,
+                           operator_scales=operator_scales(data))
     out = {name: level.to_dict() for name, level in levels.items()}
     if match_heads:
         from .head_matching import MATCHED_CHANCE_TRIALS, matched_chance

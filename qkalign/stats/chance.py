@@ -162,14 +162,32 @@ def _cosines_from_factors(top, bottom):
     return np.sqrt(np.clip(cos_sq, 0.0, 1.0))
 
 
-def random_symmetric_spectra(head_dim, hidden, samples, rng):
+def random_symmetric_spectra(head_dim, hidden, samples, rng, operator_scales=None):
     """Nonzero spectra of ``(g + g^T)/2`` for ``g = K^T Q``, K, Q i.i.d. Gaussian (d x n).
 
     Sorted by ``|lambda|`` descending, as the input's ``sym_eigs``: (samples, 2 d), or
     (samples, n) when ``n < 2 d``. The construction is in the module docstring.
+
+    With ``operator_scales`` (m, d), the operators are ``g = K^T M Q`` of a rotated operator
+    (:mod:`~qkalign.weights.rotary_operator`), each draw with the singular values ``σ`` of one of the m
+    layers' ``M`` (picked uniformly: the layers' mix). ``M = U Σ V^T`` and ``U^T K``, ``V^T Q`` are again
+    i.i.d. Gaussian, so only ``σ`` matters: with ``A = [K; Σ Q]``, ``A A^T = D W D`` for ``D = diag(1, σ)``
+    and ``W = B B^T`` ~ Wishart_2d(n) (:func:`bartlett_wishart_factor`), and the nonzero spectrum of
+    ``S = A^T J A`` is that of ``B^T D J D B = (B_K^T Σ B_Q + B_Q^T Σ B_K)/2`` (``B_K``, ``B_Q`` the first and
+    last d rows of ``B``).
     """
     d = head_dim
-    if hidden >= 2 * d:
+    if operator_scales is not None:
+        sigma = np.asarray(operator_scales, dtype=np.float64)[rng.integers(len(operator_scales), size=samples)]
+        if hidden >= 2 * d:
+            b = bartlett_wishart_factor(rng, 2 * d, hidden, samples)
+            half = np.swapaxes(b[:, :d], -1, -2) @ (sigma[:, :, None] * b[:, d:])
+            lam = np.linalg.eigvalsh((half + np.swapaxes(half, -1, -2)) / 2)
+        else:
+            k = rng.standard_normal((samples, d, hidden))
+            q = rng.standard_normal((samples, d, hidden)) * sigma[:, :, None]
+            lam = on_cores(_spectra_from_operators, k, q)
+    elif hidden >= 2 * d:
         u_diag, u_sub = bidiagonal_gaussian_factor(rng, d, hidden, samples)
         v_diag, v_sub = bidiagonal_gaussian_factor(rng, d, hidden - d, samples)
         g = rng.standard_normal((samples, d, d))
@@ -214,7 +232,7 @@ def _spectra_from_operators(k, q):
 
 
 def chance_levels(head_dim, hidden_size, topk, k_values, seed=DEFAULT_SEED,
-                  spectra_samples=SPECTRA_SAMPLES, subspace_samples=SUBSPACE_SAMPLES):
+                  spectra_samples=SPECTRA_SAMPLES, subspace_samples=SUBSPACE_SAMPLES, operator_scales=None):
     """Chance levels of every statistic for unrelated operators of this shape.
 
     Parameters
@@ -225,6 +243,12 @@ def chance_levels(head_dim, hidden_size, topk, k_values, seed=DEFAULT_SEED,
         The top-k values of the sign agreement.
     seed : int
         Seed of the Monte Carlo draws (recorded in each level).
+    operator_scales : (m, d) array, optional
+        Singular values of each layer's ``M`` for a rotated operator ``K^T M Q`` whose ``M`` is not a multiple
+        of an orthogonal matrix (a window mean): the spectra are drawn for it
+        (:func:`random_symmetric_spectra`). The other levels hold for any ``M``: the operator cosine's
+        ``E<g1, g2>^2 = n^2 tr(M M^T)^2`` against ``E||g||^2 = n^2 tr(M M^T)`` keeps its sd ``1/n``, and
+        ``K``, ``Q`` Gaussian keep the eigenvectors' spans Haar-distributed in R^n.
 
     Returns
     -------
@@ -236,7 +260,7 @@ def chance_levels(head_dim, hidden_size, topk, k_values, seed=DEFAULT_SEED,
     rng = np.random.default_rng(seed)
     levels = analytic_levels(hidden_size, topk)
     levels.update(subspace_levels(hidden_size, topk, subspace_samples, rng, seed))
-    levels.update(spectra_levels(head_dim, hidden_size, topk, k_values, spectra_samples, rng, seed))
+    levels.update(spectra_levels(head_dim, hidden_size, topk, k_values, spectra_samples, rng, seed, operator_scales))
     return levels
 
 
@@ -265,7 +289,7 @@ def subspace_levels(hidden_size, topk, samples, rng, seed):
             "pa_min_cos": ChanceLevel(float(cos.min(axis=1).mean()), float(cos.min(axis=1).std()), **mc)}
 
 
-def spectra_levels(head_dim, hidden_size, topk, k_values, samples, rng, seed):
+def spectra_levels(head_dim, hidden_size, topk, k_values, samples, rng, seed, operator_scales=None):
     """The levels of the spectrum statistics from ``samples`` random spectra and their mirror images.
 
     Pairs of distinct draws: (a, b) for i < j and, with the mirror, (a, -b); (-a, -b) and (-a, b)
@@ -274,8 +298,10 @@ def spectra_levels(head_dim, hidden_size, topk, k_values, samples, rng, seed):
     1 minus itself and the spectral cosine into its negative: their means are exactly 1/2 and 0
     (:func:`symmetric_level`), and so are those of the positive fraction and the signed mass.
     """
-    spectra = random_symmetric_spectra(head_dim, hidden_size, samples, rng)
+    spectra = random_symmetric_spectra(head_dim, hidden_size, samples, rng, operator_scales)
     mc = dict(method="monte-carlo", seed=seed, samples=samples)
+    if operator_scales is not None:
+        mc["method"] = "monte-carlo, operators K^T M Q with the singular values of the input's M"
     i, j = np.triu_indices(samples, k=1)
     signs = np.sign(spectra)
     agree = np.stack([(1.0 + (signs[:, :kk] @ signs[:, :kk].T)[i, j] / kk) / 2 for kk in k_values], axis=1)

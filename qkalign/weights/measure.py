@@ -111,8 +111,11 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
     arrays = compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan, rotated)
     extra = measure_metadata(source, layout, shape, folder, dtypes, precision, fold_norms, arrays)
     extra.update(operator_record(operator))
+    # analyze's chance levels of the spectra depend on them (qkalign.stats.chance.random_symmetric_spectra)
+    extra["operator_singular_values"] = None
     if rotated is not None:
         extra["rope"] = f"applied: the operator {operator.name}, {operator.definition}"
+        extra["operator_singular_values"] = np.linalg.svd(rotated.maps, compute_uv=False).tolist()
     extra.update(profile_record(plan, arrays.pop("rope_gram", None), folder.rope, deltas))
     return QKData(shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size, **arrays,
                   json_path=str(folder.source), eigdirs_path=str(folder.source), extra=extra)
