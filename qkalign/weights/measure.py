@@ -402,7 +402,7 @@ class _HeadTasks:
         """gram(Δ) of one head (D, L, L) at the scaled blocks, from its stacked Grams."""
         plan = self.plan
         return self.rotary_grams(qq, kk, self.shape.num_layers, self.shape.head_dim, plan.cos, plan.sin,
-                                 plan.first, plan.second)
+                                 plan.first, plan.second, layer_kinds=plan.layer_kinds)
 
     def _check_float64_range(self, head, scaled_norms_sq, exponents, fro_sq):
         """Refuse, with one line, an operator whose squared norm ``scaled_norms_sq 2^(2 exponents)``
