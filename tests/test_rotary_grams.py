@@ -3,8 +3,9 @@
 The chain of checks: transformers' own attention logits equal ``x_n^T g(m - n) x_m`` for ``g``
 formed densely (Llama, and GPT-NeoX with partial rotary); the numpy reference and the kernel equal
 the Frobenius products of those dense operators; the kernel equals the reference on random
-inputs of every pairing (the ``rotary_layer_grams`` row of ``qkalign.testing.comparisons``, run by
-``test_kernels.py``, and here at larger heads).
+inputs of every pairing (the ``rotary_layer_grams`` rows of ``qkalign.testing.comparisons``, run by
+``test_kernels.py``, and here at larger heads). Layers of several kinds (Gemma 3's local and global layers)
+rotate each by its own table, checked the same way against dense operators.
 """
 
 from types import SimpleNamespace
@@ -90,6 +91,65 @@ def test_rotary_grams_are_the_frobenius_products_of_the_dense_operators(head_dim
     assert np.all((np.abs(want[1:] - want[0]) / bound).max(axis=(1, 2)) > 1e3)
 
 
+#: Layer kinds of the mixed tests (Gemma 3's local 0 and global 1, and a third), each kind's base and table
+#: scale s² (an attention factor's; 1 for the local kind, as in Gemma 3).
+MIXED_KINDS = np.array([0, 1, 0, 2, 1])
+KIND_BASES, KIND_SCALES = (10.0, 1e4, 300.0), (1.0, 1.3, 0.6)
+
+
+def kind_tables(distances, rotary_dims):
+    """``s_k² cos(Δ_t θ_kp)``, ``s_k² sin(Δ_t θ_kp)`` of every kind: two (K, D, P) float64."""
+    tables = [rotary_tables(distances, base ** (-np.arange(0, rotary_dims, 2) / rotary_dims)) for base in KIND_BASES]
+    return tuple(np.stack([scale * table[i] for scale, table in zip(KIND_SCALES, tables)]) for i in range(2))
+
+
+@pytest.mark.parametrize("implementation", list(IMPLEMENTATIONS))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("head_dim, rotary_dims, interleaved", PAIRINGS)
+def test_mixed_rotary_grams_are_the_frobenius_products_of_the_dense_operators(head_dim, rotary_dims, interleaved,
+                                                                               dtype, implementation):
+    """Layers of several kinds: ``gram(Δ)[L, L'] = <g_L(Δ), g_L'(Δ)>_F``, ``g_L = K_L^T M_L(Δ) Q_L`` with ``M_L``
+    layer L's own dense rotation (its kind's θ, ``s²`` on the rotated dimensions, 1 on the others)."""
+    num_layers, hidden = len(MIXED_KINDS), 12
+    k, q = random_blocks(head_dim + rotary_dims + 1, num_layers, head_dim, hidden, dtype)
+    first, second = rotary_pairs(head_dim, rotary_dims, interleaved)
+    cos, sin = kind_tables(DISTANCES, rotary_dims)
+    got = IMPLEMENTATIONS[implementation](stacked_gram_lower(q), stacked_gram_lower(k), num_layers, head_dim,
+                                          cos, sin, first, second, layer_kinds=MIXED_KINDS)
+    want = np.empty((len(DISTANCES), num_layers, num_layers))
+    for t in range(len(DISTANCES)):
+        g = np.stack([dense_operators(k[l:l + 1], q[l:l + 1], rotation(head_dim, first, second, cos[kind, t],
+                                                                       sin[kind, t]))[0]
+                      for l, kind in enumerate(MIXED_KINDS)])
+        want[t] = np.einsum("lij,mij->lm", g, g)
+    assert got.shape == want.shape and got.dtype == np.float64
+    # gram_error_bound holds for orthogonal R; M_L has the 2-norm max(s², 1), on both sides of a block
+    norms = np.maximum(np.asarray(KIND_SCALES)[MIXED_KINDS], 1.0)
+    bound = gram_error_bound(k.astype(np.float64), q.astype(np.float64), float(np.finfo(dtype).eps)) * \
+        np.outer(norms, norms)
+    assert np.all(np.abs(got - want) <= bound), np.max(np.abs(got - want) / bound)
+    # The kinds matter: rotated all as kind 0, the layers of the other kinds are far off (a lost table fails).
+    one_kind = dense_grams(k, q, head_dim, first, second, cos[0], sin[0])
+    assert (np.abs(one_kind - want) / bound).max() > 1e3
+
+
+@pytest.mark.parametrize("implementation", list(IMPLEMENTATIONS))
+def test_one_table_for_every_kind_is_the_uniform_call(implementation):
+    """Every layer's kind reading the same table (one kind, or three copies) gives the uniform call's numbers bit for
+    bit: the same products summed in the same order."""
+    num_layers, head_dim = 4, 10
+    k, q = random_blocks(5, num_layers, head_dim, 15, "float32")
+    qq, kk = stacked_gram_lower(q), stacked_gram_lower(k)
+    first, second = rotary_pairs(head_dim, 8, interleaved=True)
+    cos, sin = rotary_tables(DISTANCES, 1e4 ** (-np.arange(0, 8, 2) / 8))
+    function = IMPLEMENTATIONS[implementation]
+    uniform = function(qq, kk, num_layers, head_dim, cos, sin, first, second)
+    for tables, kinds in (((cos[None], sin[None]), [0] * num_layers), ((np.stack([cos] * 3), np.stack([sin] * 3)),
+                                                                        [2, 0, 1, 2])):
+        np.testing.assert_array_equal(function(qq, kk, num_layers, head_dim, *tables, first, second,
+                                               layer_kinds=np.array(kinds)), uniform)
+
+
 def test_zero_distance_is_the_layer_gram():
     """At Δ = 0 the reference rotates nothing (cos = 1, sin = 0 exactly): its Gram is
     ``layer_gram_from_blocks`` of the mirrored Grams bit for bit. The kernel sums the same products
@@ -125,14 +185,16 @@ def test_only_the_lower_triangle_is_read(implementation):
     np.testing.assert_array_equal(IMPLEMENTATIONS[implementation](qq, kk, *args), clean)
 
 
+@pytest.mark.parametrize("row", [c for c in COMPARISONS if c.name == "rotary_layer_grams"], ids=lambda c: c.label)
 @pytest.mark.parametrize("head_dim, rotary_dims, interleaved", [(16, 16, False), (16, 16, True), (24, 8, False),
                                                                  (12, 0, False)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_kernel_equals_the_reference_at_larger_heads(head_dim, rotary_dims, interleaved, dtype):
-    """The comparison row at heads larger than ``random_inputs`` draws (d up to 10 there)."""
-    row = next(c for c in COMPARISONS if c.name == "rotary_layer_grams")
+def test_kernel_equals_the_reference_at_larger_heads(head_dim, rotary_dims, interleaved, dtype, row):
+    """The comparison rows (one table, and two layer kinds) at heads larger than ``random_inputs`` draws (d up to
+    10 there)."""
     stacked = StackedGrams(5, head_dim, 30, seed=head_dim, dtype=dtype, rotary_dims=rotary_dims,
-                           interleaved=interleaved, distances=(0, 1, 2, 4, 1024, -3), rope_theta=1e4)
+                           interleaved=interleaved, distances=(0, 1, 2, 4, 1024, -3), rope_theta=1e4,
+                           local_theta=10.0, global_period=2, global_factor=0.75)
     inputs = SimpleNamespace(stacked=stacked)  # the field of Inputs the row reads
     got, want = row.kernel(*row.args(inputs)), row.reference(*row.args(inputs))
     assert got.shape == want.shape == (6, 5, 5)
@@ -172,6 +234,25 @@ def test_kernel_rejects_bad_input(change, error):
                 cos=np.ones((2, 3)), sin=np.zeros((2, 3)), first=[0, 1, 2], second=[3, 4, 5])
     kernel.rotary_layer_grams(**args)  # the unchanged arguments are fine
     with pytest.raises(error):
+        kernel.rotary_layer_grams(**(args | change))
+
+
+@pytest.mark.parametrize("change", [
+    dict(layer_kinds=[0, 1]),  # 2 kinds for 3 layers
+    dict(layer_kinds=[0, -1, 0]),
+    dict(layer_kinds=[0.0, 1.0, 0.0]),  # not integers
+    dict(layer_kinds=[0, 2, 0]),  # kind 2 of 2 tables
+    dict(cos=np.ones((2, 3))),  # one (D, P) table: with layer_kinds, (K, D, P)
+    dict(cos=np.ones((2, 2, 2)), sin=np.zeros((2, 2, 2))),  # 2 pairs in the tables, 3 in the pairing
+    dict(sin=np.zeros((1, 2, 3))),
+    dict(layer_kinds=None),  # (K, D, P) tables without the kinds
+])
+def test_kernel_rejects_bad_layer_kinds(change):
+    args = dict(qq=np.eye(18, dtype=np.float32), kk=np.eye(18, dtype=np.float32), num_layers=3, head_dim=6,
+                cos=np.ones((2, 2, 3)), sin=np.zeros((2, 2, 3)), first=[0, 1, 2], second=[3, 4, 5],
+                layer_kinds=np.array([0, 1, 0]))
+    kernel.rotary_layer_grams(**args)  # the unchanged arguments are fine
+    with pytest.raises(ValueError):
         kernel.rotary_layer_grams(**(args | change))
 
 

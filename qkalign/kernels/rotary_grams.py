@@ -13,7 +13,9 @@ with ``m_xy``, ``n_xy`` their 2 x 2 sub-blocks (x, y = 1 for ``first``, 2 for ``
     A = m11 n11 + m12 n12 + m21 n21 + m22 n22      C = m12 n11 - m11 n12 + m22 n21 - m21 n22
     E = m21 n11 + m22 n12 - m11 n21 - m12 n22      B = m11 n22 + m22 n11 - m12 n21 - m21 n12
 
-and the unrotated dimensions count as one more group with ``c = 1``, ``s = 0``. Per block that is
+and the unrotated dimensions count as one more group with ``c = 1``, ``s = 0``. Where layers rotate
+differently (one table per layer kind), ``c_I``, ``s_I`` are those of the block's row layer L and
+``c_J``, ``s_J`` those of its column layer L' (``R_L^T M R_L'``). Per block that is
 O(d^2) to form the coefficients (one pass over the block, as ``block_sums``) and d^2 multiply-adds
 per distance to evaluate them, instead of rotating the block for every distance.
 
@@ -22,6 +24,9 @@ Timing, a qwen3-4b head ((L d) = 36 x 128, n = 2560, float32 Grams, D = 15 dista
 block copies and coefficients; ~0.8 ms per further distance), beside 10 ms for ``block_sums``,
 220-370 ms for the SYRK of the head's stacked Q blocks and 235 ms for measure's other per-head work
 (``_layer_work``): ~4 % more per query head. Pairings other than half-split gather each block: 48 ms.
+Two layer kinds (Gemma 3's layout, 6 of the 36 layers global, a table each) took 27.6 ms against 27.1 ms
+for one table, and one table 27.1 ms before and after the kinds were added (same bits), minima of 40
+alternated calls.
 The kernel is serial: a ``prange`` over the layer pairs (bit-identical for any thread count) took
 13.6 ms alone on 2 threads, but ``measure`` already runs one head per core, and two heads at once in
 two threads took 32 ms (serial) and 34 ms (``prange``, 4 threads on 2 cores), minima of 20; numba's
@@ -102,30 +107,32 @@ def _unrotated_row_coefficients(kb, qb, num_pairs, coef):
 
 
 @njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
-def _block_totals(kb, qb, cos, sin, coef, totals):
-    """``totals[t] = sum((R_t^T M R_t) * N)`` for the pair-ordered blocks ``kb`` (M), ``qb`` (N): (D,).
+def _block_totals(kb, qb, row_cos, row_sin, col_cos, col_sin, coef, totals):
+    """``totals[t] = sum((R_t^T M R'_t) * N)`` for the pair-ordered blocks ``kb`` (M), ``qb`` (N): (D,).
 
-    The bilinear form of the module docstring, one row pair at a time: its coefficients (4, P)
-    are formed once and evaluated at every distance, ``c_I x + s_I y`` with
+    ``R_t`` turns the rows by the (D, P) tables ``row_cos``, ``row_sin`` (the block's row layer),
+    ``R'_t`` the columns by ``col_cos``, ``col_sin`` (its column layer; the same arrays when both layers
+    rotate alike). The bilinear form of the module docstring, one row pair at a time: its coefficients
+    (4, P) are formed once and evaluated at every distance, ``c_I x + s_I y`` with
     ``x = sum_J A c_J + C s_J``, ``y = sum_J E c_J + B s_J`` (plus the unrotated columns).
     """
-    num_pairs = cos.shape[1]
+    num_pairs = row_cos.shape[1]
     totals[:] = 0.0
     for i in range(num_pairs):
         rest_a, rest_e = _pair_row_coefficients(kb, qb, i, num_pairs, coef)
         a, c, e, b = coef[0], coef[1], coef[2], coef[3]
         for t in range(totals.size):
-            cos_t, sin_t = cos[t], sin[t]
+            cos_t, sin_t = col_cos[t], col_sin[t]
             x, y = rest_a, rest_e
             for j in range(num_pairs):  # contiguous rows: the loop vectorises (reassoc)
                 x += a[j] * cos_t[j] + c[j] * sin_t[j]
                 y += e[j] * cos_t[j] + b[j] * sin_t[j]
-            totals[t] += cos_t[i] * x + sin_t[i] * y
+            totals[t] += row_cos[t, i] * x + row_sin[t, i] * y
     if kb.shape[0] > 2 * num_pairs:
         both = _unrotated_row_coefficients(kb, qb, num_pairs, coef)
         a, c = coef[0], coef[1]
         for t in range(totals.size):
-            cos_t, sin_t = cos[t], sin[t]
+            cos_t, sin_t = col_cos[t], col_sin[t]
             x = both
             for j in range(num_pairs):
                 x += a[j] * cos_t[j] + c[j] * sin_t[j]
@@ -134,43 +141,65 @@ def _block_totals(kb, qb, cos, sin, coef, totals):
 
 # nogil: measure runs one head per core in worker threads; serial for that (the module's timing notes).
 @njit(nogil=True, cache=True)
-def _rotary_grams(qq, kk, order, identity, cos, sin, out):
-    """``out[t, a, b] = out[t, b, a]`` = the rotated block sum of block ``(a, b)``, ``b <= a``, for every t."""
+def _rotary_grams(qq, kk, order, identity, cos, sin, layer_kinds, out):
+    """``out[t, a, b] = out[t, b, a]`` = the rotated block sum of block ``(a, b)``, ``b <= a``, for every t;
+    ``cos``, ``sin`` (K, D, P) one table per layer kind, ``layer_kinds`` (L,) the kind of every layer."""
     num_layers, head_dim = out.shape[1], order.size
     kb, qb = np.empty((head_dim, head_dim)), np.empty((head_dim, head_dim))
-    coef = np.empty((4, cos.shape[1]))
+    coef = np.empty((4, cos.shape[2]))
     totals = np.empty(out.shape[0])
     for a in range(num_layers):
+        row_cos, row_sin = cos[layer_kinds[a]], sin[layer_kinds[a]]
         for b in range(a + 1):
             _pair_ordered_block(kk, a * head_dim, b * head_dim, order, identity, kb)
             _pair_ordered_block(qq, a * head_dim, b * head_dim, order, identity, qb)
-            _block_totals(kb, qb, cos, sin, coef, totals)
+            _block_totals(kb, qb, row_cos, row_sin, cos[layer_kinds[b]], sin[layer_kinds[b]], coef, totals)
             for t in range(totals.size):
                 out[t, a, b] = totals[t]
                 out[t, b, a] = totals[t]
 
 
-def rotary_layer_grams(qq, kk, num_layers, head_dim, cos, sin, first, second):
+def rotary_layer_grams(qq, kk, num_layers, head_dim, cos, sin, first, second, layer_kinds=None):
     """``gram[t, L, L'] = <g_L(Δ_t), g_L'(Δ_t)>_F``: :func:`qkalign.weights.rotary_grams.rotary_layer_grams`.
 
     qq, kk: (L d, L d) float32 or float64 stacked Grams (lower triangle and diagonal blocks read,
     widened to float64 one (d, d) block at a time: every product is formed in float64, and no
-    float64 copy of the Grams is made); cos, sin: (D, P) float64; first, second: (P,) int, distinct
-    dimensions in ``0..d-1`` -> (D, L, L) float64, exactly symmetric in (L, L').
+    float64 copy of the Grams is made); cos, sin: (D, P) float64, or (K, D, P) with ``layer_kinds``
+    (L,) int in ``0..K-1`` (one table per layer kind); first, second: (P,) int, distinct dimensions in
+    ``0..d-1`` -> (D, L, L) float64, exactly symmetric in (L, L').
     """
     qq, kk = _stacked_grams(qq, kk, num_layers, head_dim)
     cos = np.ascontiguousarray(cos, dtype=np.float64)
     sin = np.ascontiguousarray(sin, dtype=np.float64)
     order = _pair_order(first, second, head_dim)
     num_pairs = np.size(first)
-    if cos.ndim != 2 or cos.shape != sin.shape or cos.shape[1] != num_pairs:
-        raise ValueError(f"cos and sin must both be (D, P) with P = {num_pairs} pairs, got {cos.shape}, {sin.shape}")
-    out = np.empty((cos.shape[0], num_layers, num_layers))
+    if layer_kinds is None:
+        if cos.ndim != 2 or cos.shape != sin.shape or cos.shape[1] != num_pairs:
+            raise ValueError(f"cos and sin must both be (D, P) with P = {num_pairs} pairs, got {cos.shape}, "
+                             f"{sin.shape}")
+        # one kind for every layer: the same code, both sides of each block reading the one table
+        cos, sin, kinds = cos[None], sin[None], np.zeros(num_layers, dtype=np.int64)
+    else:
+        kinds = _layer_kinds(layer_kinds, num_layers)
+        largest = int(kinds.max()) if kinds.size else -1
+        if cos.ndim != 3 or cos.shape != sin.shape or cos.shape[2] != num_pairs or cos.shape[0] <= largest:
+            raise ValueError(f"cos and sin must both be (K, D, P) with P = {num_pairs} pairs and K > {largest} "
+                             f"(the largest layer kind), got {cos.shape}, {sin.shape}")
+    out = np.empty((cos.shape[1], num_layers, num_layers))
     identity = bool(np.array_equal(order, np.arange(head_dim)))
     # unsigned: numba indexes with them without its negative-index wraparound, and the gather of
     # other pairings than the identity is 1.7x quicker
-    _rotary_grams(qq, kk, order.astype(np.uint64), identity, cos, sin, out)
+    _rotary_grams(qq, kk, order.astype(np.uint64), identity, cos, sin, kinds, out)
     return out
+
+
+def _layer_kinds(layer_kinds, num_layers):
+    """``layer_kinds`` as (L,) int64; ValueError unless L integers >= 0."""
+    kinds = np.asarray(layer_kinds)
+    if kinds.shape != (num_layers,) or not np.issubdtype(kinds.dtype, np.integer) or kinds.size and kinds.min() < 0:
+        raise ValueError(f"layer_kinds must be {num_layers} integers >= 0 (one kind per layer), got "
+                         f"{kinds.tolist()!r:.80}")
+    return np.ascontiguousarray(kinds, dtype=np.int64)
 
 
 def _stacked_grams(qq, kk, num_layers, head_dim):

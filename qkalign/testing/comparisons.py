@@ -51,7 +51,7 @@ class Inputs:
     @classmethod
     def from_qkdata(cls, data, anchor=-1):
         """A model's arrays, with the seed's k values for its spectrum length, and random stacked
-        Grams of its shape with a Qwen3-like rotary profile."""
+        Grams of its shape with a Qwen3-like rotary profile (and a Gemma 3-like mixed one)."""
         return cls(data.gram, data.sym_eigs, data.eig_dirs, anchor % data.num_layers,
                    reference.sign_k_values(data.sym_eigs.shape[2]),
                    StackedGrams(data.num_layers, data.head_dim, data.hidden_size, seed=0))
@@ -71,6 +71,10 @@ class StackedGrams:
     to ~d^2 eps absolute. Grams as ``measure`` fills them (lower triangle and diagonal blocks), in
     ``dtype``; ``rotary_dims`` (None: all) of the head's dimensions rotate, paired half-split or
     interleaved, at transformers' frequencies ``rope_theta^(-2p / d_rot)``.
+
+    The mixed profile (``kind_cos``, ``kind_sin``, ``layer_kinds``: the arguments with two layer kinds) is
+    Gemma 3's layout: every ``global_period``-th layer global (kind 1, at ``rope_theta``, its tables
+    times ``global_factor``, as an attention factor's ``s²``), the others local (kind 0, at ``local_theta``).
     """
 
     num_layers: int
@@ -82,6 +86,9 @@ class StackedGrams:
     interleaved: bool = False
     distances: tuple = PROFILE_DISTANCES
     rope_theta: float = 1e6
+    local_theta: float = 1e4
+    global_period: int = 6
+    global_factor: float = 1.0
 
     @cached_property
     def _grams(self):
@@ -114,13 +121,16 @@ class StackedGrams:
     def second(self):
         return self._pairs[1]
 
-    @cached_property
-    def _tables(self):
+    def _theta_tables(self, theta):
         from ..weights.rotary_grams import rotary_tables
 
         rotary_dims = 2 * len(self.first)
-        inv_freq = self.rope_theta ** (-np.arange(0, rotary_dims, 2) / max(rotary_dims, 1))
+        inv_freq = theta ** (-np.arange(0, rotary_dims, 2) / max(rotary_dims, 1))
         return rotary_tables(self.distances, inv_freq)
+
+    @cached_property
+    def _tables(self):
+        return self._theta_tables(self.rope_theta)
 
     @property
     def cos(self):
@@ -129,6 +139,25 @@ class StackedGrams:
     @property
     def sin(self):
         return self._tables[1]
+
+    @cached_property
+    def _kind_tables(self):
+        local, full = self._theta_tables(self.local_theta), self._tables
+        return tuple(np.stack([local[i], self.global_factor * full[i]]) for i in range(2))
+
+    @property
+    def kind_cos(self):
+        """(2, D, P): the local kind's table, then the global kind's."""
+        return self._kind_tables[0]
+
+    @property
+    def kind_sin(self):
+        return self._kind_tables[1]
+
+    @property
+    def layer_kinds(self):
+        """(L,) int64: 1 for every ``global_period``-th layer (global), 0 for the others (local)."""
+        return ((np.arange(self.num_layers) + 1) % self.global_period == 0).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -178,6 +207,9 @@ class Comparison:
 
 #: The arguments of ``rotary_layer_grams``, fields of :class:`StackedGrams`.
 ROTARY_ARGUMENTS = ("qq", "kk", "num_layers", "head_dim", "cos", "sin", "first", "second")
+#: Those of its mixed call: a table per layer kind, and the kind of every layer.
+MIXED_ROTARY_ARGUMENTS = ("qq", "kk", "num_layers", "head_dim", "kind_cos", "kind_sin", "first", "second",
+                          "layer_kinds")
 #: Relative tolerance of every kernel against its reference (float64).
 RTOL = 1e-12
 #: Absolute floor for cosines from dot products (see :class:`Comparison`).
@@ -201,6 +233,9 @@ COMPARISONS = (
     # measure's rotary profile: sums of ~4 d^2 terms (d <= 10) of unit-norm blocks, near 0 defined to ~4 d^2 eps
     Comparison("rotary_layer_grams", tuple(f"stacked.{field}" for field in ROTARY_ARGUMENTS), atol=1e-13,
                modules=("qkalign.weights.rotary_grams", "qkalign.kernels.rotary_grams")),
+    # and with two layer kinds (Gemma 3's local and global layers; tables scaled by at most 1)
+    Comparison("rotary_layer_grams", tuple(f"stacked.{field}" for field in MIXED_ROTARY_ARGUMENTS), atol=1e-13,
+               variant="mixed", modules=("qkalign.weights.rotary_grams", "qkalign.kernels.rotary_grams")),
 )
 
 
@@ -231,8 +266,9 @@ def random_inputs(num_layers, num_heads, topk, hidden, spectrum, seed, eig_dirs_
 
 
 def _random_stacked_grams(num_layers, hidden, seed):
-    """:class:`StackedGrams` with random d (1..10), d_rot (even, 0..d), pairing, precision and 1-5
-    distances in -40..40 (0 among them half the time)."""
+    """:class:`StackedGrams` with random d (1..10), d_rot (even, 0..d), pairing, precision, 1-5
+    distances in -40..40 (0 among them half the time) and a mixed profile's local base, period
+    (1..3) and global factor."""
     rng = np.random.default_rng([seed, 23])
     head_dim = int(rng.integers(1, 11))
     distances = rng.integers(-40, 41, size=int(rng.integers(1, 6)))
@@ -241,7 +277,9 @@ def _random_stacked_grams(num_layers, hidden, seed):
     return StackedGrams(num_layers, head_dim, hidden, seed=int(rng.integers(2**32)),
                         dtype=str(rng.choice(["float32", "float64"])),
                         rotary_dims=2 * int(rng.integers(0, head_dim // 2 + 1)), interleaved=bool(rng.random() < 0.5),
-                        distances=tuple(int(x) for x in distances), rope_theta=float(rng.choice([10.0, 1e4])))
+                        distances=tuple(int(x) for x in distances), rope_theta=float(rng.choice([10.0, 1e4])),
+                        local_theta=float(rng.choice([3.0, 100.0])), global_period=int(rng.integers(1, 4)),
+                        global_factor=float(rng.choice([1.0, 0.75])))
 
 
 def _orthonormal_rows(rng, shape):

@@ -423,10 +423,8 @@ class _HeadTasks:
 
     def _rotated_grams(self, qq, kk, plan):
         """The rotary kernel at the tables of ``plan`` (a profile or an operator): (D, L, L)."""
-        kinds = getattr(plan, "layer_kinds", None)
-        more = {} if kinds is None else {"layer_kinds": kinds}
         return self.rotary_grams(qq, kk, self.shape.num_layers, self.shape.head_dim, plan.cos, plan.sin,
-                                 plan.first, plan.second, **more)
+                                 plan.first, plan.second, layer_kinds=plan.layer_kinds)
 
     def _check_float64_range(self, head, scaled_norms_sq, exponents, fro_sq):
         """Refuse, with one line, an operator whose squared norm ``scaled_norms_sq 2^(2 exponents)``

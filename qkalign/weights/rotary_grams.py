@@ -30,6 +30,14 @@ the two columns of each pair: rows ``(R^T M)_first = c M_first + s M_second``,
 ``(R^T M)_second = -s M_first + c M_second``, and the same combination of the columns for
 ``(R^T M) R``. That is O(d^2) per block and distance, where the products would be O(d^3).
 ``qkalign.kernels.rotary_grams`` computes the same sums as a bilinear form in ``(cos, sin)``.
+
+Layers of different kinds (Gemma 3's local layers at ``rope_local_base_freq``, its global ones at
+``rope_theta`` with their scaling) rotate by their own ``R_L(Δ)``, the pairs being the same::
+
+    <g_L(Δ), g_L'(Δ)>_F = sum((R_L^T K_L K_L'^T R_L') * (Q_L Q_L'^T)),
+
+the rows of block (L, L') turned by layer L's angles, its columns by layer L''s: the stacked rotation
+is block diagonal, ``diag(R_0(Δ), .., R_{L-1}(Δ))``, one table of ``(cos, sin)`` per layer kind.
 """
 
 import numpy as np
@@ -37,7 +45,7 @@ import numpy as np
 from .factored_operator import layer_gram_from_blocks
 
 
-def rotary_layer_grams(qq, kk, num_layers, head_dim, cos, sin, first, second):
+def rotary_layer_grams(qq, kk, num_layers, head_dim, cos, sin, first, second, layer_kinds=None):
     """``gram[t, L, L'] = <g_L(Δ_t), g_L'(Δ_t)>_F`` for every distance of a rotary profile.
 
     Parameters
@@ -48,11 +56,14 @@ def rotary_layer_grams(qq, kk, num_layers, head_dim, cos, sin, first, second):
         :func:`~qkalign.weights.factored_operator.stacked_gram_lower` fills it).
     num_layers, head_dim : int
         L and d.
-    cos, sin : (D, P) float64
-        ``cos(Δ_t θ_p)``, ``sin(Δ_t θ_p)`` for the D distances and the P rotary pairs.
+    cos, sin : (D, P) float64, or (K, D, P) with ``layer_kinds``
+        ``cos(Δ_t θ_p)``, ``sin(Δ_t θ_p)`` for the D distances and the P rotary pairs; with
+        ``layer_kinds``, one such table per layer kind.
     first, second : (P,) int
         Pair ``p`` rotates dimensions ``first[p]``, ``second[p]`` of each head (``0 <= . < d``, all
         distinct); half-split: ``i`` and ``i + d_rot/2``, interleaved: ``2i`` and ``2i + 1``.
+    layer_kinds : (L,) int, optional
+        The kind (``0 .. K-1``) of every layer, whose table rotates it; None: one table for all.
 
     Returns
     -------
@@ -64,10 +75,13 @@ def rotary_layer_grams(qq, kk, num_layers, head_dim, cos, sin, first, second):
     qq_full, kk_full = _mirrored_lower(qq), _mirrored_lower(kk)
     first_rows, second_rows = _stacked_indices(num_layers, head_dim, first, second)
     cos, sin = np.asarray(cos, dtype=np.float64), np.asarray(sin, dtype=np.float64)
-    out = np.empty((len(cos), num_layers, num_layers))
-    for t in range(len(cos)):
-        # the same (c, s) in every layer's block: R_stack = I_L (x) R(Δ_t)
-        c, s = np.tile(cos[t], num_layers), np.tile(sin[t], num_layers)
+    if layer_kinds is None:  # one kind: R_stack = I_L (x) R(Δ_t)
+        cos, sin, layer_kinds = cos[None], sin[None], np.zeros(num_layers, dtype=np.int64)
+    layer_kinds = np.asarray(layer_kinds, dtype=np.int64)
+    out = np.empty((cos.shape[1], num_layers, num_layers))
+    for t in range(cos.shape[1]):
+        # R_stack = diag(R_0(Δ_t), .., R_{L-1}(Δ_t)): each layer's pairs at its kind's (c, s)
+        c, s = cos[layer_kinds, t].ravel(), sin[layer_kinds, t].ravel()
         rotated = _pair_rows_rotated(kk_full, first_rows, second_rows, c, s)  # R^T KK
         rotated = _pair_rows_rotated(rotated.T, first_rows, second_rows, c, s).T  # (R^T KK) R
         # contiguous like qq_full: numpy then sums in the same order as for KK itself
