@@ -97,6 +97,30 @@ def test_window_operator_is_the_mean_of_the_dense_operators(folders, model_type)
     assert_matches_dense(data, rotated_queries(w_q, maps), w_k, "float64")
 
 
+@pytest.mark.parametrize("operator", ["delta:9", "window:24"])
+def test_layers_that_rotate_differently(tmp_path, operator):
+    """Gemma 3: local layers at base 1e4, the global one at 1e6 with yarn (attention factor != 1): each layer's M
+    from its own RoPE, in the gram's rows and columns alike (one table per layer kind)."""
+    folder = tmp_path / "gemma3"
+    build_model("gemma3_text", folder, num_hidden_layers=3,
+                layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+                                 "full_attention": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6,
+                                                    "original_max_position_embeddings": 32}})
+    data = measure(folder, topk=3, precision="float64", operator=operator, deltas=(), progress=False)
+    w_q, w_k, rope = blocks(folder)
+    assert not rope.uniform and rope.layer(1).attention_factor != 1.0
+    kind, value = operator.split(":")
+    distances = [int(value)] if kind == "delta" else range(int(value))
+    maps = np.stack([np.mean([rope.layer(l).rotation(d, scaled=True) for d in distances], axis=0)
+                     for l in range(data.num_layers)])
+    assert_matches_dense(data, rotated_queries(w_q, maps), w_k, "float64")
+    # the global layer's own rotation matters: rotating it as a local layer misses its gram by far
+    local = np.stack([np.mean([rope.layer(0).rotation(d, scaled=True) for d in distances], axis=0)] * 3)
+    with pytest.raises(AssertionError):
+        assert_matches_dense(data, rotated_queries(w_q, local), w_k, "float64")
+
+
 def test_raw_is_the_default_and_unchanged(folders):
     default = measure(folders["llama"], topk=3, deltas=(), progress=False)
     raw = measure(folders["llama"], topk=3, deltas=(), operator="raw", progress=False)
