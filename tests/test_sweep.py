@@ -243,8 +243,9 @@ def test_plot_of_a_store(swept, cli, tmp_path):
     import matplotlib.image
 
     written = sorted(p.name for p in (tmp_path / "figs").iterdir())
-    assert written == ["grid_operator_cos.png", "grid_pairs_pa_mean_cos_mean.png", "rope_profile_vs_step.png",
-                       "statistics_vs_step.png"]  # the checkpoints are Llama's: RoPE, a distance profile
+    bands = ["rope_bands_vs_step.png"] if "rope_bands.groups" in ds else []  # where measure records bands
+    assert written == ["grid_operator_cos.png", "grid_pairs_pa_mean_cos_mean.png"] + bands + [
+        "rope_profile_vs_step.png", "statistics_vs_step.png"]  # the checkpoints are Llama's: RoPE, a distance profile
     assert ds["rope_profile.norm_ratio"].dims == ("run", "delta", "layer", "head")
     height, width, _ = matplotlib.image.imread(tmp_path / "figs" / "statistics_vs_step.png").shape
     assert (width, height) == (round(6.4 * 2 * 150), round(5.2 * 1.6 * 150))
@@ -310,17 +311,20 @@ def test_figures_follow_revisions_and_steps(reference, tmp_path):
                                                                       rel=1e-15)
     mean_cos, anchor = reference["step0"]["principal_angles.mean_cos"], int(reference["step0"]["meta.anchor"])
     assert statistic(ds, 1, "anchor_pa_mean_cos") == pytest.approx(np.delete(mean_cos, anchor).mean(), rel=1e-15)
+    bands = ["rope_bands_vs_step.png"] if "rope_bands.groups" in reference["step0"] else []
     assert [p.name for p in write_sweep_figures(tmp_path / "s.zarr", tmp_path / "figs")] == [
         "statistics_vs_step.png", "grid_operator_cos.png", "grid_pairs_pa_mean_cos_mean.png",
-        "rope_profile_vs_step.png"]  # Llama has RoPE: its distance profile; no bands in these results
+        "rope_profile_vs_step.png"] + bands  # Llama has RoPE: its distance profile (and bands, where measured)
 
 
 def with_bands(variables, seed, pairs=4):
-    """``variables`` (flattened) plus a hand-built ``rope_bands`` of their shape (qkalign.testing.fake_rope)."""
+    """``variables`` (flattened) with a hand-built ``rope_bands`` of their shape (qkalign.testing.fake_rope)
+    in place of any measured one."""
     from qkalign.testing.fake_rope import fake_rope_bands
 
     L, H = int(variables["meta.num_layers"]), int(variables["meta.num_heads"])
-    return {**variables, **flatten({"rope_bands": fake_rope_bands(L, H, pairs, unrotated=pairs == 3, seed=seed)})}
+    kept = {name: value for name, value in variables.items() if not name.startswith("rope_bands.")}
+    return {**kept, **flatten({"rope_bands": fake_rope_bands(L, H, pairs, unrotated=pairs == 3, seed=seed)})}
 
 
 def test_rotary_variables_and_figures_along_a_sweep(reference, tmp_path):
