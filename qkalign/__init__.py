@@ -36,7 +36,7 @@ _EXPORTS = {
     "sweep": "qkalign.sweeps",
 }
 _SUBMODULES = ("cli", "checks", "errors", "extras", "kernels", "linalg", "plots", "qkdata", "report", "files", "stats",
-               "sweep_plots", "sweeps", "testing", "weights")
+               "rope_plots", "sweep_plots", "sweeps", "testing", "weights")
 
 __all__ = sorted(_EXPORTS)
 

@@ -60,8 +60,10 @@ def _parser():
     an.add_argument("--chance-seed", type=int, default=DEFAULT_CHANCE_SEED, help="seed of the Monte Carlo chance levels")
     _add_measure_options(an, for_analyze=True)
     pl = sub.add_parser("plot", help="write the figures of a --json result or a sweep store",
-                        description="Write PNG heatmaps and to-anchor curves of a RESULT.json into DIR; of a "
-                                    "sweep's OUT.zarr, the statistics against revision and a grid of heatmaps.")
+                        description="Write PNG heatmaps and to-anchor curves of a RESULT.json into DIR (with RoPE, "
+                                    "also the operator cosine and head norms against the distance and the frequency "
+                                    "bands); of a sweep's OUT.zarr, the statistics against revision and a grid of "
+                                    "heatmaps (with RoPE, the distance profile and band groups against revision).")
     pl.add_argument("result", help="a JSON written by qkalign analyze --json, or a store written by qkalign sweep")
     pl.add_argument("out_dir", help="folder for the PNG files (created if missing)")
     me = sub.add_parser("measure", help="compute the grams and eigen-directions from a model's weights",

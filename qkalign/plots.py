@@ -1,5 +1,7 @@
 """Figures of an analysis: (L, L) heatmaps and to-anchor curves with chance bands, as PNG.
 
+With RoPE (``rope_profile``, ``rope_bands``), also the rotary figures of :mod:`qkalign.rope_plots`.
+
 Works from the JSON form of a result (``AnalysisResult.to_dict()`` or a ``--json``
 file), so ``qkalign plot RESULT.json DIR`` needs no recomputation.
 """
@@ -28,8 +30,11 @@ HEATMAPS = (
      (0, 1)),
 )
 
+#: The rotary figures (:mod:`qkalign.rope_plots`): cosine against Δ, head norms against Δ, band energy.
+ROPE_FIGURE_NAMES = ("rope_distance_cos.png", "rope_head_norms.png", "rope_bands.png")
+
 #: Every file :func:`write_figures` may write in its folder (checked before the work).
-FIGURE_NAMES = tuple(f"pairs_{h[0]}.png" for h in HEATMAPS) + ("to_anchor.png",)
+FIGURE_NAMES = tuple(f"pairs_{h[0]}.png" for h in HEATMAPS) + ("to_anchor.png",) + ROPE_FIGURE_NAMES
 
 #: The chance levels the figures draw (as bands or in titles).
 CHANCE_KEYS = {h[3] for h in HEATMAPS} | {"operator_cos", "pa_mean_cos", "top1_overlap", "spectral_abs_cos"}
@@ -77,10 +82,12 @@ def _save(plt, fig, path):
 def checked_result(result, source):
     """The parts of a result dict that the figures draw, each checked before anything is drawn.
 
-    Returns ``(meta, curves, heatmaps, chance)``: ``curves`` maps ``to_anchor.cos``,
+    Returns ``(meta, curves, heatmaps, chance, rope)``: ``meta`` adds ``model`` (the name of the
+    measured file or folder, for titles); ``curves`` maps ``to_anchor.cos``,
     ``principal_angles.mean_cos`` and ``principal_angles.top1_overlap`` to (L,) float arrays,
     ``heatmaps`` the present ``pairs.*.mean`` to (L, L) arrays (nan where the JSON has null),
-    ``chance`` the chance levels as ``{key: {"mean": float or None, "sd": float or None}}``.
+    ``chance`` the chance levels as ``{key: {"mean": float or None, "sd": float or None}}``,
+    ``rope`` the ``(profile, bands)`` of :func:`qkalign.rope_plots.checked_rope` (None where absent).
     The lengths come from the arrays in the file, so a declared ``num_layers`` cannot make
     this allocate more than the file holds.
     """
@@ -89,7 +96,8 @@ def checked_result(result, source):
     clean_meta = {"num_layers": num_layers,
                   "num_heads": positive_int(meta.get("num_heads"), source, "meta.num_heads"),
                   "topk": positive_int(meta.get("topk"), source, "meta.topk"),
-                  "anchor": int_in_range(meta.get("anchor"), 0, num_layers - 1, source, "meta.anchor")}
+                  "anchor": int_in_range(meta.get("anchor"), 0, num_layers - 1, source, "meta.anchor"),
+                  "model": _model_name(meta.get("grams_path"))}
     curves = {}
     for part, key in (("to_anchor", "cos"), ("principal_angles", "mean_cos"), ("principal_angles", "top1_overlap")):
         curves[f"{part}.{key}"] = _numbers(_part(result, part, source).get(key), (num_layers,), source, f"{part}.{key}")
@@ -108,7 +116,15 @@ def checked_result(result, source):
         levels[key] = {name: None if level.get(name) is None else
                        float(_numbers(level.get(name), (), source, f"chance.{key}.{name}"))
                        for name in ("mean", "sd")}
-    return clean_meta, curves, heatmaps, levels
+    from .rope_plots import checked_rope
+
+    return clean_meta, curves, heatmaps, levels, checked_rope(result, clean_meta, source)
+
+
+def _model_name(path):
+    """The last part of the measured path (a model file or folder, or a grams JSON), for titles."""
+    name = Path(path).name if isinstance(path, str) else ""
+    return name or "model"
 
 
 def _part(doc, key, source, prefix=""):
@@ -138,7 +154,8 @@ def write_figures(result, out_dir, source="result"):
     ----------
     result : dict
         ``AnalysisResult.to_dict()`` or a loaded ``--json`` file; needs ``pairs`` and
-        ``chance`` (the all-pairs analysis) for the heatmaps and bands.
+        ``chance`` (the all-pairs analysis) for the heatmaps and bands; ``rope_profile`` and
+        ``rope_bands`` (models with RoPE) for the rotary figures.
     out_dir : str or Path
         Created if missing.
     source : str
@@ -149,7 +166,7 @@ def write_figures(result, out_dir, source="result"):
     list of Path
         The PNG files written.
     """
-    meta, curves, heatmaps, chance = checked_result(result, source)
+    meta, curves, heatmaps, chance, (profile, bands) = checked_result(result, source)
     plt = _pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +193,9 @@ def write_figures(result, out_dir, source="result"):
     ax.set_title(f"Layer-to-anchor similarity (anchor L={anchor}, mean over {num_heads} heads)", fontsize=10)
     ax.set_ylim(-0.05, 1.05)
     ax.legend(fontsize=7, loc="best")
-    path = out_dir / FIGURE_NAMES[-1]
+    path = out_dir / "to_anchor.png"
     _save(plt, fig, path)
     written.append(path)
-    return written
+    from .rope_plots import write_rope_figures
+
+    return written + write_rope_figures(plt, meta, profile, bands, chance.get("operator_cos"), out_dir)

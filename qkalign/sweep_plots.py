@@ -4,8 +4,10 @@ Reads the store written by ``qkalign sweep`` (:mod:`qkalign.sweeps.store`); only
 status ``ok`` are drawn. The x axis is the training step parsed from the revision (``step1000``,
 Pythia's names) or, for local checkpoint folders, from the folder's name; without step numbers,
 the runs in store order. With revisions, each source is one curve; otherwise all runs are one.
+Models with RoPE add the rotary distance profile and the band groups along the sweep.
 """
 
+import json
 import re
 from pathlib import Path
 
@@ -32,6 +34,11 @@ GRIDS = (
     ("pairs.pa_mean_cos.mean", "Top-k eigensubspaces: mean principal cosine", "mean principal cosine", (0, 1)),
 )
 MAX_GRID_RUNS = 36
+
+#: At most this many distances Δ are followed along the sweep (spread over the ones every run measured).
+MAX_ROPE_DELTAS = 4
+#: Line style of each source (curve) in the rotary figures, whose colours are distances or band groups.
+LINE_STYLES = ("-", "--", ":", "-.")
 
 
 def step_of(text):
@@ -79,7 +86,10 @@ def write_sweep_figures(store, out_dir):
     ``statistics_vs_step.png``: four panels (adjacent-layer and to-anchor operator cosine and
     principal-angle cosine) against the step, with each run's chance level ±2 s.e. of a mean
     over its heads; ``grid_<variable>.png``: the (L, L) heatmap of every run (at most
-    :data:`MAX_GRID_RUNS`, evenly spaced), each cropped to its own layers.
+    :data:`MAX_GRID_RUNS`, evenly spaced), each cropped to its own layers. Where runs hold a
+    rotary profile, ``rope_profile_vs_step.png`` (adjacent and to-anchor cosine at a few Δ);
+    where they hold frequency bands, ``rope_bands_vs_step.png`` (each group's share of the
+    energy and its to-anchor cosine).
     """
     import xarray as xr
 
@@ -97,9 +107,15 @@ def write_sweep_figures(store, out_dir):
     if not runs:
         return []
     plt = _pyplot()
-    return [_statistics_figure(plt, ds, runs, out_dir)] + [
+    written = [_statistics_figure(plt, ds, runs, out_dir)] + [
         _grid_figure(plt, ds, runs, variable, title, label, limits, out_dir)
         for variable, title, label, limits in GRIDS if variable in ds]
+    deltas = followed_deltas(ds, runs)
+    if deltas:
+        written.append(_rope_profile_figure(plt, ds, runs, deltas, out_dir))
+    if band_groups(ds, runs):
+        written.append(_rope_bands_figure(plt, ds, runs, out_dir))
+    return written
 
 
 def _x_values(runs):
@@ -176,6 +192,158 @@ def _grid_figure(plt, ds, runs, variable, title, label, limits, out_dir):
     bar = fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03)
     bar.set_label(label)
     path = out_dir / f"grid_{variable.replace('.', '_')}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# -- rotary figures ------------------------------------------------------------------------------
+
+def followed_deltas(ds, runs):
+    """Up to :data:`MAX_ROPE_DELTAS` distances Δ measured by every run that has a profile, spread from the
+    smallest to the largest; [] when no run has one."""
+    if "rope_profile.deltas" not in ds:
+        return []
+    measured = [set(row[np.isfinite(row)].astype(int).tolist())
+                for row in (ds["rope_profile.deltas"].values[run["index"]] for run in runs)]
+    measured = [m for m in measured if m]
+    common = sorted(set.intersection(*measured)) if measured else []
+    if len(common) <= MAX_ROPE_DELTAS:
+        return common
+    return [common[i] for i in np.unique(np.linspace(0, len(common) - 1, MAX_ROPE_DELTAS).round().astype(int))]
+
+
+def profile_at(ds, run, key, delta):
+    """``rope_profile.<key>`` of run ``run`` at distance ``delta`` (NaN where the run did not measure it)."""
+    hits = np.flatnonzero(ds["rope_profile.deltas"].values[run] == delta)
+    return float(ds[f"rope_profile.{key}"].values[run, hits[0]]) if hits.size else np.nan
+
+
+def band_groups(ds, runs):
+    """The band group names over the runs (first seen order), [] without ``rope_bands``."""
+    if "rope_bands.groups" not in ds or "rope_bands.group_share" not in ds:
+        return []
+    names = {}
+    for run in runs:
+        names.update(dict.fromkeys(_run_groups(ds, run["index"])))
+    return list(names)
+
+
+def _run_groups(ds, run):
+    text = str(ds["rope_bands.groups"].values[run])
+    return json.loads(text) if text else []
+
+
+def group_value(ds, run, name, statistic):
+    """Group ``name`` of run ``run``: ``share`` (its layer-mean share of the energy) or ``to_anchor`` (its
+    head-mean operator cosine to the anchor); NaN where the run has no such group."""
+    groups = _run_groups(ds, run)
+    if name not in groups:
+        return np.nan
+    g = groups.index(name)
+    if statistic == "share":
+        L = int(ds["meta.num_layers"].values[run])
+        return float(np.mean(ds["rope_bands.group_share"].values[run, :L, g]))
+    return float(ds[f"rope_bands.group_cos.{statistic}"].values[run, g])
+
+
+def _follow(ax, runs, x, value_of, color):
+    """One line per curve (source) of ``value_of(run)`` against x, in ``color``; sources by line style
+    (:data:`LINE_STYLES`), a source without any value drawn as none."""
+    for c, curve in enumerate(dict.fromkeys(run["curve"] for run in runs)):
+        members = sorted((x[i], run) for i, run in enumerate(runs) if run["curve"] == curve)
+        values = [value_of(run["index"]) for _, run in members]
+        if np.isfinite(values).any():
+            ax.plot([xv for xv, _ in members], values, marker="o", markersize=3, color=color,
+                    linestyle=LINE_STYLES[c % len(LINE_STYLES)])
+
+
+def _legend(ax, runs, names):
+    """A legend of the colours (``names``: one per colour C0, C1, ...), the sources' line styles when
+    there are several, and whatever else the axes labelled (the chance band)."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=f"C{i % 10}", marker="o", markersize=3, label=name) for i, name in enumerate(names)]
+    curves = list(dict.fromkeys(run["curve"] for run in runs))
+    if len(curves) > 1:
+        handles += [Line2D([], [], color="0.3", linestyle=LINE_STYLES[c % len(LINE_STYLES)], label=Path(curve).name)
+                    for c, curve in enumerate(curves)]
+    labelled, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=handles + labelled, fontsize=7, loc="best")
+
+
+def _step_axis(ax, runs, x, xlabel):
+    ax.set_xlabel(xlabel)
+    if xlabel == "training step" and min(x) > 0 and max(x) / min(x) > 100:
+        ax.set_xscale("log")
+    if xlabel == "run":
+        ax.set_xticks(range(len(runs)), [run["label"] for run in runs], rotation=60, fontsize=6, ha="right")
+
+
+def _rope_profile_figure(plt, ds, runs, deltas, out_dir):
+    """Adjacent and to-anchor operator cosine at the distances ``deltas`` against the step, with the
+    chance band of a mean of (L-1) H unrelated pairs (grey)."""
+    x, xlabel = _x_values(runs)
+    fig, axes = plt.subplots(1, 2, figsize=(FIGSIZE[0] * 2, FIGSIZE[1]), dpi=DPI, squeeze=False)
+    for ax, (key, title) in zip(axes.flat, (("adjacent", "Adjacent layers"),
+                                            ("to_anchor", "To the anchor layer (anchor excluded)"))):
+        for t, delta in enumerate(deltas):
+            _follow(ax, runs, x, lambda run, key=key, delta=delta: profile_at(ds, run, key, delta), f"C{t % 10}")
+        _pairs_chance_band(ax, ds, runs, x)
+        ax.set_title(f"{title}: operator cosine at distance Δ", fontsize=10)
+        ax.set_ylabel(r"head-mean cos($g_L(Δ)$, $g_{L'}(Δ)$)")
+        _step_axis(ax, runs, x, xlabel)
+        _legend(ax, runs, [f"Δ = {delta}" for delta in deltas])
+    fig.suptitle(f"Rotary distance profile g(Δ) = $W_K^T R(Δ) W_Q$ across {len(runs)} runs "
+                 "(Δ = query − key position)", fontsize=11)
+    fig.tight_layout()
+    path = out_dir / "rope_profile_vs_step.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _pairs_chance_band(ax, ds, runs, x):
+    """Per curve, each run's operator-cosine chance level ±2 s.e. of a mean of its (L-1) H layer pairs (grey)."""
+    if "chance.operator_cos.mean" not in ds:
+        return
+    labelled = False
+    for curve in dict.fromkeys(run["curve"] for run in runs):
+        members = sorted((x[i], run["index"]) for i, run in enumerate(runs) if run["curve"] == curve)
+        indices = [index for _, index in members]
+        mean = ds["chance.operator_cos.mean"].values[indices]
+        if not np.isfinite(mean).any():
+            continue
+        sd = np.nan_to_num(ds["chance.operator_cos.sd"].values[indices]) if "chance.operator_cos.sd" in ds else 0.0
+        pairs = np.maximum((ds["meta.num_layers"].values[indices] - 1) * ds["meta.num_heads"].values[indices], 1)
+        half = 2 * sd / np.sqrt(pairs)
+        xs = np.array([xv for xv, _ in members], dtype=float)
+        ax.plot(xs, mean, color="0.3", linestyle=":", linewidth=1)
+        ax.fill_between(xs, mean - half, mean + half, color="0.5", alpha=0.3, linewidth=0,
+                        label=None if labelled else "chance ±2 s.e. of a mean of (L−1)·H pairs")
+        labelled = True
+
+
+def _rope_bands_figure(plt, ds, runs, out_dir):
+    """Each band group's share of the energy (mean over layers) and its to-anchor operator cosine
+    against the step, with the chance band of a mean of (L-1) H unrelated pairs."""
+    x, xlabel = _x_values(runs)
+    groups = band_groups(ds, runs)
+    fig, axes = plt.subplots(1, 2, figsize=(FIGSIZE[0] * 2, FIGSIZE[1]), dpi=DPI, squeeze=False)
+    panels = (("share", "Energy share of each band group (mean over layers)", "share of the energy"),
+              ("to_anchor", "Each group's part of g: operator cosine to the anchor", "head-mean operator cosine"))
+    for ax, (statistic, title, ylabel) in zip(axes.flat, panels):
+        for g, name in enumerate(groups):
+            _follow(ax, runs, x, lambda run, name=name: group_value(ds, run, name, statistic), f"C{g % 10}")
+        if statistic == "to_anchor":  # the operator cosine's level holds for a group's part (qkalign.rope_plots)
+            _pairs_chance_band(ax, ds, runs, x)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel)
+        _step_axis(ax, runs, x, xlabel)
+        _legend(ax, runs, groups)
+    fig.suptitle(f"Rotary frequency bands across {len(runs)} runs", fontsize=11)
+    fig.tight_layout()
+    path = out_dir / "rope_bands_vs_step.png"
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -237,13 +237,16 @@ def test_an_interrupted_sweep_resumes(dask_scheduler, checkpoints, reference, tm
 
 
 def test_plot_of_a_store(swept, cli, tmp_path):
-    out, _ = swept
+    out, ds = swept
     result = cli("plot", out, tmp_path / "figs")
     assert result.returncode == 0, result.stderr
     import matplotlib.image
 
     written = sorted(p.name for p in (tmp_path / "figs").iterdir())
-    assert written == ["grid_operator_cos.png", "grid_pairs_pa_mean_cos_mean.png", "statistics_vs_step.png"]
+    bands = ["rope_bands_vs_step.png"] if "rope_bands.groups" in ds else []  # where measure records bands
+    assert written == ["grid_operator_cos.png", "grid_pairs_pa_mean_cos_mean.png"] + bands + [
+        "rope_profile_vs_step.png", "statistics_vs_step.png"]  # the checkpoints are Llama's: RoPE, a distance profile
+    assert ds["rope_profile.norm_ratio"].dims == ("run", "delta", "layer", "head")
     height, width, _ = matplotlib.image.imread(tmp_path / "figs" / "statistics_vs_step.png").shape
     assert (width, height) == (round(6.4 * 2 * 150), round(5.2 * 1.6 * 150))
     not_a_store = cli("plot", tmp_path / "figs", tmp_path / "more")
@@ -308,7 +311,74 @@ def test_figures_follow_revisions_and_steps(reference, tmp_path):
                                                                       rel=1e-15)
     mean_cos, anchor = reference["step0"]["principal_angles.mean_cos"], int(reference["step0"]["meta.anchor"])
     assert statistic(ds, 1, "anchor_pa_mean_cos") == pytest.approx(np.delete(mean_cos, anchor).mean(), rel=1e-15)
-    assert len(write_sweep_figures(tmp_path / "s.zarr", tmp_path / "figs")) == 3
+    bands = ["rope_bands_vs_step.png"] if "rope_bands.groups" in reference["step0"] else []
+    assert [p.name for p in write_sweep_figures(tmp_path / "s.zarr", tmp_path / "figs")] == [
+        "statistics_vs_step.png", "grid_operator_cos.png", "grid_pairs_pa_mean_cos_mean.png",
+        "rope_profile_vs_step.png"] + bands  # Llama has RoPE: its distance profile (and bands, where measured)
+
+
+def with_bands(variables, seed, pairs=4):
+    """``variables`` (flattened) with a hand-built ``rope_bands`` of their shape (qkalign.testing.fake_rope)
+    in place of any measured one."""
+    from qkalign.testing.fake_rope import fake_rope_bands
+
+    L, H = int(variables["meta.num_layers"]), int(variables["meta.num_heads"])
+    kept = {name: value for name, value in variables.items() if not name.startswith("rope_bands.")}
+    return {**kept, **flatten({"rope_bands": fake_rope_bands(L, H, pairs, unrotated=pairs == 3, seed=seed)})}
+
+
+def test_rotary_variables_and_figures_along_a_sweep(reference, tmp_path):
+    """Two steps of one model, a larger model measured at fewer distances with other bands, and a run
+    without RoPE: the rotary variables get their dimensions, each run is padded, the figures follow them."""
+    from qkalign.sweep_plots import (
+        band_groups,
+        followed_deltas,
+        group_value,
+        profile_at,
+        run_table,
+        write_sweep_figures,
+    )
+
+    first, later = with_bands(reference["step0"], 1), with_bands(reference["step1000"], 2)
+    bigger = with_bands(reference["bigger"], 3, pairs=3)  # other layers, heads, bands, and an unrotated group
+    keep = [0, 2, 4]  # measured at three of the distances only
+    bigger.update({name: value[keep] for name, value in bigger.items() if name.startswith("rope_profile.")})
+    plain = {name: value for name, value in reference["step0"].items() if not name.startswith("rope_")}
+    store = SweepStore(tmp_path / "s.zarr", {"topk": 16}, "test")
+    runs = {"org/a@step100": first, "org/a@step200": later, "org/b@step100": bigger, "org/c@step100": plain}
+    for index, variables in zip(store.add_runs([tuple(key.split("@")) for key in runs]), runs.values()):
+        store.write(index, Outcome("ok", variables=variables))
+    ds = xr.open_zarr(tmp_path / "s.zarr", chunks=None)
+    assert ds["rope_profile.norm_ratio"].dims == ("run", "delta", "layer", "head")
+    assert ds["rope_profile.to_anchor_per_layer"].dims == ("run", "delta", "layer")
+    assert ds["rope_profile.deltas"].dims == ds["rope_profile.to_anchor"].dims == ("run", "delta")
+    assert ds["rope_bands.share"].dims == ("run", "layer", "head", "band")
+    assert ds["rope_bands.group_share"].dims == ("run", "layer", "group")
+    assert ds["rope_bands.group_cos.to_anchor_per_layer"].dims == ("run", "group", "layer")
+    assert ds["rope_bands.wavelengths"].dims == ("run", "band") and ds.sizes["band"] == 5 and ds.sizes["group"] == 4
+    for index, variables in enumerate(runs.values()):
+        assert_run_equals(ds, index, variables)  # each run as written, NaN beyond its own sizes
+    deltas = [int(d) for d in first["rope_profile.deltas"]]
+    table = run_table(ds)
+    assert followed_deltas(ds, table) == [deltas[k] for k in keep]  # the distances every run with a profile has
+    assert profile_at(ds, 2, "to_anchor", deltas[4]) == bigger["rope_profile.to_anchor"][2]
+    assert np.isnan(profile_at(ds, 2, "to_anchor", deltas[1])) and np.isnan(profile_at(ds, 3, "adjacent", 0))
+    assert band_groups(ds, table) == ["high", "mid", "low", "unrotated"]
+    assert group_value(ds, 1, "mid", "share") == pytest.approx(later["rope_bands.group_share"][:, 1].mean(),
+                                                               rel=1e-15)
+    assert group_value(ds, 2, "unrotated", "to_anchor") == bigger["rope_bands.group_cos.to_anchor"][3]
+    assert np.isnan(group_value(ds, 0, "unrotated", "share")) and np.isnan(group_value(ds, 3, "low", "share"))
+    written = {p.name: p for p in write_sweep_figures(tmp_path / "s.zarr", tmp_path / "figs")}
+    assert {"rope_profile_vs_step.png", "rope_bands_vs_step.png"} <= set(written)
+    import matplotlib.image
+
+    for name in ("rope_profile_vs_step.png", "rope_bands_vs_step.png"):
+        assert matplotlib.image.imread(written[name]).std() > 0.05  # drawn, not blank
+
+    only_plain = SweepStore(tmp_path / "p.zarr", {"topk": 16}, "test")
+    only_plain.write(only_plain.add_runs([("org/c", "step1")])[0], Outcome("ok", variables=plain))
+    names = [p.name for p in write_sweep_figures(tmp_path / "p.zarr", tmp_path / "pfigs")]
+    assert "statistics_vs_step.png" in names and not {"rope_profile_vs_step.png", "rope_bands_vs_step.png"} & set(names)
 
 
 def test_the_store_grows_a_dimension_and_pads_earlier_runs(tmp_path):

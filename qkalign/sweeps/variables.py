@@ -14,7 +14,11 @@ import numpy as np
 
 #: Key-path pattern -> dimension names of the leaf's axes (first match wins).
 #: layer, layer2: L; head: H; k: the sign-agreement k values; topk: eigen-directions kept;
-#: distance: layer distances 1..L-1; adjacent: the L-1 adjacent-layer pairs; bound: [start, stop).
+#: distance: layer distances 1..L-1; adjacent: the L-1 adjacent-layer pairs; bound: [start, stop);
+#: delta: the rotary distances Δ of ``rope_profile`` (their values: ``rope_profile.deltas``, per run, as the
+#: distances measured differ between models); band: the rotary pairs by pair index, then the unrotated
+#: dimensions (``rope_bands.wavelengths``, ``rope_bands.group_of_pair`` fill the pairs, NaN beyond; per kind
+#: of layer ``rope_bands.wavelengths.<kind>``); group: ``rope_bands.groups`` (their names per run, a JSON list).
 DIMENSIONS = (
     ("operator_cos", ("layer", "layer2")),
     ("operator_cos_per_head", ("layer", "layer2", "head")),
@@ -41,6 +45,18 @@ DIMENSIONS = (
     ("matched.adjacent.assignment", ("adjacent", "head")),
     ("matched.adjacent.sign_agreement", ("adjacent", "k")),
     ("matched.adjacent.*", ("adjacent",)),
+    ("rope_profile.to_anchor_per_layer", ("delta", "layer")),
+    ("rope_profile.norm_ratio", ("delta", "layer", "head")),
+    ("rope_profile.*", ("delta",)),  # deltas, adjacent, to_anchor, offdiag
+    ("rope_bands.share", ("layer", "head", "band")),
+    ("rope_bands.share_mean", ("layer", "band")),
+    ("rope_bands.group_share", ("layer", "group")),
+    ("rope_bands.dominant_heads", ("layer", "group")),
+    ("rope_bands.band_sum_ratio", ("layer", "head")),
+    ("rope_bands.wavelengths*", ("band",)),  # (P,), or one per kind of layer: wavelengths.<kind>
+    ("rope_bands.group_of_pair*", ("band",)),
+    ("rope_bands.group_cos.to_anchor_per_layer", ("group", "layer")),
+    ("rope_bands.group_cos.*", ("group",)),
 )
 
 
