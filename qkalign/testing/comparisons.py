@@ -71,6 +71,10 @@ class StackedGrams:
     to ~d^2 eps absolute. Grams as ``measure`` fills them (lower triangle and diagonal blocks), in
     ``dtype``; ``rotary_dims`` (None: all) of the head's dimensions rotate, paired half-split or
     interleaved, at transformers' frequencies ``rope_theta^(-2p / d_rot)``.
+
+    The frequency bands (``rotary_bands``) average over the distances ``0 .. window-1``; with ``local_theta``
+    the even layers are a second kind of layer (Gemma 3's local ones) rotating at ``local_theta^(-2p / d_rot)``
+    with attention factor 1, the odd ones at ``rope_theta`` with ``attention_factor``.
     """
 
     num_layers: int
@@ -82,6 +86,9 @@ class StackedGrams:
     interleaved: bool = False
     distances: tuple = PROFILE_DISTANCES
     rope_theta: float = 1e6
+    window: int = 40960  # Qwen3's context length
+    local_theta: float = None
+    attention_factor: float = 1.0
 
     @cached_property
     def _grams(self):
@@ -129,6 +136,47 @@ class StackedGrams:
     @property
     def sin(self):
         return self._tables[1]
+
+    @cached_property
+    def _inv_freqs(self):
+        """(K, P): ``rope_theta``'s frequencies, then ``local_theta``'s where given."""
+        rotary_dims = 2 * len(self.first)
+        exponents = -np.arange(0, rotary_dims, 2) / max(rotary_dims, 1)
+        thetas = (self.rope_theta,) if self.local_theta is None else (self.rope_theta, self.local_theta)
+        return np.stack([theta ** exponents for theta in thetas])
+
+    @property
+    def layer_kinds(self):
+        """(L,) int64: kind 1 (``local_theta``) for the even layers where given, else kind 0."""
+        layers = np.arange(self.num_layers)
+        return (layers % 2 == 0).astype(np.int64) if self.local_theta is not None else np.zeros_like(layers)
+
+    @cached_property
+    def _band_weights(self):
+        from ..weights.rotary_bands import band_weights
+
+        factors = [self.attention_factor, 1.0][:len(self._inv_freqs)]
+        return band_weights(self._inv_freqs, factors, self.window)
+
+    @property
+    def band_products(self):
+        return self._band_weights[0]
+
+    @property
+    def band_means(self):
+        return self._band_weights[1]
+
+    @property
+    def group_of_pair(self):
+        from ..weights.rotary_bands import band_group_of_pair
+
+        return band_group_of_pair(self._inv_freqs, self.window)
+
+    @property
+    def num_groups(self):
+        from ..weights.rotary_bands import BAND_GROUPS
+
+        return len(BAND_GROUPS)
 
 
 @dataclass(frozen=True)
@@ -178,6 +226,9 @@ class Comparison:
 
 #: The arguments of ``rotary_layer_grams``, fields of :class:`StackedGrams`.
 ROTARY_ARGUMENTS = ("qq", "kk", "num_layers", "head_dim", "cos", "sin", "first", "second")
+#: The arguments of ``rotary_bands``, fields of :class:`StackedGrams`.
+BAND_ARGUMENTS = ("qq", "kk", "num_layers", "head_dim", "band_products", "band_means", "group_of_pair",
+                  "layer_kinds", "first", "second", "num_groups")
 #: Relative tolerance of every kernel against its reference (float64).
 RTOL = 1e-12
 #: Absolute floor for cosines from dot products (see :class:`Comparison`).
@@ -201,6 +252,9 @@ COMPARISONS = (
     # measure's rotary profile: sums of ~4 d^2 terms (d <= 10) of unit-norm blocks, near 0 defined to ~4 d^2 eps
     Comparison("rotary_layer_grams", tuple(f"stacked.{field}" for field in ROTARY_ARGUMENTS), atol=1e-13,
                modules=("qkalign.weights.rotary_grams", "qkalign.kernels.rotary_grams")),
+    # measure's frequency bands: the same sums weighted by window means (at most s^4 = 2.1 here), ~4 d^2 eps near 0
+    Comparison("rotary_bands", tuple(f"stacked.{field}" for field in BAND_ARGUMENTS), atol=1e-13,
+               modules=("qkalign.weights.rotary_bands", "qkalign.kernels.rotary_bands")),
 )
 
 
@@ -232,7 +286,8 @@ def random_inputs(num_layers, num_heads, topk, hidden, spectrum, seed, eig_dirs_
 
 def _random_stacked_grams(num_layers, hidden, seed):
     """:class:`StackedGrams` with random d (1..10), d_rot (even, 0..d), pairing, precision and 1-5
-    distances in -40..40 (0 among them half the time)."""
+    distances in -40..40 (0 among them half the time); for the bands a window of 1 to 4096 distances, one or two
+    kinds of layers and an attention factor of 1 or 1.2."""
     rng = np.random.default_rng([seed, 23])
     head_dim = int(rng.integers(1, 11))
     distances = rng.integers(-40, 41, size=int(rng.integers(1, 6)))
@@ -241,7 +296,9 @@ def _random_stacked_grams(num_layers, hidden, seed):
     return StackedGrams(num_layers, head_dim, hidden, seed=int(rng.integers(2**32)),
                         dtype=str(rng.choice(["float32", "float64"])),
                         rotary_dims=2 * int(rng.integers(0, head_dim // 2 + 1)), interleaved=bool(rng.random() < 0.5),
-                        distances=tuple(int(x) for x in distances), rope_theta=float(rng.choice([10.0, 1e4])))
+                        distances=tuple(int(x) for x in distances), rope_theta=float(rng.choice([10.0, 1e4])),
+                        window=int(rng.choice([1, 7, 50, 4096])), local_theta=[None, 100.0][int(rng.integers(2))],
+                        attention_factor=float(rng.choice([1.0, 1.2])))
 
 
 def _orthonormal_rows(rng, shape):
