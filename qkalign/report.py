@@ -319,20 +319,23 @@ def _bands_section(result):
     shares, cos = np.asarray(bands["group_share"]), bands["group_cos"]
     out = ["", f"=== [qkalign] (i) Rotary frequency bands: mean over D = 0..C-1, C = {bands['window']}, "
                f"mean over {H} heads ===",
-           f"    {'group':<9} {'pairs':>5} {'wavelength':>15}  {'share':>5} {'min':>5} {'max':>5}  {'adjacent':>8} "
+           f"    {'group':<9} {'pairs':>5} {'wavelength':>17}  {'share':>5} {'min':>5} {'max':>5}  {'adjacent':>8} "
            f"{'to_anchor':>9} {'z':>7} {'offdiag':>8}"]
     for g, name in enumerate(groups):
         pairs, wavelengths = _group_pairs(bands, g)
         z = f"{_z(cos['to_anchor'][g], level, (L - 1) * H):+7.1f}" if level and L > 1 else f"{'':>7}"
-        out.append(f"    {name:<9} {pairs:>5} {wavelengths:>15}  {np.nanmean(shares[:, g]):.3f} "
+        out.append(f"    {name:<9} {pairs:>5} {wavelengths:>17}  {np.nanmean(shares[:, g]):.3f} "
                    f"{np.nanmin(shares[:, g]):.3f} {np.nanmax(shares[:, g]):.3f}  {cos['adjacent'][g]:+8.4f} "
                    f"{cos['to_anchor'][g]:+9.4f} {z} {cos['offdiag'][g]:+8.4f}")
     ratio = np.asarray(bands["band_sum_ratio"])
-    out.append(f"  [qkalign] high: wavelength <= sqrt(C), mid: <= C, low: > C; share = band energy "
-               "mean_D ||g_p(D)||^2 / its sum over the head's bands (interference left out: that sum / "
-               f"mean_D ||g(D)||^2 is {np.nanmedian(ratio):.3f}, min {np.nanmin(ratio):.3f}, max {np.nanmax(ratio):.3f})")
-    out.append(f"  [qkalign] cosines of the group operators g_G across layers (anchor L={meta['anchor']} excluded from "
-               "to_anchor; z against the operator cosine's chance level)")
+    out.append("  [qkalign] high: wavelength <= sqrt(C), mid: <= C, low: > C; share: of the band energies "
+               "mean_D ||g_p(D)||^2, layer min and max of the head mean")
+    out.append(f"  [qkalign] interference left out: sum of band energies / mean_D ||g(D)||^2 = {np.nanmedian(ratio):.3f} "
+               f"(median; min {np.nanmin(ratio):.3f}, max {np.nanmax(ratio):.3f})")
+    out.append(f"  [qkalign] cosines of the group operators g_G across layers; to_anchor: anchor L={meta['anchor']} "
+               "excluded, z against the operator cosine's chance level")
+    out.append("  [qkalign] part of the cross-layer inner products (sum over L != L' and heads): " + "  ".join(
+        f"{name} {share:.3f}" for name, share in zip(groups, bands["cross_share"])))
     share_mean, dominant = np.asarray(bands["share_mean"]), np.asarray(bands["dominant_heads"])
     out.append(f"    {'L':>3} " + " ".join(f"{name[:9]:>9}" for name in groups)
                + f"   heads led by {'/'.join(name[0] for name in groups)}   top band (share)")

@@ -293,6 +293,8 @@ def test_analyze_reports_the_bands(folders, tmp_path):
     anchor = data.num_layers - 1
     np.testing.assert_allclose(stats["group_cos"]["to_anchor"], cos[:, :anchor, anchor].mean(axis=1), atol=tol)
     np.testing.assert_allclose(stats["group_cos"]["adjacent"], [c[0, 1] for c in cos], atol=tol)
+    cross = gram[:, 0, 1].sum(axis=1) + gram[:, 1, 0].sum(axis=1)  # two layers
+    np.testing.assert_allclose(stats["cross_share"], cross / cross.sum(), rtol=1e-10)
     report = qkalign.format_report(result)
     assert "=== [qkalign] (i) Rotary frequency bands" in report and "unrotated" in report
     assert report.index("(h) Rotary distance profile") < report.index("(i) Rotary frequency bands")

@@ -9,6 +9,13 @@ zeroed where ``I`` and ``J`` lie in different groups: the row's sum is then row 
 Gram. Diagonal blocks also give each pair's energy (``I = J``) and the full operator's mean energy (all ``I, J``,
 and twice the rotated rows against the unrotated columns: the diagonal blocks are symmetric). O(4 d^2) per block,
 one pass over it, as for one distance of the profile.
+
+Timing, a qwen3-4b head ((L d) = 36 x 128, n = 2560, float32 Grams, P = 64, window 40960), one thread of this
+project's shared 2-core AVX-512 machine: 15.5 ms (minimum of 20; the profile kernel at its 15 distances took 26.3 ms
+in the same run), 37 ms for interleaved pairs (each block gathered); the numpy reference takes 7.4 s. In measure of
+the qwen3-4b-shape bf16 folder (``deltas=()``, three alternated runs each, load average 3.5-8.7 on the 2 cores) the
+bands took the best CPU time from 29.7 s to 30.5 s (+2.5 %, as 32 heads x ~20 ms predicts); the best wall times,
+31.8 s without and 44.4 s with, moved with the load more than that.
 """
 
 import numpy as np

@@ -77,7 +77,8 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
         Branch, tag or commit of a Hub repo (default ``main``); only with a Hub repo id.
     deltas : sequence of int, optional
         Relative distances of the rotary profile ``rope_profile`` (:mod:`~qkalign.weights.rope_profile`);
-        default 0 and the powers of two up to the model's context length; empty: no profile.
+        default 0 and the powers of two up to the model's context length; empty: no profile. The frequency
+        bands ``rope_bands`` (:mod:`~qkalign.weights.rope_bands`) are recorded for every rotary model.
     operator : str or Operator
         What the Grams and eigen-directions describe (:mod:`~qkalign.weights.rotary_operator`): ``"raw"``
         (default, ``W_K^T W_Q``), ``"delta:D"`` (the rotary operator at distance D) or ``"window:W"`` (its mean over
