@@ -263,6 +263,28 @@ def test_measured_bands_match_dense(folders, model_type):
     assert np.all(np.abs(np.einsum("gllh->glh", gram)) > 1e6 * diagonal)  # every group's energy far from 0
 
 
+def test_gguf_bands_equal_the_folders(tmp_path):
+    """llama.cpp's converter stores Llama's Q/K rows as interleaved pairs; measure pairs the file's rows so: the bands
+    (pair by pair) are the folder's."""
+    from qkalign.testing.gguf_files import write_gguf_from_folder
+
+    build_model("mistral", tmp_path)  # Llama's GGUF architecture, linear scaling (float64 frequencies both ways)
+    path = write_gguf_from_folder(tmp_path, tmp_path / "mistral.gguf")[0]
+    from_gguf, from_folder = (measure(source, topk=2, precision="float64", deltas=(), progress=False)
+                              for source in (path, tmp_path))
+    assert from_gguf.extra["rotary_pairing"] == "interleaved" and from_folder.extra["rotary_pairing"] == "half-split"
+    a, b = from_gguf.extra["rope_bands"], from_folder.extra["rope_bands"]
+    assert {k: a[k] for k in ("window", "groups", "group_of_pair")} == {k: b[k] for k in ("window", "groups",
+                                                                                        "group_of_pair")}
+    np.testing.assert_allclose(a["wavelengths"], b["wavelengths"], rtol=4 * EPS64)
+    *_, bound = dense_model_bands(tmp_path)
+    tol = 32 * (from_folder.hidden_size + 4 * from_folder.head_dim**2) * EPS64 * bound  # both sides' rounding
+    diagonal = np.einsum("llh->lh", tol)
+    assert np.all(np.abs(np.asarray(a["energy"]) - b["energy"]) <= diagonal[:, :, None])
+    assert np.all(np.abs(np.asarray(a["mean_energy"]) - b["mean_energy"]) <= diagonal)
+    assert np.all(np.abs(np.asarray(a["group_gram"]) - b["group_gram"]) <= tol)
+
+
 @pytest.mark.parametrize("model_type", ["gpt2", "bert"])
 def test_no_rope_no_bands(folders, model_type):
     data = measure(folders[model_type], topk=1, progress=False)
