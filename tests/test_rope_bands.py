@@ -285,6 +285,14 @@ def test_gguf_bands_equal_the_folders(tmp_path):
     assert np.all(np.abs(np.asarray(a["group_gram"]) - b["group_gram"]) <= tol)
 
 
+def test_bands_are_of_the_weights_whatever_the_operator(folders):
+    """``--operator`` changes what the grams describe, not the bands: those split the weights' rotary operator."""
+    raw = measure(folders["llama"], topk=2, precision="float64", deltas=(), progress=False)
+    window = measure(folders["llama"], topk=2, precision="float64", deltas=(), progress=False, operator="window:64")
+    assert window.extra["operator"] != raw.extra["operator"]
+    assert window.extra["rope_bands"] == raw.extra["rope_bands"]
+
+
 @pytest.mark.parametrize("model_type", ["gpt2", "bert"])
 def test_no_rope_no_bands(folders, model_type):
     data = measure(folders[model_type], topk=1, progress=False)
