@@ -17,8 +17,9 @@ from qkalign.stats.backends import get_backend
 from qkalign.testing.comparisons import COMPARISONS
 
 #: Reference functions too slow for every run at the qwen3-4b preset (see QKALIGN_BENCH_SLOW): the
-#: all-pairs principal angles (~2 minutes a round), the rotary Grams (~20 s a round, 5 calls).
-SLOW_REFERENCES = {"principal_cosines_all_pairs", "rotary_layer_grams"}
+#: all-pairs principal angles (~2 minutes a round), the rotary Grams (~20 s a round, 5 calls), the rotary
+#: bands (~7 s a call).
+SLOW_REFERENCES = {"principal_cosines_all_pairs", "rotary_layer_grams", "rotary_bands"}
 
 
 def _timed(benchmark, function, *args, blas_threads=None, budget=3.0):

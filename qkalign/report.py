@@ -288,6 +288,8 @@ def format_extended_report(result):
         out += _matched_section(result)
     if result.rope_profile is not None:
         out += _rope_section(result)
+    if result.rope_bands is not None:
+        out += _bands_section(result)
     return "\n".join(out) + "\n" if out else ""
 
 
@@ -307,3 +309,56 @@ def _rope_section(result):
     out.append(f"  [qkalign] D = query position - key position; to_anchor: anchor L={meta['anchor']} excluded; "
                "chance as for the operator cosine (a rotation of unrelated operators is unrelated)")
     return out
+
+
+def _bands_section(result):
+    """(i) the rotary frequency bands: each group's energy share and the cross-layer cosines of its operator."""
+    bands, meta = result.rope_bands, result.meta
+    L, H, groups = meta["num_layers"], meta["num_heads"], bands["groups"]
+    level = (result.chance or {}).get("operator_cos")
+    shares, cos = np.asarray(bands["group_share"]), bands["group_cos"]
+    out = ["", f"=== [qkalign] (i) Rotary frequency bands: mean over D = 0..C-1, C = {bands['window']}, "
+               f"mean over {H} heads ===",
+           f"    {'group':<9} {'pairs':>5} {'wavelength':>17}  {'share':>5} {'min':>5} {'max':>5}  {'adjacent':>8} "
+           f"{'to_anchor':>9} {'z':>7} {'offdiag':>8}"]
+    for g, name in enumerate(groups):
+        pairs, wavelengths = _group_pairs(bands, g)
+        z = f"{_z(cos['to_anchor'][g], level, (L - 1) * H):+7.1f}" if level and L > 1 else f"{'':>7}"
+        out.append(f"    {name:<9} {pairs:>5} {wavelengths:>17}  {np.nanmean(shares[:, g]):.3f} "
+                   f"{np.nanmin(shares[:, g]):.3f} {np.nanmax(shares[:, g]):.3f}  {cos['adjacent'][g]:+8.4f} "
+                   f"{cos['to_anchor'][g]:+9.4f} {z} {cos['offdiag'][g]:+8.4f}")
+    ratio = np.asarray(bands["band_sum_ratio"])
+    out.append("  [qkalign] high: wavelength <= sqrt(C), mid: <= C, low: > C; share: of the band energies "
+               "mean_D ||g_p(D)||^2, layer min and max of the head mean")
+    out.append(f"  [qkalign] interference left out: sum of band energies / mean_D ||g(D)||^2 = {np.nanmedian(ratio):.3f} "
+               f"(median; min {np.nanmin(ratio):.3f}, max {np.nanmax(ratio):.3f})")
+    out.append(f"  [qkalign] cosines of the group operators g_G across layers; to_anchor: anchor L={meta['anchor']} "
+               "excluded, z against the operator cosine's chance level")
+    out.append("  [qkalign] part of the cross-layer inner products (sum over L != L' and heads): " + "  ".join(
+        f"{name} {share:.3f}" for name, share in zip(groups, bands["cross_share"])))
+    share_mean, dominant = np.asarray(bands["share_mean"]), np.asarray(bands["dominant_heads"])
+    out.append(f"    {'L':>3} " + " ".join(f"{name[:9]:>9}" for name in groups)
+               + f"   heads led by {'/'.join(name[0] for name in groups)}   top band (share)")
+    for layer in range(L):
+        top = int(np.nanargmax(share_mean[layer])) if np.isfinite(share_mean[layer]).any() else 0
+        label = "unrotated" if top == share_mean.shape[1] - 1 else f"pair {top}"
+        out.append(f"    {layer:>3} " + " ".join(f"{shares[layer, g]:>9.3f}" for g in range(len(groups)))
+                   + f"   {'/'.join(str(int(c)) for c in dominant[layer]):>{14 + len(groups)}}   "
+                   f"{label} ({share_mean[layer, top]:.3f})")
+    return out
+
+
+def _group_pairs(bands, group):
+    """``(pairs, wavelengths)`` texts of one group: its pair count and wavelength range (per kind of layer, "/")."""
+    if bands["groups"][group] == "unrotated":
+        return "-", "none"
+    recorded, wavelengths = bands["group_of_pair"], bands["wavelengths"]
+    if not isinstance(recorded, dict):
+        recorded, wavelengths = {"all": recorded}, {"all": wavelengths}
+    counts, chosen = [], []
+    for kind, of_pair in recorded.items():
+        members = [w for g, w in zip(of_pair, wavelengths[kind]) if g == group]
+        counts.append(str(len(members)))
+        chosen += [np.inf if w is None else w for w in members]
+    span = f"{min(chosen):.3g}-{max(chosen):.3g}" if chosen else "none"
+    return "/".join(counts), span

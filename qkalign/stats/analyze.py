@@ -17,6 +17,7 @@ from .all_pairs import all_pair_arrays, distance_profile, layer_pair_statistics
 from .backends import DEFAULT_BACKEND, choose_backend
 from .chance import DEFAULT_SEED, chance_levels
 from .result import AnalysisResult
+from .rope_bands import rope_band_statistics
 from .rope_profile import rope_profile_statistics
 
 #: The seed's verdict thresholds on the mean operator cosine to the anchor.
@@ -84,6 +85,7 @@ def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None, pairs=True,
         verdict=verdict(operators["rescale"]["mean_cos"], operators["adjacent"]["mean"], anchor),
         layer_ranges={name: list(bounds) for name, bounds in ranges.items()},
         rope_profile=rope_profile_statistics((data.extra or {}).get("rope_profile"), anchor),
+        rope_bands=rope_band_statistics((data.extra or {}).get("rope_bands"), anchor),
         **extras,
     )
 

@@ -51,6 +51,9 @@ class AnalysisResult:
     rope_profile : dict, optional
         Operator cosines against the rotary distance (``qkalign.stats.rope_profile``), where measure
         recorded a ``rope_profile``.
+    rope_bands : dict, optional
+        Energy shares and cross-layer cosines of the rotary frequency bands (``qkalign.stats.rope_bands``), where
+        measure recorded ``rope_bands``.
     """
 
     meta: dict
@@ -71,6 +74,7 @@ class AnalysisResult:
     chance: dict = None
     matched: dict = None
     rope_profile: dict = None
+    rope_bands: dict = None
 
     def to_dict(self):
         """Plain Python containers (lists, floats, ``None`` for nan), ready for ``json``.

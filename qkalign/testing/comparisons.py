@@ -75,6 +75,9 @@ class StackedGrams:
     The mixed profile (``kind_cos``, ``kind_sin``, ``layer_kinds``: the arguments with two layer kinds) is
     Gemma 3's layout: every ``global_period``-th layer global (kind 1, at ``rope_theta``, its tables
     times ``global_factor``, as an attention factor's ``s²``), the others local (kind 0, at ``local_theta``).
+    The frequency bands (``rotary_bands``) average over the distances ``0 .. window-1``; with ``band_local_theta``
+    the even layers are a second kind of layer (Gemma 3's local ones) rotating at ``band_local_theta^(-2p / d_rot)``
+    with attention factor 1, the odd ones at ``rope_theta`` with ``band_attention_factor``.
     """
 
     num_layers: int
@@ -89,6 +92,9 @@ class StackedGrams:
     local_theta: float = 1e4
     global_period: int = 6
     global_factor: float = 1.0
+    window: int = 40960  # Qwen3's context length
+    band_local_theta: float = None
+    band_attention_factor: float = 1.0
 
     @cached_property
     def _grams(self):
@@ -158,6 +164,45 @@ class StackedGrams:
     def layer_kinds(self):
         """(L,) int64: 1 for every ``global_period``-th layer (global), 0 for the others (local)."""
         return ((np.arange(self.num_layers) + 1) % self.global_period == 0).astype(np.int64)
+    def _inv_freqs(self):
+        """(K, P): ``rope_theta``'s frequencies, then ``band_local_theta``'s where given."""
+        rotary_dims = 2 * len(self.first)
+        exponents = -np.arange(0, rotary_dims, 2) / max(rotary_dims, 1)
+        thetas = (self.rope_theta,) if self.band_local_theta is None else (self.rope_theta, self.band_local_theta)
+        return np.stack([theta ** exponents for theta in thetas])
+
+    @property
+    def band_layer_kinds(self):
+        """(L,) int64: kind 1 (``band_local_theta``) for the even layers where given, else kind 0."""
+        layers = np.arange(self.num_layers)
+        return (layers % 2 == 0).astype(np.int64) if self.band_local_theta is not None else np.zeros_like(layers)
+
+    @cached_property
+    def _band_weights(self):
+        from ..weights.rotary_bands import band_weights
+
+        factors = [self.band_attention_factor, 1.0][:len(self._inv_freqs)]
+        return band_weights(self._inv_freqs, factors, self.window)
+
+    @property
+    def band_products(self):
+        return self._band_weights[0]
+
+    @property
+    def band_means(self):
+        return self._band_weights[1]
+
+    @property
+    def group_of_pair(self):
+        from ..weights.rotary_bands import band_group_of_pair
+
+        return band_group_of_pair(self._inv_freqs, self.window)
+
+    @property
+    def num_groups(self):
+        from ..weights.rotary_bands import BAND_GROUPS
+
+        return len(BAND_GROUPS)
 
 
 @dataclass(frozen=True)
@@ -210,6 +255,9 @@ ROTARY_ARGUMENTS = ("qq", "kk", "num_layers", "head_dim", "cos", "sin", "first",
 #: Those of its mixed call: a table per layer kind, and the kind of every layer.
 MIXED_ROTARY_ARGUMENTS = ("qq", "kk", "num_layers", "head_dim", "kind_cos", "kind_sin", "first", "second",
                           "layer_kinds")
+#: The arguments of ``rotary_bands``, fields of :class:`StackedGrams`.
+BAND_ARGUMENTS = ("qq", "kk", "num_layers", "head_dim", "band_products", "band_means", "group_of_pair",
+                  "band_layer_kinds", "first", "second", "num_groups")
 #: Relative tolerance of every kernel against its reference (float64).
 RTOL = 1e-12
 #: Absolute floor for cosines from dot products (see :class:`Comparison`).
@@ -236,6 +284,9 @@ COMPARISONS = (
     # and with two layer kinds (Gemma 3's local and global layers; tables scaled by at most 1)
     Comparison("rotary_layer_grams", tuple(f"stacked.{field}" for field in MIXED_ROTARY_ARGUMENTS), atol=1e-13,
                variant="mixed", modules=("qkalign.weights.rotary_grams", "qkalign.kernels.rotary_grams")),
+    # measure's frequency bands: the same sums weighted by window means (at most s^4 = 2.1 here), ~4 d^2 eps near 0
+    Comparison("rotary_bands", tuple(f"stacked.{field}" for field in BAND_ARGUMENTS), atol=1e-13,
+               modules=("qkalign.weights.rotary_bands", "qkalign.kernels.rotary_bands")),
 )
 
 
@@ -269,6 +320,9 @@ def _random_stacked_grams(num_layers, hidden, seed):
     """:class:`StackedGrams` with random d (1..10), d_rot (even, 0..d), pairing, precision, 1-5
     distances in -40..40 (0 among them half the time) and a mixed profile's local base, period
     (1..3) and global factor."""
+    """:class:`StackedGrams` with random d (1..10), d_rot (even, 0..d), pairing, precision and 1-5
+    distances in -40..40 (0 among them half the time); for the bands a window of 1 to 4096 distances, one or two
+    kinds of layers and an attention factor of 1 or 1.2."""
     rng = np.random.default_rng([seed, 23])
     head_dim = int(rng.integers(1, 11))
     distances = rng.integers(-40, 41, size=int(rng.integers(1, 6)))
@@ -279,7 +333,9 @@ def _random_stacked_grams(num_layers, hidden, seed):
                         rotary_dims=2 * int(rng.integers(0, head_dim // 2 + 1)), interleaved=bool(rng.random() < 0.5),
                         distances=tuple(int(x) for x in distances), rope_theta=float(rng.choice([10.0, 1e4])),
                         local_theta=float(rng.choice([3.0, 100.0])), global_period=int(rng.integers(1, 4)),
-                        global_factor=float(rng.choice([1.0, 0.75])))
+                        global_factor=float(rng.choice([1.0, 0.75])),
+                        window=int(rng.choice([1, 7, 50, 4096])), band_local_theta=[None, 100.0][int(rng.integers(2))],
+                        band_attention_factor=float(rng.choice([1.0, 1.2])))
 
 
 def _orthonormal_rows(rng, shape):

@@ -22,9 +22,19 @@ from ..extras import import_torch
 from ..qkdata import QKData
 from . import DEFAULT_PRECISION, DEFAULT_TOPK, PRECISIONS
 from .layouts import AttentionShape, BlockSource, Layout, find_prefix, layout_for, text_config
-from .measure import BIASES_NOTE, check_tensors, check_topk, compute_arrays, measure_metadata, profile_for, read_rope
+from .measure import (
+    BIASES_NOTE,
+    bands_for,
+    check_tensors,
+    check_topk,
+    compute_arrays,
+    measure_metadata,
+    profile_for,
+    read_rope,
+)
 from .model_folder import ModelFolder
 from .quantization import checkpoint_quantization
+from .rope_bands import band_record
 from .rope_profile import profile_record
 
 # torch / numpy dtype -> safetensors' dtype name, which ModelFolder.check knows.
@@ -118,10 +128,11 @@ def from_state_dict(state_dict, config, *, topk=DEFAULT_TOPK, fold_norms=False, 
     check_topk(topk, shape)
     dtypes = check_tensors(layout, shape, tensors, fold_norms)
     tensors.rope = read_rope(tensors, layout, shape)
-    plan = profile_for(tensors, layout, None)
-    arrays = compute_arrays(layout, shape, tensors, fold_norms, topk, precision, progress, plan)
+    plan, bands = profile_for(tensors, layout, None), bands_for(tensors, layout)
+    arrays = compute_arrays(layout, shape, tensors, fold_norms, topk, precision, progress, plan, bands=bands)
     extra = measure_metadata("<state_dict>", layout, shape, tensors, dtypes, precision, fold_norms, arrays)
     extra.update(profile_record(plan, arrays.pop("rope_gram", None), tensors.rope))
+    extra.update(band_record(bands, arrays, tensors.rope))
     extra.update(model_source=extra["model_dir"], source_kind="memory", source_format="state_dict")
     extra["source"] = "qkalign.from_state_dict"
     return _qkdata(shape, arrays, "<state_dict>", extra)

@@ -42,6 +42,7 @@ from .layouts import find_prefix, layout_for, text_config
 from .model_folder import ModelFolder
 from .quantization import checkpoint_quantization
 from .rope import MAX_POSITIONS, rope_from_config, rope_record
+from .rope_bands import band_plan, band_record
 from .rope_profile import DEFAULT_CONTEXT, check_deltas, default_deltas, profile_plan, profile_record
 from .rotary_operator import operator_plan, operator_record, parse_operator
 from .sources import resolve_source
@@ -76,7 +77,8 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
         Branch, tag or commit of a Hub repo (default ``main``); only with a Hub repo id.
     deltas : sequence of int, optional
         Relative distances of the rotary profile ``rope_profile`` (:mod:`~qkalign.weights.rope_profile`);
-        default 0 and the powers of two up to the model's context length; empty: no profile.
+        default 0 and the powers of two up to the model's context length; empty: no profile. The frequency
+        bands ``rope_bands`` (:mod:`~qkalign.weights.rope_bands`) are recorded for every rotary model.
     operator : str or Operator
         What the Grams and eigen-directions describe (:mod:`~qkalign.weights.rotary_operator`): ``"raw"``
         (default, ``W_K^T W_Q``), ``"delta:D"`` (the rotary operator at distance D) or ``"window:W"`` (its mean over
@@ -105,10 +107,11 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
     folder.rope = read_rope(folder, layout, shape)
     plan = profile_for(folder, layout, deltas)
     rotated = operator_plan(operator, folder.rope, source.config_label())
-    check_fits(peak_bytes(shape, topk, precision, len(plan.deltas) if plan else 0), source.config_label(), "",
-               f"measuring {shape.num_layers} layers x {shape.num_heads} heads (head_dim {shape.head_dim}, "
-               f"hidden_size {shape.hidden_size}, topk {topk})")
-    arrays = compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan, rotated)
+    bands = bands_for(folder, layout)
+    check_fits(peak_bytes(shape, topk, precision, len(plan.deltas) if plan else 0, len(bands.groups) if bands else 0),
+               source.config_label(), "", f"measuring {shape.num_layers} layers x {shape.num_heads} heads (head_dim "
+               f"{shape.head_dim}, hidden_size {shape.hidden_size}, topk {topk})")
+    arrays = compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan, rotated, bands)
     extra = measure_metadata(source, layout, shape, folder, dtypes, precision, fold_norms, arrays)
     extra.update(operator_record(operator))
     # analyze's chance levels of the spectra depend on them (qkalign.stats.chance.random_symmetric_spectra)
@@ -117,6 +120,7 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
         extra["rope"] = f"applied: the operator {operator.name}, {operator.definition}"
         extra["operator_singular_values"] = np.linalg.svd(rotated.maps, compute_uv=False).tolist()
     extra.update(profile_record(plan, arrays.pop("rope_gram", None), folder.rope, deltas))
+    extra.update(band_record(bands, arrays, folder.rope))
     return QKData(shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size, **arrays,
                   json_path=str(folder.source), eigdirs_path=str(folder.source), extra=extra)
 
@@ -166,6 +170,13 @@ def profile_for(folder, layout, deltas):
     return profile_plan(folder.rope, chosen)
 
 
+def bands_for(folder, layout):
+    """The :class:`~qkalign.weights.rope_bands.BandPlan` over the model's context length; None without RoPE. Taken
+    whatever the profile's distances: the bands cost ~20 ms per head at qwen3-4b (module docstring of
+    :mod:`~qkalign.kernels.rotary_bands`)."""
+    return band_plan(folder.rope, context_length(folder, layout))
+
+
 def context_length(folder, layout):
     """The model's context length: ``max_position_embeddings`` (``n_positions``) of its config, else transformers'
     default for its model type (:data:`~qkalign.weights.rope.MAX_POSITIONS`), a GGUF file's
@@ -207,12 +218,13 @@ def check_tensors(layout, shape, folder, fold_norms):
 BASE_BYTES = 64 * 2**20
 
 
-def peak_bytes(shape, topk, precision, num_deltas=0):
+def peak_bytes(shape, topk, precision, num_deltas=0, num_band_groups=0):
     """Estimated peak memory of :func:`measure` and writing its result, in bytes.
 
     :data:`BASE_BYTES`, the outputs (float64), per running task (one per core) one ``(L d, n)``
     stack, its ``(L d)^2`` Gram and the float64 ``[K_L; Q_L]`` rows and ``2d x 2d`` problems of
-    its layers, two held kv heads, and the JSON's gram as Python floats (~56 bytes a number).
+    its layers, two held kv heads, and the JSON's gram as Python floats (~56 bytes a number); the rotary
+    profile's ``num_deltas`` and the bands' ``num_band_groups`` Grams likewise.
     """
     L, H, d, n = shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size
     item = np.dtype(precision).itemsize
@@ -220,7 +232,8 @@ def peak_bytes(shape, topk, precision, num_deltas=0):
     stack = item * ((L * d) ** 2 + L * d * n)
     per_task = stack + 8 * (L * L + L * topk * n + 3 * L * (2 * d) ** 2 + 2 * L * 2 * d * n)
     profile = (8 + 56) * num_deltas * L * L * H  # the rotary profile, and its JSON text
-    return BASE_BYTES + outputs + core_count() * per_task + 2 * stack + 56 * L * L * H + profile
+    bands = (8 + 56) * ((num_band_groups + 1) * L * L * H + L * H * (d // 2 + 2)) if num_band_groups else 0
+    return BASE_BYTES + outputs + core_count() * per_task + 2 * stack + 56 * L * L * H + profile + bands
 
 
 def measure_metadata(model_dir, layout, shape, folder, dtypes, precision, fold_norms, arrays):
@@ -265,13 +278,15 @@ def rotary_record(layout, folder):
     return {"rotary_pairing": rope.layer(0).pairing, "rotary_dims": rope.layer(0).rotary_dims}
 
 
-def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan=None, rotated=None):
+def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan=None, rotated=None, bands=None):
     """The arrays of :class:`QKData` (gram, fro_sq, sym_eigs, eig_dirs) from the model's weights.
 
     eig_dirs comes read-only: :class:`QKData` then keeps it without a copy (L H topk n float64,
     377 MB at qwen3-4b, copied on one core after the parallel work). With a
     :class:`~qkalign.weights.rope_profile.ProfilePlan`, also ``rope_gram`` (D, L, L, H) float64. With an
-    :class:`~qkalign.weights.rotary_operator.OperatorPlan`, the arrays describe its operator ``K^T M Q``.
+    :class:`~qkalign.weights.rotary_operator.OperatorPlan`, the arrays describe its operator ``K^T M Q``. With a
+    :class:`~qkalign.weights.rope_bands.BandPlan`, ``rope_band_energy`` (L, H, P+1), ``rope_band_mean_energy``
+    (L, H) and ``rope_band_gram`` (G+1, L, L, H) float64, of the weights' rotary operator whatever ``rotated``.
     """
     import scipy.linalg  # noqa: F401  (loaded before one_blas_thread, so that its limit covers scipy's BLAS)
 
@@ -281,7 +296,11 @@ def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress,
     rotary_grams = None
     if plan is not None or rotated is not None:
         from ..kernels.rotary_grams import rotary_layer_grams as rotary_grams
-    tasks = _HeadTasks(reader, shape, topk, precision, layer_gram_accumulated, plan, rotary_grams, rotated)
+    rotary_bands = None
+    if bands is not None:
+        from ..kernels.rotary_bands import rotary_bands
+    tasks = _HeadTasks(reader, shape, topk, precision, layer_gram_accumulated, plan, rotary_grams, rotated, bands,
+                       rotary_bands)
     torch = sys.modules.get("torch")  # loaded by the caller when torch tensors in memory are read
     if torch is None:
         arrays = tasks.run(progress)
@@ -377,7 +396,8 @@ class _HeadTasks:
     until the work is done.
     """
 
-    def __init__(self, reader, shape, topk, precision, layer_gram, plan=None, rotary_grams=None, rotated=None):
+    def __init__(self, reader, shape, topk, precision, layer_gram, plan=None, rotary_grams=None, rotated=None,
+                 bands=None, rotary_bands=None):
         self.reader, self.shape, self.topk, self.precision = reader, shape, topk, precision
         self.layer_gram = layer_gram  # gram[L, L'] of one head from its stacked Grams (a numba kernel)
         self.plan, self.rotary_grams = plan, rotary_grams  # gram(Δ)[L, L'] likewise, with a ProfilePlan
@@ -387,6 +407,11 @@ class _HeadTasks:
                         eig_dirs=np.empty((L, H, topk, n)))
         if plan is not None:
             self.out["rope_gram"] = np.empty((len(plan.deltas), L, L, H))
+        self.bands, self.rotary_bands = bands, rotary_bands  # the frequency bands likewise, with a BandPlan
+        if bands is not None:
+            self.out.update(rope_band_energy=np.empty((L, H, len(bands.first) + 1)),
+                            rope_band_mean_energy=np.empty((L, H)),
+                            rope_band_gram=np.empty((bands.num_groups + 1, L, L, H)))
 
     def key_task(self, kv_head):
         k, k_exponents = self.reader.key(kv_head)
@@ -416,6 +441,14 @@ class _HeadTasks:
         out["eig_dirs"][:, head] = eig_dirs
         if self.plan is not None:
             out["rope_gram"][..., head] = np.ldexp(self._profile(qq, kk), e[:, None] + e[None, :])
+        if self.bands is not None:
+            b = self.bands
+            energy, mean_energy, group_gram = self.rotary_bands(
+                qq, kk, self.shape.num_layers, self.shape.head_dim, b.products, b.means, b.group_of_pair,
+                b.layer_kinds, b.first, b.second, b.num_groups)
+            out["rope_band_energy"][:, head] = np.ldexp(energy, 2 * e[:, None])
+            out["rope_band_mean_energy"][:, head] = np.ldexp(mean_energy, 2 * e)
+            out["rope_band_gram"][..., head] = np.ldexp(group_gram, e[:, None] + e[None, :])
 
     def _profile(self, qq, kk):
         """gram(Δ) of one head (D, L, L) at the scaled blocks, from its stacked Grams."""
