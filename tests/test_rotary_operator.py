@@ -121,6 +121,21 @@ def test_layers_that_rotate_differently(tmp_path, operator):
         assert_matches_dense(data, rotated_queries(w_q, local), w_k, "float64")
 
 
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+def test_a_long_window_is_no_rank_deficiency(folders, precision):
+    """window:4096 shrinks the fast pairs of M to ~1e-3 (squared: below float32's rank tolerance, were the Gram of
+    [K; M Q] factored): the spectrum still comes from the unrotated blocks' factor and matches dense."""
+    window = 4096
+    data = measure(folders["llama"], topk=3, precision=precision, operator=f"window:{window}", deltas=(),
+                   progress=False)
+    w_q, w_k, rope = blocks(folders["llama"])
+    maps = np.stack([np.mean([rope.layer(l).rotation(d, scaled=True) for d in range(window)], axis=0)
+                     for l in range(data.num_layers)])
+    assert np.asarray(data.extra["operator_singular_values"]).min() < 1e-3  # 1.6e-4 here
+    assert data.extra["rank_deficient_operators"] == 0
+    assert_matches_dense(data, rotated_queries(w_q, maps), w_k, precision)
+
+
 def test_raw_is_the_default_and_unchanged(folders):
     default = measure(folders["llama"], topk=3, deltas=(), progress=False)
     raw = measure(folders["llama"], topk=3, deltas=(), operator="raw", progress=False)

@@ -135,7 +135,7 @@ def _complete_rows(vecs, lam, topk):
     return out
 
 
-def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=RANK_TOL["float64"], q_map=None):
+def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=RANK_TOL["float64"], j_map=None):
     """:func:`symmetric_part_eigen` given ``G = A A^T`` for ``A = [K; Q]``.
 
     ``G`` comes from Grams computed anyway (its diagonal blocks ``K K^T``, ``Q Q^T`` sit in the
@@ -158,10 +158,11 @@ def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=RANK
         ``G`` is rank-deficient where a squared Cholesky pivot (or an eigenvalue) is at most
         ``rank_tol`` times the largest diagonal entry (eigenvalue): set it above the
         relative rounding error of ``G``.
-    q_map : (..., d, d) float64, optional
-        ``M`` of a rotated operator ``K^T M Q`` (:mod:`~qkalign.weights.rotary_operator`): ``A = [K; M Q]``,
-        ``a_gram`` its Gram, and the eigenvector rows ``coef_K^T K + (M^T coef_Q)^T Q`` are formed from ``q_block``
-        itself, so that ``M Q`` (d x n) is never formed.
+    j_map : (..., d, d) float64, optional
+        ``M`` of a rotated operator ``K^T M Q`` (:mod:`~qkalign.weights.rotary_operator`): its symmetric part is
+        ``A^T J' A`` with ``J' = [[0, M/2], [M^T/2, 0]]``, so ``C^T J' C`` replaces ``C^T J C`` (the Q rows of ``C``
+        mapped by ``M``) and the eigenvectors are ``A^T C^{-T} W`` as before: the factor of ``A A^T`` stays that
+        of the unrotated blocks, whatever ``M`` shrinks.
 
     Returns
     -------
@@ -171,11 +172,9 @@ def symmetric_part_eigen_from_gram(k_block, q_block, a_gram, topk, rank_tol=RANK
     two_d = a_gram.shape[-1]
     batch = a_gram.shape[:-2]
     factors = _gram_factors(np.asarray(a_gram, dtype=np.float64).reshape((-1, two_d, two_d)), rank_tol)
-    lam, w = leading_eigenpairs(_j_form(factors), min(topk, two_d))
+    j_map = None if j_map is None else np.reshape(j_map, (-1, two_d // 2, two_d // 2))
+    lam, w = leading_eigenpairs(_j_form(factors, j_map), min(topk, two_d))
     coef = _eigenvector_coefficients(factors, lam, w)
-    if q_map is not None:
-        d = two_d // 2
-        coef[:, d:] = np.swapaxes(np.reshape(q_map, (-1, d, d)), -1, -2) @ coef[:, d:]
     k, q = (np.asarray(x).reshape((-1,) + x.shape[-2:]) for x in (k_block, q_block))
     vecs = _eigenvector_rows(k, q, coef, factors.full)
     lam = lam.reshape(batch + (two_d,))
@@ -210,24 +209,26 @@ def _gram_factors(g, rank_tol):
     return _GramFactors(c, full, rank, inverse)
 
 
-def _j_form(factors):
+def _j_form(factors, j_map=None):
     """``C^T J C = (P + P^T)/2`` with ``P = C_K^T C_Q`` (``C_K``, ``C_Q`` the first and last d rows of C): (b, 2d, 2d).
 
     Its nonzero eigenvalues are those of ``S``. For a Cholesky factor ``C = [[L11, 0], [L21, L22]]``,
     ``P = [[L11^T L21, L11^T L22], [0, 0]]``: two (d, d) products instead of one (2d, d) x (d, 2d),
-    and a zero lower-right block of ``C^T J C``.
+    and a zero lower-right block of ``C^T J C``. With ``j_map`` (b, d, d), ``M``: ``C^T J' C`` for
+    ``J' = [[0, M/2], [M^T/2, 0]]``, i.e. ``C_Q`` replaced by ``M C_Q``.
     """
     c = factors.c
     d = c.shape[-1] // 2
+    c_q = c[:, d:] if j_map is None else j_map @ c[:, d:]
     out = np.empty_like(c)
     l11_t = np.swapaxes(c[:, :d, :d], -1, -2)
-    corner = l11_t @ c[:, d:, :d]
+    corner = l11_t @ c_q[:, :, :d]
     out[:, :d, :d] = 0.5 * (corner + np.swapaxes(corner, -1, -2))
-    out[:, :d, d:] = 0.5 * (l11_t @ c[:, d:, d:])
+    out[:, :d, d:] = 0.5 * (l11_t @ c_q[:, :, d:])
     out[:, d:, :d] = np.swapaxes(out[:, :d, d:], -1, -2)
     out[:, d:, d:] = 0.0
     for i in np.flatnonzero(~factors.full):  # C = U diag(sqrt s) is not triangular
-        half = c[i, :d].T @ c[i, d:]
+        half = c[i, :d].T @ c_q[i]
         out[i] = 0.5 * (half + half.T)
     return out
 

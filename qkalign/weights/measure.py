@@ -505,8 +505,9 @@ def _layer_work(k, q, kk, qq, topk, precision, maps=None):
     """``fro_sq``, ``sym_eigs`` and ``eig_dirs`` of one head in every layer.
 
     k, q: (L, d, n) blocks; kk, qq: their (L d, L d) stacked Grams (diagonal blocks read); maps: (L, d, d)
-    float64 ``M_L`` of a rotated operator ``K^T M Q`` (None: ``K^T Q``), applied as ``Q -> M Q`` to the
-    (d, d) products only: ``K Q^T M^T`` and ``M Q Q^T M^T``.
+    float64 ``M_L`` of a rotated operator ``K^T M Q`` (None: ``K^T Q``): ``fro_sq = ||K Q^T M^T||^2`` and the
+    symmetric part ``A^T J' A`` with ``J' = [[0, M/2], [M^T/2, 0]]``, from the Gram of ``A = [K; Q]`` itself
+    (a window mean's ``M`` nearly annihilates its fast pairs: ``M Q`` would look rank-deficient).
     """
     d = k.shape[1]
     kq = (k @ np.swapaxes(q, -1, -2)).astype(np.float64)  # (L, d, d): K_L Q_L^T
@@ -515,10 +516,9 @@ def _layer_work(k, q, kk, qq, topk, precision, maps=None):
         rows = slice(layer * d, (layer + 1) * d)
         a_gram[layer, :d, :d] = kk[rows, rows]
         a_gram[layer, d:, d:] = qq[rows, rows]
-    if maps is not None:
-        kq = kq @ np.swapaxes(maps, -1, -2)
-        a_gram[:, d:, d:] = maps @ a_gram[:, d:, d:] @ np.swapaxes(maps, -1, -2)
     a_gram[:, :d, d:] = kq
     a_gram[:, d:, :d] = np.swapaxes(kq, -1, -2)
-    sym_eigs, eig_dirs = symmetric_part_eigen_from_gram(k, q, a_gram, topk, RANK_TOL[precision], q_map=maps)
+    sym_eigs, eig_dirs = symmetric_part_eigen_from_gram(k, q, a_gram, topk, RANK_TOL[precision], j_map=maps)
+    if maps is not None:
+        kq = kq @ np.swapaxes(maps, -1, -2)  # K (M Q)^T
     return np.einsum("lij,lij->l", kq, kq), sym_eigs, eig_dirs

@@ -11,11 +11,12 @@ A rotary model scores a query at position ``m`` against a key at ``m − Δ`` wi
   dimensions. High frequencies average out (``|c̄ + i s̄| ≈ 2 / (W θ)``), low ones stay.
 
 Each is ``Kᵀ M Q`` for one (d, d) matrix ``M`` per layer (``S R S`` or ``S R̄ S``), so measure's low-rank route
-holds with ``Q`` replaced by ``M Q``: the gram from the stacked Grams of the unrotated blocks (the rotary
-kernel, at the one table row ``(c, s)`` of ``M``), ``K Q'ᵀ = (K Qᵀ) Mᵀ``, and the symmetric part
-``S = Aᵀ J' A`` with ``A = [K; Q]`` and ``J' = [[0, M/2], [Mᵀ/2, 0]]``: the eigen-problem of
-:func:`~qkalign.weights.factored_operator.symmetric_part_eigen_from_gram` on
-``[[K Kᵀ, K Qᵀ Mᵀ], [M Q Kᵀ, M Q Qᵀ Mᵀ]]``.
+holds with ``Q`` replaced by ``M Q``, which is never formed: the gram from the stacked Grams of the unrotated
+blocks (the rotary kernel, at the one table row ``(c, s)`` of ``M``), ``fro_sq`` from ``(K Qᵀ) Mᵀ``, and the
+symmetric part ``S = Aᵀ J' A`` with ``A = [K; Q]`` and ``J' = [[0, M/2], [Mᵀ/2, 0]]``: with ``A Aᵀ = C Cᵀ``
+(the unrotated blocks' factor, as for ``raw``) its nonzero spectrum is that of ``Cᵀ J' C`` and its eigenvectors
+are ``Aᵀ C⁻ᵀ W`` (:func:`~qkalign.weights.factored_operator.symmetric_part_eigen_from_gram`). Factoring the
+Gram of ``[K; M Q]`` instead would see the pairs a long window nearly annihilates as rank deficiency.
 """
 
 from dataclasses import dataclass
