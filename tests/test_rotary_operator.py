@@ -210,3 +210,20 @@ def test_chance_levels_follow_the_operator(folders):
     window.extra["operator_singular_values"] = [[1.0, -1.0]]
     with pytest.raises(InputError, match="operator_singular_values"):
         analyze(window)
+
+
+def test_from_state_dict_takes_the_operator(folders):
+    """The in-memory entry point gives the folder's numbers and records for a rotated operator too."""
+    from safetensors.numpy import load_file
+
+    import qkalign
+
+    folder = folders["qwen2"]
+    state_dict = load_file(str(folder / "model.safetensors"))
+    config = json.loads((folder / "config.json").read_text())
+    got = qkalign.from_state_dict(state_dict, config, topk=3, precision="float64", operator="window:8", progress=False)
+    want = measure(folder, topk=3, precision="float64", operator="window:8", progress=False)
+    for name in ("gram", "fro_sq", "sym_eigs", "eig_dirs"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+    for key in ("operator", "operator_definition", "operator_singular_values", "rope"):
+        assert got.extra[key] == want.extra[key]

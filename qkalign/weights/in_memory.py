@@ -36,6 +36,7 @@ from .model_folder import ModelFolder
 from .quantization import checkpoint_quantization
 from .rope_bands import band_record
 from .rope_profile import profile_record
+from .rotary_operator import operator_plan, operator_record, parse_operator
 
 # torch / numpy dtype -> safetensors' dtype name, which ModelFolder.check knows.
 _DTYPE_NAMES = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
@@ -95,7 +96,7 @@ class StateDictTensors(ModelFolder):
 
 
 def from_state_dict(state_dict, config, *, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PRECISION,
-                    progress=True):
+                    progress=True, operator="raw"):
     """:func:`~qkalign.measure` of a ``transformers`` model in memory.
 
     Parameters
@@ -105,7 +106,7 @@ def from_state_dict(state_dict, config, *, topk=DEFAULT_TOPK, fold_norms=False, 
         model's safetensors files.
     config : dict or transformers.PretrainedConfig
         ``model.config`` (read through its ``to_dict()``) or config.json as a dict.
-    topk, fold_norms, precision, progress
+    topk, fold_norms, precision, progress, operator
         As :func:`~qkalign.measure`.
 
     Returns
@@ -114,6 +115,7 @@ def from_state_dict(state_dict, config, *, topk=DEFAULT_TOPK, fold_norms=False, 
         The numbers ``measure`` gives for the same weights saved as a folder.
     """
     _check_precision(precision)
+    operator = parse_operator(operator)
     if hasattr(config, "to_dict"):
         config = config.to_dict()
     if not isinstance(config, dict):
@@ -129,8 +131,10 @@ def from_state_dict(state_dict, config, *, topk=DEFAULT_TOPK, fold_norms=False, 
     dtypes = check_tensors(layout, shape, tensors, fold_norms)
     tensors.rope = read_rope(tensors, layout, shape)
     plan, bands = profile_for(tensors, layout, None), bands_for(tensors, layout)
-    arrays = compute_arrays(layout, shape, tensors, fold_norms, topk, precision, progress, plan, bands=bands)
+    rotated = operator_plan(operator, tensors.rope, "config")
+    arrays = compute_arrays(layout, shape, tensors, fold_norms, topk, precision, progress, plan, rotated, bands)
     extra = measure_metadata("<state_dict>", layout, shape, tensors, dtypes, precision, fold_norms, arrays)
+    extra.update(operator_record(operator, rotated))
     extra.update(profile_record(plan, arrays.pop("rope_gram", None), tensors.rope))
     extra.update(band_record(bands, arrays, tensors.rope))
     extra.update(model_source=extra["model_dir"], source_kind="memory", source_format="state_dict")

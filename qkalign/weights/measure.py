@@ -113,12 +113,7 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
                f"{shape.head_dim}, hidden_size {shape.hidden_size}, topk {topk})")
     arrays = compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan, rotated, bands)
     extra = measure_metadata(source, layout, shape, folder, dtypes, precision, fold_norms, arrays)
-    extra.update(operator_record(operator))
-    # analyze's chance levels of the spectra depend on them (qkalign.stats.chance.random_symmetric_spectra)
-    extra["operator_singular_values"] = None
-    if rotated is not None:
-        extra["rope"] = f"applied: the operator {operator.name}, {operator.definition}"
-        extra["operator_singular_values"] = np.linalg.svd(rotated.maps, compute_uv=False).tolist()
+    extra.update(operator_record(operator, rotated))
     extra.update(profile_record(plan, arrays.pop("rope_gram", None), folder.rope, deltas))
     extra.update(band_record(bands, arrays, folder.rope))
     return QKData(shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size, **arrays,

@@ -130,7 +130,13 @@ def _table_row(spec, operator):
     return scale * cos, scale * sin
 
 
-def operator_record(operator):
-    """The JSON's ``operator`` (its ``--operator`` name) and ``operator_definition``."""
+def operator_record(operator, plan=None):
+    """The JSON's ``operator`` (its ``--operator`` name), ``operator_definition`` and ``operator_singular_values``
+    (L x d, the singular values of each layer's ``M``: analyze's chance levels of the spectra depend on them;
+    None for ``raw``); for a rotated operator (its :class:`OperatorPlan` ``plan``) also the ``rope`` note."""
     operator = parse_operator(operator)
-    return {"operator": operator.name, "operator_definition": operator.definition}
+    record = {"operator": operator.name, "operator_definition": operator.definition, "operator_singular_values": None}
+    if plan is not None:
+        record["rope"] = f"applied: the operator {operator.name}, {operator.definition}"
+        record["operator_singular_values"] = np.linalg.svd(plan.maps, compute_uv=False).tolist()
+    return record
