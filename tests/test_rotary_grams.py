@@ -353,3 +353,55 @@ def test_partial_rotary_gpt_neox_logits_are_the_rotary_operator():
     fused = model.gpt_neox.layers[1].attention.query_key_value.weight.detach().double().numpy()
     rows = fused.reshape(4, 3, head_dim, 64)[head]
     check_logits(model.gpt_neox.rotary_emb, apply_rotary_pos_emb, rows[0], rows[1], rotary_dims=4)
+
+
+#: One Llama per rope type transformers defines (5.x rope_parameters; rope_theta 1e4, head_dim 16: 8 pairs). The
+#: original lengths exceed the positions used, so that dynamic and longrope keep their initial frequencies.
+LLAMA_ROPE_TYPES = {
+    "default": {},
+    "linear": {"factor": 2.0},
+    "dynamic": {"factor": 2.0},
+    "yarn": {"factor": 4.0, "original_max_position_embeddings": 64},
+    "longrope": {"short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.0, 3.5],
+                 "long_factor": [1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0], "original_max_position_embeddings": 64},
+    "llama3": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
+}
+
+
+@pytest.mark.parametrize("rope_type", list(LLAMA_ROPE_TYPES))
+def test_llama_logits_of_every_rope_type_are_qkaligns_operator(rope_type):
+    """The model's pre-softmax logit ``q_m' . k_n'`` (its own q_proj/k_proj rows, rotary embedding and
+    ``apply_rotary_pos_emb``) equals ``x_n^T K^T S R(m - n) S Q x_m`` with ``S R S`` from qkalign's own θ, pairing and
+    attention factor (``rope_from_config`` of the model's config.json), for every position pair.
+
+    Tolerance: the model forms angles ``position θ`` and cos/sin in float32 (``2 (m + n + 4)`` eps32 relative to
+    ``|q| |k| s²``, as :func:`check_logits`), and its float32 θ differ from qkalign's float64 ones: an angle error
+    of at most ``max(m, n) max_i |θ_i - θ'_i|`` per pair, which moves the logit by at most that times ``|q| |k| s²``.
+    """
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from qkalign.weights.rope import rope_from_config
+
+    raw = dict(model_type="llama", hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+               num_hidden_layers=1, intermediate_size=32, vocab_size=16, max_position_embeddings=256,
+               rope_parameters={"rope_type": rope_type, "rope_theta": 1e4, **LLAMA_ROPE_TYPES[rope_type]})
+    model = random_model(transformers.LlamaForCausalLM, transformers.LlamaConfig(**raw))
+    spec = rope_from_config(raw).layer(0)
+    rotary_emb = model.model.rotary_emb
+    theta_error = np.abs(spec.inv_freq - rotary_emb.inv_freq.double().numpy()).max()
+    assert spec.attention_factor == pytest.approx(rotary_emb.attention_scaling, rel=4 * EPS32)
+    attention = model.model.layers[0].self_attn
+    q_weight = attention.q_proj.weight.detach().double().numpy()[48:64]  # query head 3
+    k_weight = attention.k_proj.weight.detach().double().numpy()[16:32]  # its kv head 1
+    rng = np.random.default_rng(2)
+    for m, n in POSITIONS:
+        x_m, x_n = rng.standard_normal((2, 64))
+        logit, scale = model_logit(rotary_emb, apply_rotary_pos_emb, q_weight, k_weight, x_m, x_n, m, n)
+        scale *= max(spec.attention_factor, 1.0) ** 2
+        want = x_n @ k_weight.T @ spec.rotation(m - n, scaled=True) @ q_weight @ x_m
+        tolerance = (2 * (m + n + 4) * EPS32 + max(m, n) * theta_error) * scale
+        assert abs(want - logit) <= tolerance, (rope_type, m, n, want - logit, tolerance)
+        if m != n:  # the opposite distance is far off: the sign of Δ is tested
+            wrong = x_n @ k_weight.T @ spec.rotation(n - m, scaled=True) @ q_weight @ x_m
+            assert abs(wrong - logit) > 100 * tolerance, (rope_type, m, n)
