@@ -164,6 +164,8 @@ class StackedGrams:
     def layer_kinds(self):
         """(L,) int64: 1 for every ``global_period``-th layer (global), 0 for the others (local)."""
         return ((np.arange(self.num_layers) + 1) % self.global_period == 0).astype(np.int64)
+
+    @cached_property
     def _inv_freqs(self):
         """(K, P): ``rope_theta``'s frequencies, then ``band_local_theta``'s where given."""
         rotary_dims = 2 * len(self.first)
