@@ -35,7 +35,7 @@ _EXPORTS = {
     "save": "qkalign.files.seed_format",
     "sweep": "qkalign.sweeps",
 }
-_SUBMODULES = ("cli", "checks", "errors", "extras", "kernels", "linalg", "plots", "qkdata", "report", "files", "stats",
+_SUBMODULES = ("cli", "checks", "errors", "extras", "figure_files", "kernels", "linalg", "plots", "qkdata", "report", "files", "stats",
                "rope_plots", "sweep_plots", "sweeps", "testing", "weights")
 
 __all__ = sorted(_EXPORTS)

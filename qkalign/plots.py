@@ -12,11 +12,12 @@ import numpy as np
 
 from .checks import int_in_range, positive_int
 from .errors import InputError
-from .files.outputs import atomic_path
-
-#: Figure size in inches and resolution: every PNG is FIGSIZE * DPI pixels.
-FIGSIZE = (6.4, 5.2)
-DPI = 150
+from .figure_files import DPI, FIGSIZE
+from .figure_files import numbers as _numbers
+from .figure_files import part as _part
+from .figure_files import pyplot as _pyplot
+from .figure_files import save_png as _save
+from .rope_plots import ROPE_FIGURE_NAMES
 
 #: (key in result["pairs"], title, colour-bar label, chance key, colour limits)
 HEATMAPS = (
@@ -30,23 +31,11 @@ HEATMAPS = (
      (0, 1)),
 )
 
-#: The rotary figures (:mod:`qkalign.rope_plots`): cosine against Δ, head norms against Δ, band energy.
-ROPE_FIGURE_NAMES = ("rope_distance_cos.png", "rope_head_norms.png", "rope_bands.png")
-
 #: Every file :func:`write_figures` may write in its folder (checked before the work).
 FIGURE_NAMES = tuple(f"pairs_{h[0]}.png" for h in HEATMAPS) + ("to_anchor.png",) + ROPE_FIGURE_NAMES
 
 #: The chance levels the figures draw (as bands or in titles).
 CHANCE_KEYS = {h[3] for h in HEATMAPS} | {"operator_cos", "pa_mean_cos", "top1_overlap", "spectral_abs_cos"}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display is needed or wanted
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _heatmap(plt, matrix, title, label, chance, limits, path, num_heads):
@@ -71,12 +60,6 @@ def _curve(ax, x, y, chance, num_heads, label, color):
         half = 2 * chance["sd"] / np.sqrt(num_heads) if chance.get("sd") is not None else 0.0
         ax.axhline(mean, color=color, linestyle=":", linewidth=1)
         ax.axhspan(mean - half, mean + half, color=color, alpha=0.15, linewidth=0, label=f"{label}: chance ±2 s.e.")
-
-
-def _save(plt, fig, path):
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
 def checked_result(result, source):
@@ -125,26 +108,6 @@ def _model_name(path):
     """The last part of the measured path (a model file or folder, or a grams JSON), for titles."""
     name = Path(path).name if isinstance(path, str) else ""
     return name or "model"
-
-
-def _part(doc, key, source, prefix=""):
-    value = doc.get(key)
-    if not isinstance(value, dict):
-        raise InputError(source, prefix + key, "an object", type(value).__name__ if key in doc else "it missing")
-    return value
-
-
-def _numbers(value, shape, source, field):
-    """``value`` as a float array of ``shape`` (JSON null as nan); one error line if it is anything else."""
-    try:
-        array = np.array(value, dtype=float)
-    except (TypeError, ValueError, OverflowError):
-        raise InputError(source, field, f"numbers (or null) of shape {shape}", repr(value)[:60]) from None
-    if array.shape != shape:
-        raise InputError(source, field, f"numbers of shape {shape}", f"shape {array.shape}")
-    if np.isinf(array).any():
-        raise InputError(source, field, "finite numbers (or null)", "an infinite value")
-    return array
 
 
 def write_figures(result, out_dir, source="result"):

@@ -14,7 +14,10 @@ import warnings
 import numpy as np
 
 from .errors import InputError
-from .plots import DPI, FIGSIZE, ROPE_FIGURE_NAMES, _numbers, _part, _save
+from .figure_files import DPI, FIGSIZE, numbers, part, save_png
+
+#: The rotary figures: cosine against Δ, head norms against Δ, band energy.
+ROPE_FIGURE_NAMES = ("rope_distance_cos.png", "rope_head_norms.png", "rope_bands.png")
 
 #: Δ axis: symmetric log, linear on [0, LINTHRESH] (Δ are integers: 0 and 1 are one decade apart on it).
 LINTHRESH = 1
@@ -46,7 +49,7 @@ def checked_rope(result, meta, source):
         profile = {"deltas": deltas.astype(np.int64)}
         for key, shape in [(key, (D,)) for key in PROFILE_PARTS] + [("to_anchor_per_layer", (D, L)),
                                                                     ("norm_ratio", (D, L, H))]:
-            profile[key] = _numbers(doc.get(key), shape, source, f"rope_profile.{key}")
+            profile[key] = numbers(doc.get(key), shape, source, f"rope_profile.{key}")
     doc = _optional_part(result, "rope_bands", source)
     if doc is not None:
         bands = _checked_bands(doc, L, source)
@@ -55,7 +58,7 @@ def checked_rope(result, meta, source):
 
 def _checked_bands(doc, num_layers, source):
     """The drawn parts of ``rope_bands``, checked; ``wavelengths`` and ``group_of_pair`` as (L, P), each layer's own."""
-    window = _numbers(doc.get("window"), (), source, "rope_bands.window")
+    window = numbers(doc.get("window"), (), source, "rope_bands.window")
     if not window > 0:
         raise InputError(source, "rope_bands.window", "a positive number", repr(doc.get("window")))
     groups = doc.get("groups")
@@ -75,12 +78,12 @@ def _checked_bands(doc, num_layers, source):
         raise InputError(source, "rope_bands.group_of_pair", f"indices into rope_bands.groups (0..{G - 1})",
                          repr(doc.get("group_of_pair"))[:60])
     P = wavelengths.shape[1]
-    group_cos = _part(doc, "group_cos", source, "rope_bands.")
+    group_cos = part(doc, "group_cos", source, "rope_bands.")
     return {"window": float(window), "groups": list(groups), "wavelengths": wavelengths, "kind": kind,
             "group_of_pair": group_of_pair.astype(np.int64),
-            "share_mean": _numbers(doc.get("share_mean"), (num_layers, P + 1), source, "rope_bands.share_mean"),
-            "group_share": _numbers(doc.get("group_share"), (num_layers, G), source, "rope_bands.group_share"),
-            "group_cos": {key: _numbers(group_cos.get(key), (G,), source, f"rope_bands.group_cos.{key}")
+            "share_mean": numbers(doc.get("share_mean"), (num_layers, P + 1), source, "rope_bands.share_mean"),
+            "group_share": numbers(doc.get("group_share"), (num_layers, G), source, "rope_bands.group_share"),
+            "group_cos": {key: numbers(group_cos.get(key), (G,), source, f"rope_bands.group_cos.{key}")
                           for key in PROFILE_PARTS}}
 
 
@@ -124,7 +127,7 @@ def _array(value, ndims, source, field):
     if ndim not in ndims:
         raise InputError(source, field, f"numbers (or null) with {' or '.join(map(str, ndims))} axes",
                          repr(value)[:60])
-    return _numbers(value, np.shape(value), source, field)
+    return numbers(value, np.shape(value), source, field)
 
 
 def write_rope_figures(plt, meta, profile, bands, chance, out_dir):
@@ -186,16 +189,11 @@ def _distance_cos_figure(plt, meta, profile, chance, path):
     per_layer = profile["to_anchor_per_layer"].T.copy()  # (L, D)
     per_layer[anchor] = np.nan  # 1 by construction: it would only stretch the colour scale
     limit = _limit(np.abs(per_layer))
-    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
-    image = hm.imshow(per_layer, origin="lower", aspect="auto", cmap=cmap, vmin=-limit, vmax=limit,
-                      interpolation="nearest")
-    fig.colorbar(image, ax=hm).set_label("head-mean cosine to the anchor")
-    _delta_columns(hm, deltas)
-    _layer_rows(hm, L)
-    hm.set_title(f"Each layer to the anchor L={anchor} (grey: the anchor itself)", fontsize=10)
+    _layer_delta_map(plt, fig, hm, per_layer, (-limit, limit), "head-mean cosine to the anchor", deltas, L,
+                     f"Each layer to the anchor L={anchor} (grey: the anchor itself)")
     fig.suptitle(f"{meta['model']}: rotary distance profile g(Δ) = $W_K^T R(Δ) W_Q$", fontsize=11)
     fig.tight_layout()
-    _save(plt, fig, path)
+    save_png(plt, fig, path)
     return path
 
 
@@ -231,17 +229,24 @@ def _head_norm_figure(plt, meta, profile, path):
     ax.legend(fontsize=7, loc="best")
     ax.set_title("Head norms relative to Δ = 0", fontsize=10)
     limit = _limit(np.abs(layer_median - 1.0))
-    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
-    image = hm.imshow(layer_median, origin="lower", aspect="auto", cmap=cmap, vmin=1 - limit, vmax=1 + limit,
-                      interpolation="nearest")
-    fig.colorbar(image, ax=hm).set_label("median over the layer's heads")
-    _delta_columns(hm, deltas)
-    _layer_rows(hm, L)
-    hm.set_title(f"Per layer: median over its {H} heads", fontsize=10)
+    _layer_delta_map(plt, fig, hm, layer_median, (1 - limit, 1 + limit), "median over the layer's heads", deltas, L,
+                     f"Per layer: median over its {H} heads")
     fig.suptitle(f"{meta['model']}: how the rotation changes each head's operator norm", fontsize=11)
     fig.tight_layout()
-    _save(plt, fig, path)
+    save_png(plt, fig, path)
     return path
+
+
+def _layer_delta_map(plt, fig, ax, values, limits, label, deltas, num_layers, title):
+    """``values`` (L, D) as a layer x Δ map on ``ax``, diverging colours within ``limits`` (NaN grey), one column
+    per measured distance."""
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
+    image = ax.imshow(values, origin="lower", aspect="auto", cmap=cmap, vmin=limits[0], vmax=limits[1],
+                      interpolation="nearest")
+    fig.colorbar(image, ax=ax).set_label(label)
+    _delta_columns(ax, deltas)
+    _layer_rows(ax, num_layers)
+    ax.set_title(title, fontsize=10)
 
 
 def _limit(values):
@@ -331,7 +336,7 @@ def _bands_figure(plt, meta, bands, chance, path):
     cosines.legend(fontsize=7, loc="best")
     fig.suptitle(f"{meta['model']}: rotary frequency bands", fontsize=11)
     fig.tight_layout()
-    _save(plt, fig, path)
+    save_png(plt, fig, path)
     return path
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .plots import DPI, FIGSIZE, _pyplot
+from .figure_files import DPI, FIGSIZE
+from .figure_files import pyplot as _pyplot
 
 STEP = re.compile(r"(?:^|[^a-z])(?:step|global_step|checkpoint|ckpt|iter)[-_]?(\d+)", re.IGNORECASE)
 
@@ -150,11 +151,7 @@ def _statistics_figure(plt, ds, runs, out_dir):
             ax.set_xticks(range(len(runs)), [run["label"] for run in runs], rotation=60, fontsize=6, ha="right")
         ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"QK alignment across {len(runs)} runs (mean over heads; chance: unrelated operators)", fontsize=11)
-    fig.tight_layout()
-    path = out_dir / "statistics_vs_step.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _written(plt, fig, out_dir / "statistics_vs_step.png")
 
 
 def _chance_band(ds, indices, key):
@@ -296,11 +293,7 @@ def _rope_profile_figure(plt, ds, runs, deltas, out_dir):
         _legend(ax, runs, [f"Δ = {delta}" for delta in deltas])
     fig.suptitle(f"Rotary distance profile g(Δ) = $W_K^T R(Δ) W_Q$ across {len(runs)} runs "
                  "(Δ = query − key position)", fontsize=11)
-    fig.tight_layout()
-    path = out_dir / "rope_profile_vs_step.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _written(plt, fig, out_dir / "rope_profile_vs_step.png")
 
 
 def _pairs_chance_band(ax, ds, runs, x):
@@ -342,8 +335,12 @@ def _rope_bands_figure(plt, ds, runs, out_dir):
         _step_axis(ax, runs, x, xlabel)
         _legend(ax, runs, groups)
     fig.suptitle(f"Rotary frequency bands across {len(runs)} runs", fontsize=11)
+    return _written(plt, fig, out_dir / "rope_bands_vs_step.png")
+
+
+def _written(plt, fig, path):
+    """Lay ``fig`` out, write it to ``path`` and close it; returns ``path``."""
     fig.tight_layout()
-    path = out_dir / "rope_bands_vs_step.png"
     fig.savefig(path)
     plt.close(fig)
     return path
