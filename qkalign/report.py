@@ -290,7 +290,26 @@ def format_extended_report(result):
         out += _rope_section(result)
     if result.rope_bands is not None:
         out += _bands_section(result)
+    if result.symmetry is not None:
+        out += _symmetry_section(result)
     return "\n".join(out) + "\n" if out else ""
+
+
+def _symmetry_section(result):
+    """(j) how symmetric each head's operator is: s = <g, g^T> / ||g||^2 per layer (head mean, range) against chance."""
+    sym, meta = result.symmetry, result.meta
+    chance = sym["chance"]
+    out = ["", f"=== [qkalign] (j) Symmetry of each head's operator: s = <g, g^T>/||g||^2 = (||S||^2 - ||A||^2)/||g||^2, "
+               f"{meta['num_heads']} heads ===",
+           "   layer   mean s     min s     max s   z(mean)"]
+    for layer, (mean, z) in enumerate(zip(sym["per_layer"], sym["z_per_layer"])):
+        row = sym["per_head"][layer]
+        out.append(f"  {layer:6d}  {mean:+.4f}   {np.nanmin(row):+.4f}   {np.nanmax(row):+.4f}  {z:+8.1f}")
+    out.append(f"  [qkalign] all heads: mean s {sym['mean']:+.4f}, median {sym['median']:+.4f}; chance (unrelated "
+               f"operators) {chance['mean']:+.4f} ± {chance['sd']:.4f} per head: z = {sym['z']:+.1f}")
+    out.append("  [qkalign] s = 1 symmetric, -1 skew (directional), ~0 unrelated Q and K; Saponati et al.'s symmetry "
+               "score (ICML 2025), per head")
+    return out
 
 
 def _rope_section(result):

@@ -54,6 +54,9 @@ class AnalysisResult:
     rope_bands : dict, optional
         Energy shares and cross-layer cosines of the rotary frequency bands (``qkalign.stats.rope_bands``), where
         measure recorded ``rope_bands``.
+    symmetry : dict, optional
+        Each head's symmetry score ``<g, g^T> / ||g||^2`` against chance (``qkalign.stats.symmetry``), where measure
+        recorded ``symmetry``.
     """
 
     meta: dict
@@ -75,6 +78,7 @@ class AnalysisResult:
     matched: dict = None
     rope_profile: dict = None
     rope_bands: dict = None
+    symmetry: dict = None
 
     def to_dict(self):
         """Plain Python containers (lists, floats, ``None`` for nan), ready for ``json``.

@@ -37,6 +37,7 @@ from .quantization import checkpoint_quantization
 from .rope_bands import band_record
 from .rope_profile import profile_record
 from .rotary_operator import operator_plan, operator_record, parse_operator
+from .symmetry import symmetry_record
 
 # torch / numpy dtype -> safetensors' dtype name, which ModelFolder.check knows.
 _DTYPE_NAMES = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
@@ -137,6 +138,7 @@ def from_state_dict(state_dict, config, *, topk=DEFAULT_TOPK, fold_norms=False, 
     extra.update(operator_record(operator, rotated))
     extra.update(profile_record(plan, arrays.pop("rope_gram", None), tensors.rope))
     extra.update(band_record(bands, arrays, tensors.rope))
+    extra.update(symmetry_record(arrays))
     extra.update(model_source=extra["model_dir"], source_kind="memory", source_format="state_dict")
     extra["source"] = "qkalign.from_state_dict"
     return _qkdata(shape, arrays, "<state_dict>", extra)
@@ -207,6 +209,7 @@ def from_weights(W_Q, W_K, *, topk=DEFAULT_TOPK, precision=DEFAULT_PRECISION, pr
              "checkpoint_dtypes": sorted(set(dtypes.values())), "precision": precision, "fold_norms": False, "folded_gains": [],
              "biases": BIASES_NOTE, "rope": "not applied: the operator of W_Q, W_K as given",
              "rank_deficient_operators": int((arrays["sym_eigs"] == 0).any(axis=-1).sum())}
+    extra.update(symmetry_record(arrays))
     return _qkdata(shape, arrays, "<from_weights>", extra)
 
 

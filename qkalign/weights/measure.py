@@ -46,6 +46,7 @@ from .rope_bands import band_plan, band_record
 from .rope_profile import DEFAULT_CONTEXT, check_deltas, default_deltas, profile_plan, profile_record
 from .rotary_operator import operator_plan, operator_record, parse_operator
 from .sources import resolve_source
+from .symmetry import symmetry_record
 
 BIASES_NOTE = "left out: the operator is W_K^T W_Q of the weights alone"
 ROPE_NOTE = "left out: the operator at relative position 0 (no rotary embedding applied)"
@@ -116,6 +117,7 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
     extra.update(operator_record(operator, rotated))
     extra.update(profile_record(plan, arrays.pop("rope_gram", None), folder.rope, deltas))
     extra.update(band_record(bands, arrays, folder.rope))
+    extra.update(symmetry_record(arrays))
     return QKData(shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size, **arrays,
                   json_path=str(folder.source), eigdirs_path=str(folder.source), extra=extra)
 
@@ -399,7 +401,7 @@ class _HeadTasks:
         self.rotated = rotated  # the OperatorPlan of a rotated operator K^T M Q (None: raw)
         L, H, d, n = shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size
         self.out = dict(gram=np.empty((L, L, H)), fro_sq=np.empty((L, H)), sym_eigs=np.empty((L, H, 2 * d)),
-                        eig_dirs=np.empty((L, H, topk, n)))
+                        eig_dirs=np.empty((L, H, topk, n)), transpose_inner=np.empty((L, H)))
         if plan is not None:
             self.out["rope_gram"] = np.empty((len(plan.deltas), L, L, H))
         self.bands, self.rotary_bands = bands, rotary_bands  # the frequency bands likewise, with a BandPlan
@@ -421,7 +423,7 @@ class _HeadTasks:
         else:  # its one table row (c, s) of M
             gram = self._rotated_grams(qq, kk, self.rotated)[0]
         maps = None if self.rotated is None else self.rotated.maps
-        fro_sq, sym_eigs, eig_dirs = _layer_work(k, q, kk, qq, self.topk, self.precision, maps)
+        fro_sq, sym_eigs, eig_dirs, transpose_inner = _layer_work(k, q, kk, qq, self.topk, self.precision, maps)
         # The blocks were K_L 2^-ek[L] and Q_L 2^-eq[L], so the operator computed for layer L was
         # g_L 2^-e[L]: its gram entries scale by 2^-(e[L] + e[L']), fro_sq by 2^-2e[L], the spectrum
         # by 2^-e[L], and the eigenvectors not at all. ldexp undoes that exactly in float64.
@@ -432,6 +434,7 @@ class _HeadTasks:
         out = self.out
         out["gram"][:, :, head] = np.ldexp(gram, e[:, None] + e[None, :])
         out["fro_sq"][:, head] = fro_sq
+        out["transpose_inner"][:, head] = np.ldexp(transpose_inner, 2 * e)  # scales like ||g||^2
         out["sym_eigs"][:, head] = np.ldexp(sym_eigs, e[:, None])
         out["eig_dirs"][:, head] = eig_dirs
         if self.plan is not None:
@@ -497,7 +500,10 @@ class _HeadTasks:
 
 
 def _layer_work(k, q, kk, qq, topk, precision, maps=None):
-    """``fro_sq``, ``sym_eigs`` and ``eig_dirs`` of one head in every layer.
+    """``fro_sq``, ``sym_eigs``, ``eig_dirs`` and ``transpose_inner`` of one head in every layer.
+
+    ``transpose_inner[L] = <g_L, g_L^T>_F = tr(g_L g_L) = tr((Q_L K_L^T)^2)`` (with ``M``: ``tr((M Q_L K_L^T)^2)``),
+    from the (d, d) product ``K Q^T`` formed for ``fro_sq`` (:mod:`~qkalign.weights.symmetry`).
 
     k, q: (L, d, n) blocks; kk, qq: their (L d, L d) stacked Grams (diagonal blocks read); maps: (L, d, d)
     float64 ``M_L`` of a rotated operator ``K^T M Q`` (None: ``K^T Q``): ``fro_sq = ||K Q^T M^T||^2`` and the
@@ -516,4 +522,4 @@ def _layer_work(k, q, kk, qq, topk, precision, maps=None):
     sym_eigs, eig_dirs = symmetric_part_eigen_from_gram(k, q, a_gram, topk, RANK_TOL[precision], j_map=maps)
     if maps is not None:
         kq = kq @ np.swapaxes(maps, -1, -2)  # K (M Q)^T
-    return np.einsum("lij,lij->l", kq, kq), sym_eigs, eig_dirs
+    return np.einsum("lij,lij->l", kq, kq), sym_eigs, eig_dirs, np.einsum("lij,lji->l", kq, kq)

@@ -1,0 +1,115 @@
+"""The symmetry score ``s = <g, g^T> / ||g||^2`` of every head (issue 24.1): against dense float64 operators, exact
+symmetric and skew operators, rotated operators, and its chance level against sampling."""
+
+import json
+
+import numpy as np
+import pytest
+
+import qkalign
+from qkalign.errors import InputError
+from qkalign.stats.analyze import analyze
+from qkalign.stats.symmetry import symmetry_chance
+from qkalign.testing.dense import TOL, dense_operators
+from qkalign.testing.model_folders import ALL_MODEL_TYPES, write_model
+from qkalign.weights.measure import measure
+
+
+def dense_scores(w_q, w_k):
+    """``(<g, g^T>, s)`` (L, H) from the n x n operators."""
+    g = dense_operators(w_q, w_k)
+    inner = np.einsum("lhij,lhji->lh", g, g)
+    return inner, inner / np.einsum("lhij,lhij->lh", g, g)
+
+
+def factor_bound(w_q, w_k, precision):
+    """Bound on the error of ``<g, g^T> = tr((Q K^T)^2)`` (L, H): ``2 ||X|| ||dX||`` with ``X = Q K^T`` formed to
+    ``TOL`` relative in the precision's products, ``||X||_F <= ||Q||_F ||K||_F``."""
+    k = np.repeat(w_k, w_q.shape[1] // w_k.shape[1], axis=1)
+    norms = np.linalg.norm(w_q, axis=(-2, -1)) * np.linalg.norm(k, axis=(-2, -1))
+    return 2 * TOL[precision] * norms**2
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+@pytest.mark.parametrize("model_type", ALL_MODEL_TYPES)
+def test_scores_match_dense(tmp_path, model_type, precision):
+    model = write_model(tmp_path, model_type, seed=ALL_MODEL_TYPES.index(model_type) + 40)
+    data = measure(model.folder, topk=2, precision=precision, deltas=(), progress=False)
+    inner, score = dense_scores(model.w_q, model.w_k)
+    got = data.extra["symmetry"]
+    assert np.all(np.abs(np.asarray(got["transpose_inner"]) - inner) <= factor_bound(model.w_q, model.w_k, precision))
+    norms_sq = np.einsum("llh->lh", data.gram)
+    assert np.all(np.abs(np.asarray(got["per_head"]) - score) <= 2 * factor_bound(model.w_q, model.w_k, precision)
+                  / norms_sq)
+
+
+def test_symmetric_and_skew_operators_score_one_and_minus_one():
+    rng = np.random.default_rng(3)
+    w_k = rng.standard_normal((2, 2, 24, 4))
+    skew = rng.standard_normal((2, 2, 4, 4))
+    skew -= np.swapaxes(skew, -1, -2)
+    tied = qkalign.from_weights(w_k, w_k, topk=2, precision="float64", progress=False)  # g = W_K W_K^T
+    np.testing.assert_allclose(tied.extra["symmetry"]["per_head"], 1.0, rtol=0, atol=1e-13)
+    # W_Q = W_K B with B skew: g = W_K B^T W_K^T, skew
+    antisymmetric = qkalign.from_weights(w_k @ skew, w_k, topk=2, precision="float64", progress=False)
+    np.testing.assert_allclose(antisymmetric.extra["symmetry"]["per_head"], -1.0, rtol=0, atol=1e-13)
+    result = analyze(antisymmetric)
+    # 2 heads per layer at n = 24: z = (-1 - 1/n) / (sqrt(2)/n / sqrt(2)) = -25
+    assert result.symmetry["mean"] == pytest.approx(-1.0) and np.all(result.symmetry["z_per_layer"] < -20)
+
+
+@pytest.mark.parametrize("operator", ["delta:7", "window:30"])
+def test_rotated_operators(tmp_path, operator):
+    pytest.importorskip("transformers")
+    from qkalign.testing.gguf_files import build_model
+    from qkalign.weights.measure import open_model, read_rope
+
+    build_model("llama", tmp_path)
+    data = measure(tmp_path, topk=2, precision="float64", deltas=(), operator=operator, progress=False)
+    model, layout, shape = open_model(tmp_path)
+    rope = read_rope(model, layout, shape)
+    kind, value = operator.split(":")
+    distances = [int(value)] if kind == "delta" else range(int(value))
+    for layer in range(shape.num_layers):
+        m = np.mean([rope.layer(layer).rotation(d, scaled=True) for d in distances], axis=0)
+        for head in range(shape.num_heads):
+            k = model.read_block(layout.k_block(shape, layer, head // shape.group)).astype(np.float64)
+            q = model.read_block(layout.q_block(shape, layer, head)).astype(np.float64)
+            g = k.T @ m @ q
+            want = np.sum(g * g.T) / np.sum(g * g)
+            assert abs(data.extra["symmetry"]["per_head"][layer][head] - want) <= 64 * shape.hidden_size * 2.2e-16
+
+
+def test_chance_level_against_sampling():
+    d, n, samples = 8, 300, 3000
+    rng = np.random.default_rng(11)
+    k, q = rng.standard_normal((2, samples, d, n))
+    x = q @ np.swapaxes(k, -1, -2)
+    norm_sq = np.einsum("sij,sij->s", k @ np.swapaxes(k, -1, -2), q @ np.swapaxes(q, -1, -2))
+    s = np.einsum("sij,sji->s", x, x) / norm_sq
+    level = symmetry_chance(d, n)
+    # the analytic level is exact to O(1/n) relative: within 5 standard errors plus that order
+    assert abs(s.mean() - level["mean"]) <= 5 * s.std() / np.sqrt(samples) + level["mean"] / n
+    assert abs(s.std() - level["sd"]) <= 5 * level["sd"] / np.sqrt(2 * samples) + 4 * level["sd"] / n
+    # a shrinking M (unequal singular values) is sampled; its spread stays that of M = I to sampling error (s of a
+    # rank-one K^T M Q is a squared cosine of two random vectors: mean 1/n, sd sqrt(2)/n too)
+    sampled = symmetry_chance(d, n, operator_scales=np.array([[1.0] * 4 + [0.01] * 4]))
+    assert sampled["method"].startswith("monte-carlo") and sampled["mean"] == level["mean"]
+    assert abs(sampled["sd"] - level["sd"]) <= 5 * level["sd"] / np.sqrt(2 * sampled["samples"]) + 4 * level["sd"] / n
+
+
+def test_report_json_and_bad_input(tmp_path):
+    model = write_model(tmp_path, "llama", seed=5)
+    data = measure(model.folder, topk=2, deltas=(), progress=False)
+    from qkalign.report import format_report
+
+    result = analyze(data)
+    report = format_report(result)
+    assert "(j) Symmetry of each head's operator" in report
+    np.testing.assert_array_equal(json.loads(result.to_json())["symmetry"]["per_head"], data.extra["symmetry"]["per_head"])
+    data.extra["symmetry"] = {"per_head": [[2.0] * data.num_heads] * data.num_layers}
+    with pytest.raises(InputError, match="symmetry.per_head"):
+        analyze(data)
+    data.extra["symmetry"] = "yes"
+    with pytest.raises(InputError, match="symmetry"):
+        analyze(data)
