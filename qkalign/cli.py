@@ -22,7 +22,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 # Defaults of the measure options; analyze takes them too, but only with a model folder.
 MEASURE_DEFAULTS = {"topk": DEFAULT_TOPK, "fold_norms": False, "precision": DEFAULT_PRECISION, "quiet": False,
-                    "revision": None, "deltas": None, "operator": "raw"}
+                    "revision": None, "deltas": None, "operator": "raw", "layer_symmetry": False}
 
 
 def bundled_example_path():
@@ -116,6 +116,8 @@ def _add_sweep_parser(sub):
     sw.add_argument("--topk", type=int, help=f"eigen-directions kept per layer and head (default {DEFAULT_TOPK})")
     sw.add_argument("--fold-norms", action="store_true", default=None, help="fold the norm gains into W_Q, W_K")
     sw.add_argument("--operator", metavar="raw|delta:D|window:W", help="the operator measured (default raw)")
+    sw.add_argument("--layer-symmetry", action="store_true", default=None,
+                    help="also score each layer's whole operator (Saponati et al.'s symmetry and directionality)")
     sw.add_argument("--precision", choices=PRECISIONS, help=f"precision of the big products (default "
                                                             f"{DEFAULT_PRECISION})")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -155,6 +157,9 @@ def _add_measure_options(parser, for_analyze):
     parser.add_argument("--operator", default=default("operator"), metavar="raw|delta:D|window:W",
                         help=f"the operator analysed{when}: raw W_K^T W_Q (default), the rotary operator g(D) at "
                              "distance D, or its mean over distances 0..W-1")
+    parser.add_argument("--layer-symmetry", action="store_true", default=default("layer_symmetry"),
+                        help=f"also score each layer's whole operator (heads summed) as Saponati et al.: symmetry and "
+                             f"directionality{when} (about 1.5x measure's time)")
     parser.add_argument("--deltas", type=_distances, default=default("deltas"), metavar="D1,D2,...",
                         help=f"relative distances of the rotary profile rope_profile{when} (default 0 and the powers "
                              "of two up to the model's context length; none: no profile)")
@@ -166,7 +171,7 @@ def _measure_options(args):
             for key in MEASURE_DEFAULTS}
     return dict(topk=opts["topk"], fold_norms=opts["fold_norms"], precision=opts["precision"],
                 progress=not opts["quiet"], revision=opts["revision"], deltas=opts["deltas"],
-                operator=opts["operator"])
+                operator=opts["operator"], layer_symmetry=opts["layer_symmetry"])
 
 
 def _distances(text):
@@ -341,7 +346,7 @@ def _sweep(args):
     if args.revisions_from:
         revisions += read_revisions(args.revisions_from)
     options = {key: getattr(args, key) for key in ("anchor", "backend", "match_heads", "chance_seed", "topk",
-                                                   "fold_norms", "precision", "operator")}
+                                                   "fold_norms", "precision", "operator", "layer_symmetry")}
     try:
         summary = run_sweep(args.sources, args.output, revisions or None, args.workers, args.scheduler,
                             retries=args.retries, progress=not args.quiet, **options)

@@ -113,3 +113,56 @@ def test_report_json_and_bad_input(tmp_path):
     data.extra["symmetry"] = "yes"
     with pytest.raises(InputError, match="symmetry"):
         analyze(data)
+
+
+def saponati_directionality(m, num_std=2):
+    """Their ``directionality_score`` restated in numpy, on their orientation (rows: queries), negated as reported."""
+    rows, columns = np.linalg.norm(m, axis=1), np.linalg.norm(m, axis=0)
+    row_t, col_t = rows.mean() + num_std * rows.std(ddof=1), columns.mean() + num_std * columns.std(ddof=1)
+    row_excess, col_excess = (rows[rows > row_t] - row_t).sum(), (columns[columns > col_t] - col_t).sum()
+    return 0.0 if row_excess + col_excess == 0 else -(col_excess - row_excess) / (col_excess + row_excess)
+
+
+@pytest.mark.parametrize("precision", ["float32", "float64"])
+@pytest.mark.parametrize("model_type", ["llama", "qwen3", "gpt2", "bert", "phi3"])
+def test_layer_scores_match_saponatis_on_the_dense_layer_matrix(tmp_path, model_type, precision):
+    """Per layer: their M = W_Q W_K^T (x W convention: our g summed over heads, transposed), their two scores."""
+    model = write_model(tmp_path, model_type, seed=ALL_MODEL_TYPES.index(model_type) + 60)
+    data = measure(model.folder, topk=2, precision=precision, deltas=(), layer_symmetry=True, progress=False)
+    sym = data.extra["symmetry"]
+    g = dense_operators(model.w_q, model.w_k)  # (L, H, n, n), rows on the key side
+    for layer in range(data.num_layers):
+        m = g[layer].sum(axis=0).T  # theirs: rows on the query side
+        norm_sq = np.sum(m * m)
+        bound = 2 * TOL[precision] * np.sum(np.linalg.norm(model.w_q[layer], axis=(-2, -1))) ** 2 \
+            * np.sum(np.linalg.norm(model.w_k[layer], axis=(-2, -1))) ** 2
+        assert abs(sym["layer_norm_sq"][layer] - norm_sq) <= bound
+        assert abs(sym["layer_transpose_inner"][layer] - np.sum(m * m.T)) <= bound
+        assert abs(sym["per_layer"][layer] - (2 * np.sum((m + m.T) ** 2 / 4) / norm_sq - 1)) <= 2 * bound / norm_sq
+        assert sym["directionality"][layer] == pytest.approx(saponati_directionality(m), abs=1e3 * TOL[precision])
+    result = analyze(data)
+    np.testing.assert_array_equal(result.symmetry["directionality"], sym["directionality"])
+
+
+def test_layer_scores_are_an_option(tmp_path, cli):
+    model = write_model(tmp_path, "qwen3", seed=9)
+    plain = measure(model.folder, topk=2, deltas=(), progress=False)
+    assert plain.extra["symmetry"]["per_layer"] is None and "layer_score" not in analyze(plain).symmetry
+    run = cli("analyze", model.folder, "--layer-symmetry", "--quiet", "--deltas", "none")
+    assert run.returncode == 0 and "as Saponati et al. score it: median s" in run.stdout
+    # the option adds the layer scores only: every other number is the same
+    scored = measure(model.folder, topk=2, deltas=(), layer_symmetry=True, progress=False)
+    for name in ("gram", "fro_sq", "sym_eigs", "eig_dirs"):
+        np.testing.assert_array_equal(getattr(plain, name), getattr(scored, name))
+    assert scored.extra["symmetry"]["per_head"] == plain.extra["symmetry"]["per_head"]
+
+
+def test_directionality_sign():
+    """A matrix with a few heavy columns (key side of their M) scores -1, with heavy rows +1."""
+    from qkalign.weights.layer_symmetry import directionality
+
+    norms = np.ones(50)
+    heavy = norms.copy()
+    heavy[:2] = 10.0
+    assert directionality(norms, heavy) == -1.0 and directionality(heavy, norms) == 1.0
+    assert directionality(norms, norms) == 0.0

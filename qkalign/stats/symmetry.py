@@ -66,9 +66,35 @@ def symmetry_statistics(data, operator_scales=None):
         total = np.isfinite(score).sum()
         mean = float(np.nanmean(score)) if total else float("nan")
         z = (mean - chance["mean"]) / (chance["sd"] / np.sqrt(total)) if total else float("nan")
-    return {"per_head": score, "per_layer": per_layer, "mean": mean,
-            "median": float(np.nanmedian(score)) if total else float("nan"), "chance": chance,
-            "z_per_layer": z_per_layer, "z": float(z)}
+    out = {"per_head": score, "per_layer": per_layer, "mean": mean,
+           "median": float(np.nanmedian(score)) if total else float("nan"), "chance": chance,
+           "z_per_layer": z_per_layer, "z": float(z)}
+    out.update(_layer_operator_statistics(record, data, chance))
+    return out
+
+
+def _layer_operator_statistics(record, data, chance):
+    """Saponati et al.'s per-layer scores of the layers' whole operators, where recorded: ``layer_score`` (L,) ``s``
+    with ``layer_z`` (L,) (one operator: the per-head level applies, its ``Q~`` a scaled Gaussian too),
+    ``directionality`` (L,), and their medians over layers (what Saponati et al. report)."""
+    if record.get("per_layer") is None and record.get("directionality") is None:  # not measured
+        return {}
+    shape = (data.num_layers,)
+    values = {}
+    for key, low in (("per_layer", -1 - 1e-6), ("directionality", -1 - 1e-12)):
+        try:
+            array = np.array([np.nan if v is None else v for v in record.get(key)], dtype=np.float64)
+        except (TypeError, ValueError):
+            array = None
+        if array is None or array.shape != shape or np.isinf(array).any() or (np.abs(array) > -low).any():
+            raise InputError(data.json_path, f"symmetry.{key}", f"{shape[0]} numbers in [-1, 1] (or null)",
+                             repr(record.get(key))[:80])
+        values[key] = array
+    layer_score = values["per_layer"]
+    return {"layer_score": layer_score, "layer_z": (layer_score - chance["mean"]) / chance["sd"],
+            "layer_score_median": float(np.nanmedian(layer_score)),
+            "directionality": values["directionality"],
+            "directionality_median": float(np.nanmedian(values["directionality"]))}
 
 
 def _checked_scores(record, data):

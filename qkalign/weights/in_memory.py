@@ -97,7 +97,7 @@ class StateDictTensors(ModelFolder):
 
 
 def from_state_dict(state_dict, config, *, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PRECISION,
-                    progress=True, operator="raw"):
+                    progress=True, operator="raw", layer_symmetry=False):
     """:func:`~qkalign.measure` of a ``transformers`` model in memory.
 
     Parameters
@@ -107,7 +107,7 @@ def from_state_dict(state_dict, config, *, topk=DEFAULT_TOPK, fold_norms=False, 
         model's safetensors files.
     config : dict or transformers.PretrainedConfig
         ``model.config`` (read through its ``to_dict()``) or config.json as a dict.
-    topk, fold_norms, precision, progress, operator
+    topk, fold_norms, precision, progress, operator, layer_symmetry
         As :func:`~qkalign.measure`.
 
     Returns
@@ -133,7 +133,8 @@ def from_state_dict(state_dict, config, *, topk=DEFAULT_TOPK, fold_norms=False, 
     tensors.rope = read_rope(tensors, layout, shape)
     plan, bands = profile_for(tensors, layout, None), bands_for(tensors, layout)
     rotated = operator_plan(operator, tensors.rope, "config")
-    arrays = compute_arrays(layout, shape, tensors, fold_norms, topk, precision, progress, plan, rotated, bands)
+    arrays = compute_arrays(layout, shape, tensors, fold_norms, topk, precision, progress, plan, rotated, bands,
+                            layer_symmetry)
     extra = measure_metadata("<state_dict>", layout, shape, tensors, dtypes, precision, fold_norms, arrays)
     extra.update(operator_record(operator, rotated))
     extra.update(profile_record(plan, arrays.pop("rope_gram", None), tensors.rope))
@@ -174,7 +175,7 @@ class TransformerLensLayout(Layout):
         return None
 
 
-def from_weights(W_Q, W_K, *, topk=DEFAULT_TOPK, precision=DEFAULT_PRECISION, progress=True):
+def from_weights(W_Q, W_K, *, topk=DEFAULT_TOPK, precision=DEFAULT_PRECISION, progress=True, layer_symmetry=False):
     """Grams and eigen-directions of ``g = W_K^T W_Q`` from TransformerLens-convention weights.
 
     Parameters
@@ -184,7 +185,7 @@ def from_weights(W_Q, W_K, *, topk=DEFAULT_TOPK, precision=DEFAULT_PRECISION, pr
         a Hugging Face ``q_proj.weight`` holds its transpose in rows ``h d:(h+1) d``.
     W_K : (L, H_kv, d_model, d_head) numpy array or torch tensor
         ``H_kv`` divides ``H``; query head ``h`` reads key head ``h // (H / H_kv)``.
-    topk, precision, progress
+    topk, precision, progress, layer_symmetry
         As :func:`~qkalign.measure`.
 
     Returns
@@ -204,7 +205,7 @@ def from_weights(W_Q, W_K, *, topk=DEFAULT_TOPK, precision=DEFAULT_PRECISION, pr
     layout = TransformerLensLayout("transformer_lens")
     check_topk(topk, shape)
     dtypes = check_tensors(layout, shape, tensors, False)
-    arrays = compute_arrays(layout, shape, tensors, False, topk, precision, progress)
+    arrays = compute_arrays(layout, shape, tensors, False, topk, precision, progress, layer_scores=layer_symmetry)
     extra = {"source": "qkalign.from_weights", "layout": layout.name, "num_kv_heads": shape.num_kv_heads,
              "checkpoint_dtypes": sorted(set(dtypes.values())), "precision": precision, "fold_norms": False, "folded_gains": [],
              "biases": BIASES_NOTE, "rope": "not applied: the operator of W_Q, W_K as given",

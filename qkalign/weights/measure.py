@@ -38,6 +38,7 @@ from ..memory import check_fits
 from ..qkdata import QKData
 from . import DEFAULT_PRECISION, DEFAULT_TOPK, PRECISIONS
 from .factored_operator import RANK_TOL, stacked_gram_lower, symmetric_part_eigen_from_gram
+from .layer_symmetry import layer_operator_scores
 from .layouts import find_prefix, layout_for, text_config
 from .model_folder import ModelFolder
 from .quantization import checkpoint_quantization
@@ -53,7 +54,7 @@ ROPE_NOTE = "left out: the operator at relative position 0 (no rotary embedding 
 
 
 def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PRECISION, progress=True,
-            revision=None, deltas=None, operator="raw"):
+            revision=None, deltas=None, operator="raw", layer_symmetry=False):
     """Grams and eigen-directions of the QK operators of a Hugging Face model's weights.
 
     Parameters
@@ -84,6 +85,10 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
         What the Grams and eigen-directions describe (:mod:`~qkalign.weights.rotary_operator`): ``"raw"``
         (default, ``W_K^T W_Q``), ``"delta:D"`` (the rotary operator at distance D) or ``"window:W"`` (its mean over
         distances 0..W-1); rotated operators need a rotary model.
+    layer_symmetry : bool
+        Also score each layer's whole operator (its heads summed) as Saponati et al. do: symmetry and directionality
+        (:mod:`~qkalign.weights.layer_symmetry`; n^2 H_kv d multiply-adds a layer and a second read of the weights:
+        1.5x measure's wall at the qwen3-4b shape). Each head's symmetry is always recorded.
 
     Returns
     -------
@@ -112,7 +117,8 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
     check_fits(peak_bytes(shape, topk, precision, len(plan.deltas) if plan else 0, len(bands.groups) if bands else 0),
                source.config_label(), "", f"measuring {shape.num_layers} layers x {shape.num_heads} heads (head_dim "
                f"{shape.head_dim}, hidden_size {shape.hidden_size}, topk {topk})")
-    arrays = compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan, rotated, bands)
+    arrays = compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan, rotated, bands,
+                            layer_symmetry)
     extra = measure_metadata(source, layout, shape, folder, dtypes, precision, fold_norms, arrays)
     extra.update(operator_record(operator, rotated))
     extra.update(profile_record(plan, arrays.pop("rope_gram", None), folder.rope, deltas))
@@ -275,7 +281,8 @@ def rotary_record(layout, folder):
     return {"rotary_pairing": rope.layer(0).pairing, "rotary_dims": rope.layer(0).rotary_dims}
 
 
-def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan=None, rotated=None, bands=None):
+def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan=None, rotated=None, bands=None,
+                   layer_scores=False):
     """The arrays of :class:`QKData` (gram, fro_sq, sym_eigs, eig_dirs) from the model's weights.
 
     eig_dirs comes read-only: :class:`QKData` then keeps it without a copy (L H topk n float64,
@@ -310,6 +317,8 @@ def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress,
             arrays = tasks.run(progress)
         finally:
             torch.set_num_threads(torch_threads)
+    if layer_scores:  # the layers' whole operators (Saponati et al.'s per-layer scores), on every core's BLAS
+        arrays.update(layer_operator_scores(reader, shape, None if rotated is None else rotated.maps))
     arrays["eig_dirs"].setflags(write=False)
     return arrays
 
@@ -344,20 +353,42 @@ class _HeadReader:
         blocks = np.empty((shape.num_layers, shape.head_dim, shape.hidden_size), dtype=self.dtype)
         exponents = np.zeros(shape.num_layers, dtype=np.int64)
         for layer in range(shape.num_layers):
-            # Widening is exact; FP8's float64 products are rounded once to float32 (round to nearest even).
-            block = self.folder.read_block(block_of(shape, layer, head))
-            block, exponents[layer] = self._prescaled_wide(block)
-            blocks[layer] = block
-            exponents[layer] += normalize_in_place(blocks[layer])
-            if self.fold_norms:
-                column_gain = self.layout.input_gain(shape, layer)
-                if column_gain is not None:  # W diag(gamma): the norm's output feeds W
-                    exponents[layer] += self._fold(blocks[layer], column_gain)
-                row_gain = row_gain_of(shape, layer, head)
-                if row_gain is not None:  # diag(gamma) W: a QK-norm scales W's output
-                    exponents[layer] += self._fold(blocks[layer], row_gain, rows=True)
-                exponents[layer] += normalize_in_place(blocks[layer])  # gains can move the largest entry
+            exponents[layer] = self._read_into(blocks[layer], block_of, row_gain_of, layer, head)
         return blocks, exponents
+
+    def layer_queries(self, layer):
+        """``(blocks, exponents)`` of every query head of one layer: (H, d, n), (H,) int64."""
+        return self._layer(self.layout.q_block, self.layout.q_gain, layer, self.shape.num_heads)
+
+    def layer_keys(self, layer):
+        """As :meth:`layer_queries`, for the kv heads: (H_kv, d, n), (H_kv,)."""
+        return self._layer(self.layout.k_block, self.layout.k_gain, layer, self.shape.num_kv_heads)
+
+    def _layer(self, block_of, row_gain_of, layer, count):
+        shape = self.shape
+        blocks = np.empty((count, shape.head_dim, shape.hidden_size), dtype=self.dtype)
+        exponents = np.array([self._read_into(blocks[i], block_of, row_gain_of, layer, i) for i in range(count)],
+                             dtype=np.int64)
+        return blocks, exponents
+
+    def _read_into(self, out, block_of, row_gain_of, layer, head):
+        """Read head ``head``'s block of ``layer`` into ``out`` (d, n), scaled and with its gains folded in; returns
+        its exponent (the weights are ``out 2^exponent``)."""
+        shape = self.shape
+        # Widening is exact; FP8's float64 products are rounded once to float32 (round to nearest even).
+        block = self.folder.read_block(block_of(shape, layer, head))
+        block, exponent = self._prescaled_wide(block)
+        out[:] = block
+        exponent += normalize_in_place(out)
+        if self.fold_norms:
+            column_gain = self.layout.input_gain(shape, layer)
+            if column_gain is not None:  # W diag(gamma): the norm's output feeds W
+                exponent += self._fold(out, column_gain)
+            row_gain = row_gain_of(shape, layer, head)
+            if row_gain is not None:  # diag(gamma) W: a QK-norm scales W's output
+                exponent += self._fold(out, row_gain, rows=True)
+            exponent += normalize_in_place(out)  # gains can move the largest entry
+        return exponent
 
     def _prescaled_wide(self, block):
         """``(block, e)``: a float64 ``block`` read for float32 products, times ``2^-e`` when its largest entry

@@ -12,13 +12,23 @@ import numpy as np
 
 
 def symmetry_record(arrays):
-    """The JSON's ``symmetry``: ``{"transpose_inner": L x H, "per_head": L x H}``, ``<g, g^T>`` and ``s`` of every
-    head (``s`` NaN, JSON null, for a zero operator); pops measure's ``transpose_inner`` (L, H) from ``arrays``."""
+    """The JSON's ``symmetry``: ``<g, g^T>`` (``transpose_inner``) and ``s`` (``per_head``) of every head, L x H; of every
+    layer's whole operator (:mod:`~qkalign.weights.layer_symmetry`; null unless measured) ``layer_norm_sq``,
+    ``layer_transpose_inner``, ``per_layer`` (its ``s``) and ``directionality``, L each. A zero operator's ``s`` is NaN (JSON null). Pops
+    measure's arrays of them from ``arrays``."""
     inner = arrays.pop("transpose_inner")
     norms_sq = np.einsum("llh->lh", arrays["gram"])
     with np.errstate(invalid="ignore", divide="ignore"):
         score = np.where(norms_sq > 0, inner / norms_sq, np.nan)
-    return {"symmetry": {"transpose_inner": inner.tolist(), "per_head": _nulls(score)}}
+    record = {"transpose_inner": inner.tolist(), "per_head": _nulls(score), "layer_norm_sq": None,
+              "layer_transpose_inner": None, "per_layer": None, "directionality": None}
+    if "layer_norm_sq" in arrays:  # measure(layer_symmetry=True)
+        layer_norm_sq, layer_inner = arrays.pop("layer_norm_sq"), arrays.pop("layer_transpose_inner")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            layer_score = np.where(layer_norm_sq > 0, layer_inner / layer_norm_sq, np.nan)
+        record.update(layer_norm_sq=layer_norm_sq.tolist(), layer_transpose_inner=layer_inner.tolist(),
+                      per_layer=_nulls(layer_score), directionality=arrays.pop("layer_directionality").tolist())
+    return {"symmetry": record}
 
 
 def _nulls(values):
