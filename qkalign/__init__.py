@@ -36,7 +36,7 @@ _EXPORTS = {
     "sweep": "qkalign.sweeps",
 }
 _SUBMODULES = ("cli", "checks", "errors", "extras", "figure_files", "kernels", "linalg", "plots", "qkdata", "report", "files", "stats",
-               "rope_plots", "sweep_plots", "sweeps", "testing", "weights")
+               "rope_plots", "sweep_plots", "sweeps", "symmetry_plots", "testing", "weights")
 
 __all__ = sorted(_EXPORTS)
 

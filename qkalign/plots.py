@@ -18,6 +18,7 @@ from .figure_files import part as _part
 from .figure_files import pyplot as _pyplot
 from .figure_files import save_png as _save
 from .rope_plots import ROPE_FIGURE_NAMES
+from .symmetry_plots import SYMMETRY_FIGURE_NAMES, checked_symmetry, write_symmetry_figure
 
 #: (key in result["pairs"], title, colour-bar label, chance key, colour limits)
 HEATMAPS = (
@@ -32,7 +33,8 @@ HEATMAPS = (
 )
 
 #: Every file :func:`write_figures` may write in its folder (checked before the work).
-FIGURE_NAMES = tuple(f"pairs_{h[0]}.png" for h in HEATMAPS) + ("to_anchor.png",) + ROPE_FIGURE_NAMES
+FIGURE_NAMES = tuple(f"pairs_{h[0]}.png" for h in HEATMAPS) + ("to_anchor.png",) + ROPE_FIGURE_NAMES + \
+    SYMMETRY_FIGURE_NAMES
 
 #: The chance levels the figures draw (as bands or in titles).
 CHANCE_KEYS = {h[3] for h in HEATMAPS} | {"operator_cos", "pa_mean_cos", "top1_overlap", "spectral_abs_cos"}
@@ -80,7 +82,8 @@ def checked_result(result, source):
                   "num_heads": positive_int(meta.get("num_heads"), source, "meta.num_heads"),
                   "topk": positive_int(meta.get("topk"), source, "meta.topk"),
                   "anchor": int_in_range(meta.get("anchor"), 0, num_layers - 1, source, "meta.anchor"),
-                  "model": _model_name(meta.get("grams_path"))}
+                  "model": _model_name(meta.get("grams_path")),
+                  "operator": str(meta.get("operator") or "raw")[:40]}
     curves = {}
     for part, key in (("to_anchor", "cos"), ("principal_angles", "mean_cos"), ("principal_angles", "top1_overlap")):
         curves[f"{part}.{key}"] = _numbers(_part(result, part, source).get(key), (num_layers,), source, f"{part}.{key}")
@@ -130,6 +133,7 @@ def write_figures(result, out_dir, source="result"):
         The PNG files written.
     """
     meta, curves, heatmaps, chance, (profile, bands) = checked_result(result, source)
+    symmetry = checked_symmetry(result, meta, source)
     plt = _pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -161,4 +165,7 @@ def write_figures(result, out_dir, source="result"):
     written.append(path)
     from .rope_plots import write_rope_figures
 
-    return written + write_rope_figures(plt, meta, profile, bands, chance.get("operator_cos"), out_dir)
+    written += write_rope_figures(plt, meta, profile, bands, chance.get("operator_cos"), out_dir)
+    if symmetry is not None:
+        written.append(write_symmetry_figure(plt, meta, symmetry, out_dir / SYMMETRY_FIGURE_NAMES[0]))
+    return written

@@ -90,7 +90,9 @@ def write_sweep_figures(store, out_dir):
     :data:`MAX_GRID_RUNS`, evenly spaced), each cropped to its own layers. Where runs hold a
     rotary profile, ``rope_profile_vs_step.png`` (adjacent and to-anchor cosine at a few Δ);
     where they hold frequency bands, ``rope_bands_vs_step.png`` (each group's share of the
-    energy and its to-anchor cosine).
+    energy and its to-anchor cosine); where they hold symmetry scores, ``symmetry_vs_step.png`` (the heads'
+    mean and median ``s`` with their chance level, and the layers' median ``s`` and directionality where
+    measured with ``layer_symmetry``).
     """
     import xarray as xr
 
@@ -116,6 +118,8 @@ def write_sweep_figures(store, out_dir):
         written.append(_rope_profile_figure(plt, ds, runs, deltas, out_dir))
     if band_groups(ds, runs):
         written.append(_rope_bands_figure(plt, ds, runs, out_dir))
+    if "symmetry.mean" in ds:
+        written.append(_symmetry_figure(plt, ds, runs, out_dir))
     return written
 
 
@@ -336,6 +340,45 @@ def _rope_bands_figure(plt, ds, runs, out_dir):
         _legend(ax, runs, groups)
     fig.suptitle(f"Rotary frequency bands across {len(runs)} runs", fontsize=11)
     return _written(plt, fig, out_dir / "rope_bands_vs_step.png")
+
+
+def _symmetry_figure(plt, ds, runs, out_dir):
+    """Left: the mean and median symmetry score ``s`` of every head against the step, with each run's chance level
+    ±2 s.e. of a mean over its L H heads; right: the layers' whole operators (median over layers of ``s`` and of the
+    directionality), where measured."""
+    x, xlabel = _x_values(runs)
+    fig, axes = plt.subplots(1, 2, figsize=(FIGSIZE[0] * 2, FIGSIZE[1]), dpi=DPI, squeeze=False)
+    heads, layers = axes.flat
+    _follow(heads, runs, x, lambda i: float(ds["symmetry.mean"].values[i]), "C0")
+    _follow(heads, runs, x, lambda i: float(ds["symmetry.median"].values[i]), "C1")
+    if "symmetry.chance.mean" in ds:
+        members = sorted((x[j], run["index"]) for j, run in enumerate(runs))
+        indices = [index for _, index in members]
+        mean, sd = ds["symmetry.chance.mean"].values[indices], ds["symmetry.chance.sd"].values[indices]
+        count = np.maximum(ds["meta.num_layers"].values[indices] * ds["meta.num_heads"].values[indices], 1)
+        xs = np.array([xv for xv, _ in members], dtype=float)
+        heads.fill_between(xs, mean - 2 * sd / np.sqrt(count), mean + 2 * sd / np.sqrt(count), color="0.5",
+                           alpha=0.3, linewidth=0, label="chance ±2 s.e. of a mean of L·H unrelated heads")
+    heads.axhline(0.0, color="0.3", linestyle=":", linewidth=1)
+    heads.set_title("Each head: symmetry score s = <g, gᵀ>/‖g‖²", fontsize=10)
+    heads.set_ylabel("s (1 symmetric, −1 skew)")
+    _step_axis(heads, runs, x, xlabel)
+    _legend(heads, runs, ["mean over heads", "median over heads"])
+    names = []
+    for key, label in (("symmetry.layer_score_median", "layer operator: median s"),
+                       ("symmetry.directionality_median", "layer operator: median directionality")):
+        if key in ds:
+            _follow(layers, runs, x, lambda i, key=key: float(ds[key].values[i]), f"C{len(names) % 10}")
+            names.append(label)
+    layers.axhline(0.0, color="0.3", linestyle=":", linewidth=1)
+    layers.set_title("Each layer's whole operator (Saponati et al.'s scores)" if names else
+                     "Each layer's whole operator: not measured (--layer-symmetry)", fontsize=10)
+    layers.set_ylabel("median over layers")
+    _step_axis(layers, runs, x, xlabel)
+    if names:
+        _legend(layers, runs, names)
+    fig.suptitle(f"Symmetric or directional: QK operators across {len(runs)} runs", fontsize=11)
+    return _written(plt, fig, out_dir / "symmetry_vs_step.png")
 
 
 def _written(plt, fig, path):

@@ -245,8 +245,10 @@ def test_plot_of_a_store(swept, cli, tmp_path):
     written = sorted(p.name for p in (tmp_path / "figs").iterdir())
     bands = ["rope_bands_vs_step.png"] if "rope_bands.groups" in ds else []  # where measure records bands
     assert written == ["grid_operator_cos.png", "grid_pairs_pa_mean_cos_mean.png"] + bands + [
-        "rope_profile_vs_step.png", "statistics_vs_step.png"]  # the checkpoints are Llama's: RoPE, a distance profile
+        "rope_profile_vs_step.png", "statistics_vs_step.png", "symmetry_vs_step.png"]  # Llama's: RoPE, a profile
     assert ds["rope_profile.norm_ratio"].dims == ("run", "delta", "layer", "head")
+    assert ds["symmetry.per_head"].dims == ("run", "layer", "head") and ds["symmetry.z_per_layer"].dims == ("run", "layer")
+    assert matplotlib.image.imread(tmp_path / "figs" / "symmetry_vs_step.png").std() > 0.05  # drawn, not blank
     height, width, _ = matplotlib.image.imread(tmp_path / "figs" / "statistics_vs_step.png").shape
     assert (width, height) == (round(6.4 * 2 * 150), round(5.2 * 1.6 * 150))
     not_a_store = cli("plot", tmp_path / "figs", tmp_path / "more")
@@ -312,9 +314,10 @@ def test_figures_follow_revisions_and_steps(reference, tmp_path):
     mean_cos, anchor = reference["step0"]["principal_angles.mean_cos"], int(reference["step0"]["meta.anchor"])
     assert statistic(ds, 1, "anchor_pa_mean_cos") == pytest.approx(np.delete(mean_cos, anchor).mean(), rel=1e-15)
     bands = ["rope_bands_vs_step.png"] if "rope_bands.groups" in reference["step0"] else []
+    symmetry = ["symmetry_vs_step.png"] if "symmetry.mean" in reference["step0"] else []
     assert [p.name for p in write_sweep_figures(tmp_path / "s.zarr", tmp_path / "figs")] == [
         "statistics_vs_step.png", "grid_operator_cos.png", "grid_pairs_pa_mean_cos_mean.png",
-        "rope_profile_vs_step.png"] + bands  # Llama has RoPE: its distance profile (and bands, where measured)
+        "rope_profile_vs_step.png"] + bands + symmetry  # Llama has RoPE: its profile (bands, symmetry where measured)
 
 
 def with_bands(variables, seed, pairs=4):

@@ -166,3 +166,21 @@ def test_directionality_sign():
     heavy[:2] = 10.0
     assert directionality(norms, heavy) == -1.0 and directionality(heavy, norms) == 1.0
     assert directionality(norms, norms) == 0.0
+
+
+def test_plot_draws_the_scores_and_refuses_malformed_ones(tmp_path, cli):
+    import matplotlib.image
+
+    from qkalign.testing.refusals import one_error_line
+
+    model = write_model(tmp_path, "qwen3", seed=21)
+    out = tmp_path / "r.json"
+    run = cli("analyze", model.folder, "--layer-symmetry", "--quiet", "--deltas", "none", "--json", out,
+              "--plot", tmp_path / "figs")
+    assert run.returncode == 0, run.stderr
+    assert matplotlib.image.imread(tmp_path / "figs" / "symmetry.png").std() > 0.05  # drawn, not blank
+    doc = json.loads(out.read_text())
+    doc["symmetry"]["per_head"] = doc["symmetry"]["per_head"][:-1]
+    out.write_text(json.dumps(doc))
+    one_error_line(cli("plot", out, tmp_path / "again"), "symmetry.per_head")
+    assert not (tmp_path / "again" / "symmetry.png").exists()

@@ -57,6 +57,8 @@ DIMENSIONS = (
     ("rope_bands.group_of_pair*", ("band",)),
     ("rope_bands.group_cos.to_anchor_per_layer", ("group", "layer")),
     ("rope_bands.group_cos.*", ("group",)),
+    ("symmetry.per_head", ("layer", "head")),
+    ("symmetry.*", ("layer",)),  # per_layer, z_per_layer, layer_score, layer_z, directionality (scalars: no dims)
 )
 
 

@@ -1,0 +1,71 @@
+"""The figure of the symmetry scores ``s = <g, g^T> / ||g||^2`` (:mod:`qkalign.stats.symmetry`) of an analysis JSON:
+every head's ``s`` as a layer x head map, and per layer the heads' mean against chance, with the layers' whole
+operators (Saponati et al.'s scores) where measured."""
+
+import numpy as np
+
+from .errors import InputError
+from .figure_files import DPI, FIGSIZE, numbers, save_png
+
+SYMMETRY_FIGURE_NAMES = ("symmetry.png",)
+
+
+def checked_symmetry(result, meta, source):
+    """The drawn parts of ``result["symmetry"]`` checked (None when absent): ``per_head`` (L, H), ``per_layer`` (L,),
+    ``chance`` {mean, sd}, and ``layer_score``, ``directionality`` (L,) or None; one error line for anything else."""
+    doc = result.get("symmetry")
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        raise InputError(source, "symmetry", "an object", type(doc).__name__)
+    L, H = meta["num_layers"], meta["num_heads"]
+    chance = doc.get("chance")
+    if not isinstance(chance, dict):
+        raise InputError(source, "symmetry.chance", "an object", type(chance).__name__)
+    out = {"per_head": numbers(doc.get("per_head"), (L, H), source, "symmetry.per_head"),
+           "per_layer": numbers(doc.get("per_layer"), (L,), source, "symmetry.per_layer"),
+           "chance": {key: float(numbers(chance.get(key), (), source, f"symmetry.chance.{key}"))
+                      for key in ("mean", "sd")}}
+    for key in ("layer_score", "directionality"):
+        out[key] = None if doc.get(key) is None else numbers(doc.get(key), (L,), source, f"symmetry.{key}")
+    return out
+
+
+def write_symmetry_figure(plt, meta, sym, path):
+    """Left: ``s`` of every head, layer x head, diverging colours centred at the chance level (scale: the largest
+    distance from it); right: each layer's head mean with the chance level ±2 s.e. of a mean of H heads, and the
+    layer operator's ``s`` and directionality where measured."""
+    L, H = meta["num_layers"], meta["num_heads"]
+    center, sd = sym["chance"]["mean"], sym["chance"]["sd"]
+    fig, (hm, ax) = plt.subplots(1, 2, figsize=(FIGSIZE[0] * 2, FIGSIZE[1]), dpi=DPI)
+    deviation = np.abs(sym["per_head"] - center)
+    limit = float(np.nanmax(deviation)) if np.isfinite(deviation).any() and np.nanmax(deviation) > 0 else 1.0
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
+    image = hm.imshow(sym["per_head"], origin="lower", aspect="auto", cmap=cmap, vmin=center - limit,
+                      vmax=center + limit, interpolation="nearest")
+    fig.colorbar(image, ax=hm).set_label(f"s (centre: chance {center:.2g})")
+    hm.set_xlabel("head h")
+    hm.set_ylabel("layer L")
+    hm.set_title(f"Each head's symmetry score s = <g, gᵀ>/‖g‖² ({L}×{H} heads)", fontsize=10)
+    layers = np.arange(L)
+    half = 2 * sd / np.sqrt(H)
+    ax.axhspan(center - half, center + half, color="0.5", alpha=0.3, linewidth=0,
+               label=f"chance {center:.2g} ± 2 s.e. of a mean of {H} unrelated heads")
+    ax.plot(layers, sym["per_layer"], marker="o", markersize=3, color="C0", label="mean over the layer's heads")
+    ax.plot(layers, np.nanmin(sym["per_head"], axis=1), color="C0", linestyle=":", linewidth=1, label="min, max")
+    ax.plot(layers, np.nanmax(sym["per_head"], axis=1), color="C0", linestyle=":", linewidth=1)
+    if sym["layer_score"] is not None:
+        ax.plot(layers, sym["layer_score"], marker="s", markersize=3, color="C1",
+                label="the layer's whole operator (Saponati et al.)")
+    if sym["directionality"] is not None:
+        ax.plot(layers, sym["directionality"], marker="^", markersize=3, color="C2",
+                label="its directionality (< 0: key columns stand out)")
+    ax.axhline(0.0, color="0.3", linestyle=":", linewidth=1)
+    ax.set_xlabel("layer L")
+    ax.set_ylabel("score in [−1, 1] (s: 1 symmetric, −1 skew)")
+    ax.set_title("Per layer, against chance", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{meta['model']}: symmetric or directional QK operators ({meta.get('operator', 'raw')})", fontsize=11)
+    fig.tight_layout()
+    save_png(plt, fig, path)
+    return path
