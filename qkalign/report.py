@@ -328,15 +328,20 @@ def _rope_section(result):
     L, H = meta["num_layers"], meta["num_heads"]
     level = (result.chance or {}).get("operator_cos")
     out = ["", f"=== [qkalign] (h) Rotary distance profile: g(D) = W_K^T R(D) W_Q, mean over {H} heads ===",
-           "       D  adjacent  to_anchor  z(to_anchor)  offdiag   head norm / D=0 (median, min, max)"]
+           "       D  adjacent  to_anchor  z(to_anchor)  offdiag   head norm / D=0 (median, min, max)"
+           + ("   mean s" if "symmetry" in profile else "")]
     for t, delta in enumerate(profile["deltas"]):
         ratio = profile["norm_ratio"][t]
         z = f"{_z(profile['to_anchor'][t], level, (L - 1) * H):+12.1f}" if level and L > 1 else f"{'':>12}"
+        symmetry = f"    {profile['symmetry'][t]:+.4f}" if "symmetry" in profile else ""
         out.append(f"  {delta:6d}   {profile['adjacent'][t]:+.4f}    {profile['to_anchor'][t]:+.4f}  {z}  "
                    f"{profile['offdiag'][t]:+.4f}   {np.nanmedian(ratio):.3f} {np.nanmin(ratio):.3f} "
-                   f"{np.nanmax(ratio):.3f}")
+                   f"{np.nanmax(ratio):.3f}{symmetry}")
     out.append(f"  [qkalign] D = query position - key position; to_anchor: anchor L={meta['anchor']} excluded; "
                "chance as for the operator cosine (a rotation of unrelated operators is unrelated)")
+    if "symmetry" in profile:
+        out.append("  [qkalign] mean s: the heads' symmetry score <g(D), g(D)^T>/||g(D)||^2 at each distance "
+                   "(section (j)); the rotation moves energy between the symmetric and skew parts")
     return out
 
 

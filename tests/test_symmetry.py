@@ -184,3 +184,36 @@ def test_plot_draws_the_scores_and_refuses_malformed_ones(tmp_path, cli):
     out.write_text(json.dumps(doc))
     one_error_line(cli("plot", out, tmp_path / "again"), "symmetry.per_head")
     assert not (tmp_path / "again" / "symmetry.png").exists()
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
+def test_symmetry_at_every_profile_distance_matches_dense(tmp_path, model_type):
+    """``rope_profile.transpose_inner``: <g(Δ), g(Δ)^T> of every head from dense g(Δ) = K^T S R(Δ) S Q (Gemma 3: each
+    layer's own RoPE); at Δ = 0 (a head rotated whole, attention factor s) it is s^4 times the raw one."""
+    pytest.importorskip("transformers")
+    from qkalign.testing.gguf_files import build_model
+    from qkalign.weights.measure import open_model, read_rope
+
+    overrides = {} if model_type == "llama" else dict(
+        num_hidden_layers=3, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+                         "full_attention": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6,
+                                            "original_max_position_embeddings": 32}})
+    build_model(model_type, tmp_path, **overrides)
+    deltas = (0, 3, 100)
+    data = measure(tmp_path, topk=2, precision="float64", deltas=deltas, progress=False)
+    got = np.asarray(data.extra["rope_profile"]["transpose_inner"])
+    model, layout, shape = open_model(tmp_path)
+    rope = read_rope(model, layout, shape)
+    for layer in range(shape.num_layers):
+        for head in range(shape.num_heads):
+            k = model.read_block(layout.k_block(shape, layer, head // shape.group)).astype(np.float64)
+            q = model.read_block(layout.q_block(shape, layer, head)).astype(np.float64)
+            for t, delta in enumerate(deltas):
+                g = k.T @ rope.layer(layer).rotation(delta, scaled=True) @ q
+                assert abs(got[t, layer, head] - np.sum(g * g.T)) <= 64 * shape.hidden_size * 2.2e-16 * np.sum(g * g)
+    factor = np.array([rope.layer(layer).attention_factor for layer in range(shape.num_layers)]) ** 4
+    np.testing.assert_allclose(got[0], factor[:, None] * np.asarray(data.extra["symmetry"]["transpose_inner"]),
+                               rtol=1e-12, atol=1e-12 * np.abs(got[0]).max())
+    profile = analyze(data).rope_profile
+    assert profile["symmetry"].shape == (len(deltas),) and np.isfinite(profile["symmetry"]).all()

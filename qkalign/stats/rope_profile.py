@@ -18,7 +18,9 @@ def rope_profile_statistics(profile, anchor):
     dict or None
         ``deltas`` (D,); ``adjacent``, ``to_anchor``, ``offdiag`` (D,) float64: head- and pair-mean operator
         cosines; ``to_anchor_per_layer`` (D, L) head-mean cosine of each layer to the anchor (the anchor's
-        own: 1); ``norm_ratio`` (D, L, H) float64, each head's norm relative to its norm at Δ = 0.
+        own: 1); ``norm_ratio`` (D, L, H) float64, each head's norm relative to its norm at Δ = 0; where measure
+        recorded ``transpose_inner``, ``symmetry`` (D,) and ``symmetry_per_layer`` (D, L): the heads' mean symmetry
+        score ``<g(Δ), g(Δ)^T> / ||g(Δ)||^2`` (:mod:`qkalign.stats.symmetry`).
     """
     if not profile:
         return None
@@ -34,7 +36,7 @@ def rope_profile_statistics(profile, anchor):
     to_anchor = mean_cos[:, :, anchor].copy()
     to_anchor[:, anchor] = 1.0  # exact by construction
     layers = np.arange(num_layers - 1)
-    return {
+    out = {
         "deltas": list(profile["deltas"]),
         "adjacent": mean_cos[:, layers, layers + 1].mean(axis=1) if num_layers > 1 else np.full(len(gram), np.nan),
         "to_anchor": mean_cos[:, others, anchor].mean(axis=1) if num_layers > 1 else np.full(len(gram), np.nan),
@@ -42,3 +44,9 @@ def rope_profile_statistics(profile, anchor):
         "to_anchor_per_layer": to_anchor,
         "norm_ratio": norm_ratio,
     }
+    if profile.get("transpose_inner") is not None:  # each head's symmetry s(Δ) = <g(Δ), g(Δ)^T> / ||g(Δ)||^2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            score = np.asarray(profile["transpose_inner"], dtype=np.float64) / norms**2  # (D, L, H)
+        out["symmetry"] = np.nanmean(score, axis=(1, 2))
+        out["symmetry_per_layer"] = np.nanmean(score, axis=2)
+    return out

@@ -47,6 +47,7 @@ DIMENSIONS = (
     ("matched.adjacent.*", ("adjacent",)),
     ("rope_profile.to_anchor_per_layer", ("delta", "layer")),
     ("rope_profile.norm_ratio", ("delta", "layer", "head")),
+    ("rope_profile.symmetry_per_layer", ("delta", "layer")),
     ("rope_profile.*", ("delta",)),  # deltas, adjacent, to_anchor, offdiag
     ("rope_bands.share", ("layer", "head", "band")),
     ("rope_bands.share_mean", ("layer", "band")),

@@ -137,7 +137,8 @@ def from_state_dict(state_dict, config, *, topk=DEFAULT_TOPK, fold_norms=False, 
                             layer_symmetry)
     extra = measure_metadata("<state_dict>", layout, shape, tensors, dtypes, precision, fold_norms, arrays)
     extra.update(operator_record(operator, rotated))
-    extra.update(profile_record(plan, arrays.pop("rope_gram", None), tensors.rope))
+    extra.update(profile_record(plan, arrays.pop("rope_gram", None), tensors.rope, None,
+                                arrays.pop("rope_transpose_inner", None)))
     extra.update(band_record(bands, arrays, tensors.rope))
     extra.update(symmetry_record(arrays))
     extra.update(model_source=extra["model_dir"], source_kind="memory", source_format="state_dict")

@@ -47,7 +47,7 @@ from .rope_bands import band_plan, band_record
 from .rope_profile import DEFAULT_CONTEXT, check_deltas, default_deltas, profile_plan, profile_record
 from .rotary_operator import operator_plan, operator_record, parse_operator
 from .sources import resolve_source
-from .symmetry import symmetry_record
+from .symmetry import rotated_transpose_inner, symmetry_record
 
 BIASES_NOTE = "left out: the operator is W_K^T W_Q of the weights alone"
 ROPE_NOTE = "left out: the operator at relative position 0 (no rotary embedding applied)"
@@ -121,7 +121,8 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
                             layer_symmetry)
     extra = measure_metadata(source, layout, shape, folder, dtypes, precision, fold_norms, arrays)
     extra.update(operator_record(operator, rotated))
-    extra.update(profile_record(plan, arrays.pop("rope_gram", None), folder.rope, deltas))
+    extra.update(profile_record(plan, arrays.pop("rope_gram", None), folder.rope, deltas,
+                                arrays.pop("rope_transpose_inner", None)))
     extra.update(band_record(bands, arrays, folder.rope))
     extra.update(symmetry_record(arrays))
     return QKData(shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size, **arrays,
@@ -435,6 +436,7 @@ class _HeadTasks:
                         eig_dirs=np.empty((L, H, topk, n)), transpose_inner=np.empty((L, H)))
         if plan is not None:
             self.out["rope_gram"] = np.empty((len(plan.deltas), L, L, H))
+            self.out["rope_transpose_inner"] = np.empty((len(plan.deltas), L, H))
         self.bands, self.rotary_bands = bands, rotary_bands  # the frequency bands likewise, with a BandPlan
         if bands is not None:
             self.out.update(rope_band_energy=np.empty((L, H, len(bands.first) + 1)),
@@ -454,7 +456,7 @@ class _HeadTasks:
         else:  # its one table row (c, s) of M
             gram = self._rotated_grams(qq, kk, self.rotated)[0]
         maps = None if self.rotated is None else self.rotated.maps
-        fro_sq, sym_eigs, eig_dirs, transpose_inner = _layer_work(k, q, kk, qq, self.topk, self.precision, maps)
+        fro_sq, sym_eigs, eig_dirs, transpose_inner, kq = _layer_work(k, q, kk, qq, self.topk, self.precision, maps)
         # The blocks were K_L 2^-ek[L] and Q_L 2^-eq[L], so the operator computed for layer L was
         # g_L 2^-e[L]: its gram entries scale by 2^-(e[L] + e[L']), fro_sq by 2^-2e[L], the spectrum
         # by 2^-e[L], and the eigenvectors not at all. ldexp undoes that exactly in float64.
@@ -470,6 +472,9 @@ class _HeadTasks:
         out["eig_dirs"][:, head] = eig_dirs
         if self.plan is not None:
             out["rope_gram"][..., head] = np.ldexp(self._profile(qq, kk), e[:, None] + e[None, :])
+            p = self.plan  # each head's symmetry at every distance, from its (d, d) K Q^T
+            out["rope_transpose_inner"][..., head] = np.ldexp(
+                rotated_transpose_inner(kq, p.cos, p.sin, p.first, p.second, p.layer_kinds), 2 * e)
         if self.bands is not None:
             b = self.bands
             energy, mean_energy, group_gram = self.rotary_bands(
@@ -531,7 +536,7 @@ class _HeadTasks:
 
 
 def _layer_work(k, q, kk, qq, topk, precision, maps=None):
-    """``fro_sq``, ``sym_eigs``, ``eig_dirs`` and ``transpose_inner`` of one head in every layer.
+    """``fro_sq``, ``sym_eigs``, ``eig_dirs``, ``transpose_inner`` of one head in every layer, and ``K Q^T`` (L, d, d).
 
     ``transpose_inner[L] = <g_L, g_L^T>_F = tr(g_L g_L) = tr((Q_L K_L^T)^2)`` (with ``M``: ``tr((M Q_L K_L^T)^2)``),
     from the (d, d) product ``K Q^T`` formed for ``fro_sq`` (:mod:`~qkalign.weights.symmetry`).
@@ -551,6 +556,7 @@ def _layer_work(k, q, kk, qq, topk, precision, maps=None):
     a_gram[:, :d, d:] = kq
     a_gram[:, d:, :d] = np.swapaxes(kq, -1, -2)
     sym_eigs, eig_dirs = symmetric_part_eigen_from_gram(k, q, a_gram, topk, RANK_TOL[precision], j_map=maps)
+    raw_kq = kq
     if maps is not None:
         kq = kq @ np.swapaxes(maps, -1, -2)  # K (M Q)^T
-    return np.einsum("lij,lij->l", kq, kq), sym_eigs, eig_dirs, np.einsum("lij,lji->l", kq, kq)
+    return np.einsum("lij,lij->l", kq, kq), sym_eigs, eig_dirs, np.einsum("lij,lji->l", kq, kq), raw_kq

@@ -94,11 +94,14 @@ def differing_pairs(model_rope):
                    for a, b in (spec.pairs() for spec in model_rope.specs.values()))
 
 
-def profile_record(plan, gram, model_rope, deltas=None):
-    """The JSON's ``rope_profile``: ``{"deltas": [...], "gram": D x L x L x H}``, or None (with the reason in
+def profile_record(plan, gram, model_rope, deltas=None, transpose_inner=None):
+    """The JSON's ``rope_profile``: ``{"deltas": [...], "gram": D x L x L x H, "transpose_inner": D x L x H}``
+    (``<g(Δ), g(Δ)^T>`` of every head: its symmetry at each distance), or None (with the reason in
     ``rope_profile_note``)."""
     if plan is not None:
-        return {"rope_profile": {"deltas": list(plan.deltas), "gram": gram.tolist()}, "rope_profile_note": None}
+        record = {"deltas": list(plan.deltas), "gram": gram.tolist(),
+                  "transpose_inner": None if transpose_inner is None else transpose_inner.tolist()}
+        return {"rope_profile": record, "rope_profile_note": None}
     if model_rope is None:
         note = "no RoPE"
     elif deltas is not None and len(deltas) == 0:

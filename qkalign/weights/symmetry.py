@@ -31,6 +31,28 @@ def symmetry_record(arrays):
     return {"symmetry": record}
 
 
+def rotated_transpose_inner(kq, cos, sin, first, second, layer_kinds=None):
+    """``<g_L(Δ_t), g_L(Δ_t)^T> = tr((M_t Q_L K_L^T)^2)`` for every distance of a rotary profile: (D, L) float64.
+
+    kq: (L, d, d) ``K_L Q_L^T``; cos, sin: (D, P) tables of ``M_t = S R(Δ_t) S`` (or (K, D, P) with ``layer_kinds``
+    (L,), one per kind of layer), pairs ``first``, ``second`` (P,). ``M`` turns only the rows of each pair, so
+    ``M X`` costs O(d^2) per layer and distance.
+    """
+    x = np.swapaxes(np.asarray(kq, dtype=np.float64), -1, -2)  # Q K^T
+    cos, sin = np.asarray(cos, dtype=np.float64), np.asarray(sin, dtype=np.float64)
+    if layer_kinds is None:
+        cos, sin, layer_kinds = cos[None], sin[None], np.zeros(len(x), dtype=np.int64)
+    out = np.empty((cos.shape[1], len(x)))
+    top, bottom = x[:, first], x[:, second]  # (L, P, d)
+    for t in range(cos.shape[1]):
+        c, s = cos[layer_kinds, t][:, :, None], sin[layer_kinds, t][:, :, None]  # (L, P, 1)
+        y = x.copy()
+        y[:, first] = c * top - s * bottom
+        y[:, second] = s * top + c * bottom
+        out[t] = np.einsum("lij,lji->l", y, y)
+    return out
+
+
 def _nulls(values):
     """``values`` as nested lists with NaN as None (JSON null)."""
     return np.where(np.isnan(values), None, values).tolist()
