@@ -22,7 +22,8 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 # Defaults of the measure options; analyze takes them too, but only with a model folder.
 MEASURE_DEFAULTS = {"topk": DEFAULT_TOPK, "fold_norms": False, "precision": DEFAULT_PRECISION, "quiet": False,
-                    "revision": None, "deltas": None, "operator": "raw", "layer_symmetry": False}
+                    "revision": None, "deltas": None, "operator": "raw", "layer_symmetry": False,
+                    "symmetry_split": False}
 
 
 def bundled_example_path():
@@ -118,6 +119,8 @@ def _add_sweep_parser(sub):
     sw.add_argument("--operator", metavar="raw|delta:D|window:W", help="the operator measured (default raw)")
     sw.add_argument("--layer-symmetry", action="store_true", default=None,
                     help="also score each layer's whole operator (Saponati et al.'s symmetry and directionality)")
+    sw.add_argument("--symmetry-split", action="store_true", default=None,
+                    help="also split the cross-layer operator cosine into symmetric and skew parts")
     sw.add_argument("--precision", choices=PRECISIONS, help=f"precision of the big products (default "
                                                             f"{DEFAULT_PRECISION})")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -163,6 +166,9 @@ def _add_measure_options(parser, for_analyze):
     parser.add_argument("--deltas", type=_distances, default=default("deltas"), metavar="D1,D2,...",
                         help=f"relative distances of the rotary profile rope_profile{when} (default 0 and the powers "
                              "of two up to the model's context length; none: no profile)")
+    parser.add_argument("--symmetry-split", action="store_true", default=default("symmetry_split"),
+                        help=f"also split the cross-layer operator cosine into symmetric and skew parts{when} (one more "
+                             "(L d)^2 n product per query head: gram_transpose)")
 
 
 def _measure_options(args):
@@ -171,7 +177,8 @@ def _measure_options(args):
             for key in MEASURE_DEFAULTS}
     return dict(topk=opts["topk"], fold_norms=opts["fold_norms"], precision=opts["precision"],
                 progress=not opts["quiet"], revision=opts["revision"], deltas=opts["deltas"],
-                operator=opts["operator"], layer_symmetry=opts["layer_symmetry"])
+                operator=opts["operator"], layer_symmetry=opts["layer_symmetry"],
+                symmetry_split=opts["symmetry_split"])
 
 
 def _distances(text):
@@ -346,7 +353,8 @@ def _sweep(args):
     if args.revisions_from:
         revisions += read_revisions(args.revisions_from)
     options = {key: getattr(args, key) for key in ("anchor", "backend", "match_heads", "chance_seed", "topk",
-                                                   "fold_norms", "precision", "operator", "layer_symmetry")}
+                                                   "fold_norms", "precision", "operator", "layer_symmetry",
+                                                   "symmetry_split")}
     try:
         summary = run_sweep(args.sources, args.output, revisions or None, args.workers, args.scheduler,
                             retries=args.retries, progress=not args.quiet, **options)

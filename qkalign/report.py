@@ -292,6 +292,8 @@ def format_extended_report(result):
         out += _bands_section(result)
     if result.symmetry is not None:
         out += _symmetry_section(result)
+    if result.symmetry_split is not None:
+        out += _symmetry_split_section(result)
     return "\n".join(out) + "\n" if out else ""
 
 
@@ -396,3 +398,39 @@ def _group_pairs(bands, group):
         chosen += [np.inf if w is None else w for w in members]
     span = f"{min(chosen):.3g}-{max(chosen):.3g}" if chosen else "none"
     return "/".join(counts), span
+
+
+def _symmetry_split_section(result):
+    """(k) the cross-layer operator cosine split into the symmetric and skew parts: each half's cosines across layers,
+    and the share of the agreement it carries."""
+    split, meta = result.symmetry_split, result.meta
+    L, H, anchor = meta["num_layers"], meta["num_heads"], meta["anchor"]
+    out = ["", f"=== [qkalign] (k) Symmetric and skew parts across layers: cos_S = <S_L, S_L'>/(||S_L|| ||S_L'||), "
+               f"S = (g + g^T)/2, cos_A likewise for A = (g - g^T)/2, mean over {H} heads ===",
+           f"    {'part':<4} {'adjacent':>8} {'to_anchor':>9} {'offdiag':>8} {'z(adj)':>8} {'z(anchor)':>9} "
+           f"{'z(offdiag)':>10}"]
+    for part in ("S", "A"):
+        s = split[part]
+        out.append(f"    {part:<4} {s['adjacent']:>+8.4f} {s['to_anchor']:>+9.4f} {s['offdiag']:>+8.4f} "
+                   f"{s['z_adjacent']:>+8.1f} {s['z_to_anchor']:>+9.1f} {s['z_offdiag']:>+10.1f}")
+    others = np.arange(L) != anchor
+    cos = result.operator_cos
+    off = ~np.eye(L, dtype=bool)
+    g = [result.adjacent["mean"], float(cos[others, anchor].mean()) if L > 1 else np.nan,
+         float(cos[off].mean()) if L > 1 else np.nan]
+    out.append(f"    {'g':<4} {g[0]:>+8.4f} {g[1]:>+9.4f} {g[2]:>+8.4f}   (the operator cosine, for comparison)")
+    shares = split["offdiag_agreement"]
+    out.append(f"  [qkalign] cross-layer agreement, the mean off-diagonal operator cosine {shares['operator_cos']:+.4f} = "
+               f"{shares['S']:+.4f} (S) {shares['A']:+.4f} (A): fraction carried by S {split['frac_S']:.3f}, by A "
+               f"{split['frac_A']:.3f} (weighted by the operators' norms: S {split['frac_S_weighted']:.3f})")
+    out.append(f"    {'L':>3} {'cos_S->anchor':>13} {'cos_A->anchor':>13} {'cos_S(L,L+1)':>12} {'cos_A(L,L+1)':>12}")
+    for layer in range(L):
+        nxt = [f"{split[f'cos_{part}'][layer, layer + 1]:>+12.4f}" if layer + 1 < L else f"{'':>12}"
+               for part in ("S", "A")]
+        out.append(f"    {layer:>3} {split['to_anchor_per_layer']['S'][layer]:>+13.4f} "
+                   f"{split['to_anchor_per_layer']['A'][layer]:>+13.4f} {nxt[0]} {nxt[1]}".rstrip())
+    chance = split["chance"]
+    out.append(f"  [qkalign] to_anchor: anchor L={anchor} excluded; chance (unrelated operators): cos_S "
+               f"{chance['S']['mean']:+.4f} ± {chance['S']['sd']:.4f}, cos_A {chance['A']['mean']:+.4f} ± "
+               f"{chance['A']['sd']:.4f} per head; z of the means over heads and layer pairs")
+    return out

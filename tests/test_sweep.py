@@ -431,10 +431,12 @@ def test_revisions_cross_every_source_and_reach_measure(monkeypatch, tmp_path):
 
     monkeypatch.setattr(measure_module, "measure", fake_measure)
     options = {"topk": 4, "fold_norms": True, "precision": "float64", "anchor": 0, "backend": "numpy",
-               "match_heads": False, "chance_seed": 1, "operator": "delta:8", "layer_symmetry": True}
+               "match_heads": False, "chance_seed": 1, "operator": "delta:8", "layer_symmetry": True,
+               "symmetry_split": True}
     outcome = run_task("org/model", "step1000", options)
     assert seen == {"source": "org/model", "revision": "step1000", "topk": 4, "fold_norms": True,
-                    "precision": "float64", "operator": "delta:8", "layer_symmetry": True, "progress": False}
+                    "precision": "float64", "operator": "delta:8", "layer_symmetry": True, "symmetry_split": True,
+                    "progress": False}
     assert outcome.status == "failed" and outcome.error_type == "InputError" and "step1000" in outcome.error
 
 

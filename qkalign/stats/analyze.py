@@ -20,6 +20,7 @@ from .result import AnalysisResult
 from .rope_bands import rope_band_statistics
 from .rope_profile import rope_profile_statistics
 from .symmetry import symmetry_statistics
+from .symmetry_split import symmetry_split_statistics
 
 #: The seed's verdict thresholds on the mean operator cosine to the anchor.
 VERDICTS = (
@@ -86,6 +87,7 @@ def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None, pairs=True,
         verdict=verdict(operators["rescale"]["mean_cos"], operators["adjacent"]["mean"], anchor),
         layer_ranges={name: list(bounds) for name, bounds in ranges.items()},
         rope_profile=rope_profile_statistics((data.extra or {}).get("rope_profile"), anchor),
+        symmetry_split=symmetry_split_statistics(data, anchor),
         rope_bands=rope_band_statistics((data.extra or {}).get("rope_bands"), anchor),
         symmetry=symmetry_statistics(data, operator_scales(data)),
         **extras,

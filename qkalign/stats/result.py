@@ -57,6 +57,9 @@ class AnalysisResult:
     symmetry : dict, optional
         Each head's symmetry score ``<g, g^T> / ||g||^2`` against chance (``qkalign.stats.symmetry``), where measure
         recorded ``symmetry``.
+    symmetry_split : dict, optional
+        The cross-layer operator cosine split into symmetric and skew parts, ``cos_S``, ``cos_A`` and the shares of the
+        agreement (``qkalign.stats.symmetry_split``), where measure recorded ``gram_transpose`` (``--symmetry-split``).
     """
 
     meta: dict
@@ -79,6 +82,7 @@ class AnalysisResult:
     rope_profile: dict = None
     rope_bands: dict = None
     symmetry: dict = None
+    symmetry_split: dict = None
 
     def to_dict(self):
         """Plain Python containers (lists, floats, ``None`` for nan), ready for ``json``.

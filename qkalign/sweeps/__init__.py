@@ -28,8 +28,8 @@ def sweep(sources, out=None, revisions=None, workers=None, scheduler=None, **opt
     scheduler : str, optional
         Address of a running Dask scheduler (``tcp://HOST:PORT``) to run on instead.
     **options
-        measure's ``topk``, ``fold_norms``, ``precision`` and analyze's ``anchor``, ``backend``,
-        ``match_heads``, ``chance_seed``; also ``retries`` (task retries, default 2) and
+        measure's ``topk``, ``fold_norms``, ``precision``, ``operator``, ``symmetry_split`` and analyze's
+        ``anchor``, ``backend``, ``match_heads``, ``chance_seed``; also ``retries`` (task retries, default 2) and
         ``progress`` (a progress bar on stderr, default True).
 
     Returns

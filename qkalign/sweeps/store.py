@@ -198,7 +198,7 @@ class SweepStore:
 
 
 #: Options that sweeps gained after stores were first written, and the value an older store's runs had.
-ADDED_OPTIONS = {"operator": "raw", "layer_symmetry": False}
+ADDED_OPTIONS = {"operator": "raw", "layer_symmetry": False, "symmetry_split": False}
 
 
 def _same_options(stored_text, options):

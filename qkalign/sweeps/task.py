@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from ..errors import InputError
 
 #: The options of a sweep and their defaults: measure's, then analyze's.
-MEASURE_OPTIONS = ("topk", "fold_norms", "precision", "operator", "layer_symmetry")
+MEASURE_OPTIONS = ("topk", "fold_norms", "precision", "operator", "layer_symmetry", "symmetry_split")
 ANALYZE_OPTIONS = ("anchor", "backend", "match_heads", "chance_seed")
 
 #: Keys of ``QKData.extra`` that name the commit a revision resolved to (Hub sources record ``commit_hash``).

@@ -60,6 +60,10 @@ DIMENSIONS = (
     ("rope_bands.group_cos.*", ("group",)),
     ("symmetry.per_head", ("layer", "head")),
     ("symmetry.*", ("layer",)),  # per_layer, z_per_layer, layer_score, layer_z, directionality (scalars: no dims)
+    ("symmetry_split.*_per_head", ("layer", "layer2", "head")),
+    ("symmetry_split.to_anchor_per_layer.*", ("layer",)),
+    ("symmetry_split.cos_*", ("layer", "layer2")),
+    ("symmetry_split.agreement_*", ("layer", "layer2")),
 )
 
 

@@ -64,7 +64,8 @@ PROFILE_DISTANCES = (0,) + tuple(2**i for i in range(14))
 @dataclass(frozen=True)
 class StackedGrams:
     """One head's stacked Grams ``QQ``, ``KK`` (L d, L d) of random K, Q blocks (L, d, n), with a
-    rotary profile: the arguments ``qq, kk, num_layers, head_dim, cos, sin, first, second``.
+    rotary profile: the arguments ``qq, kk, num_layers, head_dim, cos, sin, first, second``; and the product
+    ``qk = Q K^T`` (L d, L d) of the same blocks.
 
     The arrays are made on first use (seconds at the qwen3-4b shape). Each layer's blocks have unit
     Frobenius norm, so every rotary Gram entry is at most 1 and sums of its ~4 d^2 terms are defined
@@ -97,13 +98,18 @@ class StackedGrams:
     band_attention_factor: float = 1.0
 
     @cached_property
-    def _grams(self):
-        from ..weights.factored_operator import stacked_gram_lower  # imports scipy: only when used
-
+    def _blocks(self):
+        """(2, L, d, n) in ``dtype``: the Q blocks, then the K blocks, each layer's of unit Frobenius norm."""
         rng = np.random.default_rng(self.seed)
         blocks = rng.standard_normal((2, self.num_layers, self.head_dim, self.hidden))
         blocks /= np.linalg.norm(blocks, axis=(-2, -1), keepdims=True)
-        return tuple(stacked_gram_lower(b.astype(self.dtype)) for b in blocks)
+        return blocks.astype(self.dtype)
+
+    @cached_property
+    def _grams(self):
+        from ..weights.factored_operator import stacked_gram_lower  # imports scipy: only when used
+
+        return tuple(stacked_gram_lower(b) for b in self._blocks)
 
     @property
     def qq(self):
@@ -112,6 +118,13 @@ class StackedGrams:
     @property
     def kk(self):
         return self._grams[1]
+
+    @cached_property
+    def qk(self):
+        """``X = Q K^T`` (L d, L d) of the same blocks in ``dtype``, as ``measure --symmetry-split`` forms it."""
+        from ..weights.symmetry_split import stacked_product
+
+        return stacked_product(*self._blocks)
 
     @cached_property
     def _pairs(self):
@@ -289,6 +302,10 @@ COMPARISONS = (
     # measure's frequency bands: the same sums weighted by window means (at most s^4 = 2.1 here), ~4 d^2 eps near 0
     Comparison("rotary_bands", tuple(f"stacked.{field}" for field in BAND_ARGUMENTS), atol=1e-13,
                modules=("qkalign.weights.rotary_bands", "qkalign.kernels.rotary_bands")),
+    # measure's <g_L, g_L'^T> (symmetry_split): sums of d^2 products of X = Q K^T entries, |T| <= 1 for unit-norm
+    # blocks, near 0 defined to ~d^2 eps (d <= 10)
+    Comparison("gram_transpose_from_product", ("stacked.qk", "stacked.num_layers", "stacked.head_dim"), atol=1e-13,
+               modules=("qkalign.weights.symmetry_split", "qkalign.kernels.transpose_sums")),
 )
 
 

@@ -38,6 +38,7 @@ from .rope_bands import band_record
 from .rope_profile import profile_record
 from .rotary_operator import operator_plan, operator_record, parse_operator
 from .symmetry import symmetry_record
+from .symmetry_split import symmetry_split_record
 
 # torch / numpy dtype -> safetensors' dtype name, which ModelFolder.check knows.
 _DTYPE_NAMES = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
@@ -97,7 +98,7 @@ class StateDictTensors(ModelFolder):
 
 
 def from_state_dict(state_dict, config, *, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PRECISION,
-                    progress=True, operator="raw", layer_symmetry=False):
+                    progress=True, operator="raw", layer_symmetry=False, symmetry_split=False):
     """:func:`~qkalign.measure` of a ``transformers`` model in memory.
 
     Parameters
@@ -107,7 +108,7 @@ def from_state_dict(state_dict, config, *, topk=DEFAULT_TOPK, fold_norms=False, 
         model's safetensors files.
     config : dict or transformers.PretrainedConfig
         ``model.config`` (read through its ``to_dict()``) or config.json as a dict.
-    topk, fold_norms, precision, progress, operator, layer_symmetry
+    topk, fold_norms, precision, progress, operator, layer_symmetry, symmetry_split
         As :func:`~qkalign.measure`.
 
     Returns
@@ -134,13 +135,14 @@ def from_state_dict(state_dict, config, *, topk=DEFAULT_TOPK, fold_norms=False, 
     plan, bands = profile_for(tensors, layout, None), bands_for(tensors, layout)
     rotated = operator_plan(operator, tensors.rope, "config")
     arrays = compute_arrays(layout, shape, tensors, fold_norms, topk, precision, progress, plan, rotated, bands,
-                            layer_symmetry)
+                            layer_scores=layer_symmetry, symmetry_split=symmetry_split)
     extra = measure_metadata("<state_dict>", layout, shape, tensors, dtypes, precision, fold_norms, arrays)
     extra.update(operator_record(operator, rotated))
     extra.update(profile_record(plan, arrays.pop("rope_gram", None), tensors.rope, None,
                                 arrays.pop("rope_transpose_inner", None)))
     extra.update(band_record(bands, arrays, tensors.rope))
     extra.update(symmetry_record(arrays))
+    extra.update(symmetry_split_record(arrays))
     extra.update(model_source=extra["model_dir"], source_kind="memory", source_format="state_dict")
     extra["source"] = "qkalign.from_state_dict"
     return _qkdata(shape, arrays, "<state_dict>", extra)
@@ -176,7 +178,8 @@ class TransformerLensLayout(Layout):
         return None
 
 
-def from_weights(W_Q, W_K, *, topk=DEFAULT_TOPK, precision=DEFAULT_PRECISION, progress=True, layer_symmetry=False):
+def from_weights(W_Q, W_K, *, topk=DEFAULT_TOPK, precision=DEFAULT_PRECISION, progress=True, layer_symmetry=False,
+                 symmetry_split=False):
     """Grams and eigen-directions of ``g = W_K^T W_Q`` from TransformerLens-convention weights.
 
     Parameters
@@ -186,7 +189,7 @@ def from_weights(W_Q, W_K, *, topk=DEFAULT_TOPK, precision=DEFAULT_PRECISION, pr
         a Hugging Face ``q_proj.weight`` holds its transpose in rows ``h d:(h+1) d``.
     W_K : (L, H_kv, d_model, d_head) numpy array or torch tensor
         ``H_kv`` divides ``H``; query head ``h`` reads key head ``h // (H / H_kv)``.
-    topk, precision, progress, layer_symmetry
+    topk, precision, progress, layer_symmetry, symmetry_split
         As :func:`~qkalign.measure`.
 
     Returns
@@ -206,12 +209,14 @@ def from_weights(W_Q, W_K, *, topk=DEFAULT_TOPK, precision=DEFAULT_PRECISION, pr
     layout = TransformerLensLayout("transformer_lens")
     check_topk(topk, shape)
     dtypes = check_tensors(layout, shape, tensors, False)
-    arrays = compute_arrays(layout, shape, tensors, False, topk, precision, progress, layer_scores=layer_symmetry)
+    arrays = compute_arrays(layout, shape, tensors, False, topk, precision, progress, layer_scores=layer_symmetry,
+                            symmetry_split=symmetry_split)
     extra = {"source": "qkalign.from_weights", "layout": layout.name, "num_kv_heads": shape.num_kv_heads,
              "checkpoint_dtypes": sorted(set(dtypes.values())), "precision": precision, "fold_norms": False, "folded_gains": [],
              "biases": BIASES_NOTE, "rope": "not applied: the operator of W_Q, W_K as given",
              "rank_deficient_operators": int((arrays["sym_eigs"] == 0).any(axis=-1).sum())}
     extra.update(symmetry_record(arrays))
+    extra.update(symmetry_split_record(arrays))
     return _qkdata(shape, arrays, "<from_weights>", extra)
 
 

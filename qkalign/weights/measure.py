@@ -11,7 +11,8 @@ For each kv head ``g`` and each query head ``h`` reading it, with ``K``, ``Q`` t
   eigenvectors of ``(g + g^T)/2``.
 
 That is ``(H + H_kv) (L d)^2 n / 2`` multiply-adds in the SYRKs plus ``H L d^2 n`` for
-``K Q^T`` and ``H L 2 d topk n`` for the eigenvectors; no hidden x hidden matrix is formed.
+``K Q^T`` and ``H L 2 d topk n`` for the eigenvectors (with ``symmetry_split``, ``H (L d)^2 n`` more for
+``X = Q K^T``, :mod:`~qkalign.weights.symmetry_split`); no hidden x hidden matrix is formed.
 Weights are read one head slice at a time. In ``float32`` mode the products (SYRKs,
 ``K Q^T``, the eigenvector rows) run in float32, while the sums over blocks, ``G``, its
 Cholesky factor and the 2d x 2d eigen-problems are float64; ``float64`` mode is float64
@@ -48,13 +49,14 @@ from .rope_profile import DEFAULT_CONTEXT, check_deltas, default_deltas, profile
 from .rotary_operator import operator_plan, operator_record, parse_operator
 from .sources import resolve_source
 from .symmetry import rotated_transpose_inner, symmetry_record
+from .symmetry_split import stacked_product, symmetry_split_record
 
 BIASES_NOTE = "left out: the operator is W_K^T W_Q of the weights alone"
 ROPE_NOTE = "left out: the operator at relative position 0 (no rotary embedding applied)"
 
 
 def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PRECISION, progress=True,
-            revision=None, deltas=None, operator="raw", layer_symmetry=False):
+            revision=None, deltas=None, operator="raw", layer_symmetry=False, symmetry_split=False):
     """Grams and eigen-directions of the QK operators of a Hugging Face model's weights.
 
     Parameters
@@ -89,6 +91,10 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
         Also score each layer's whole operator (its heads summed) as Saponati et al. do: symmetry and directionality
         (:mod:`~qkalign.weights.layer_symmetry`; n^2 H_kv d multiply-adds a layer and a second read of the weights:
         1.5x measure's wall at the qwen3-4b shape). Each head's symmetry is always recorded.
+    symmetry_split : bool
+        Also record ``gram_transpose`` (L, L, H), ``<g_L, g_L'^T>`` of every head, which splits the cross-layer
+        agreement into symmetric and skew parts (:mod:`~qkalign.weights.symmetry_split`): one more ``(L d)^2 n``
+        product per query head.
 
     Returns
     -------
@@ -114,17 +120,19 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
     plan = profile_for(folder, layout, deltas)
     rotated = operator_plan(operator, folder.rope, source.config_label())
     bands = bands_for(folder, layout)
-    check_fits(peak_bytes(shape, topk, precision, len(plan.deltas) if plan else 0, len(bands.groups) if bands else 0),
+    check_fits(peak_bytes(shape, topk, precision, len(plan.deltas) if plan else 0, len(bands.groups) if bands else 0,
+                          symmetry_split),
                source.config_label(), "", f"measuring {shape.num_layers} layers x {shape.num_heads} heads (head_dim "
                f"{shape.head_dim}, hidden_size {shape.hidden_size}, topk {topk})")
     arrays = compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan, rotated, bands,
-                            layer_symmetry)
+                            layer_scores=layer_symmetry, symmetry_split=symmetry_split)
     extra = measure_metadata(source, layout, shape, folder, dtypes, precision, fold_norms, arrays)
     extra.update(operator_record(operator, rotated))
     extra.update(profile_record(plan, arrays.pop("rope_gram", None), folder.rope, deltas,
                                 arrays.pop("rope_transpose_inner", None)))
     extra.update(band_record(bands, arrays, folder.rope))
     extra.update(symmetry_record(arrays))
+    extra.update(symmetry_split_record(arrays))
     return QKData(shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size, **arrays,
                   json_path=str(folder.source), eigdirs_path=str(folder.source), extra=extra)
 
@@ -222,13 +230,14 @@ def check_tensors(layout, shape, folder, fold_norms):
 BASE_BYTES = 64 * 2**20
 
 
-def peak_bytes(shape, topk, precision, num_deltas=0, num_band_groups=0):
+def peak_bytes(shape, topk, precision, num_deltas=0, num_band_groups=0, symmetry_split=False):
     """Estimated peak memory of :func:`measure` and writing its result, in bytes.
 
     :data:`BASE_BYTES`, the outputs (float64), per running task (one per core) one ``(L d, n)``
     stack, its ``(L d)^2`` Gram and the float64 ``[K_L; Q_L]`` rows and ``2d x 2d`` problems of
     its layers, two held kv heads, and the JSON's gram as Python floats (~56 bytes a number); the rotary
-    profile's ``num_deltas`` and the bands' ``num_band_groups`` Grams likewise.
+    profile's ``num_deltas`` and the bands' ``num_band_groups`` Grams likewise; with ``symmetry_split``, per task
+    the ``(L d)^2`` product ``X`` and a mapped ``(L d, n)`` stack, and the ``gram_transpose`` output and JSON.
     """
     L, H, d, n = shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size
     item = np.dtype(precision).itemsize
@@ -237,7 +246,9 @@ def peak_bytes(shape, topk, precision, num_deltas=0, num_band_groups=0):
     per_task = stack + 8 * (L * L + L * topk * n + 3 * L * (2 * d) ** 2 + 2 * L * 2 * d * n)
     profile = (8 + 56) * num_deltas * L * L * H  # the rotary profile, and its JSON text
     bands = (8 + 56) * ((num_band_groups + 1) * L * L * H + L * H * (d // 2 + 2)) if num_band_groups else 0
-    return BASE_BYTES + outputs + core_count() * per_task + 2 * stack + 56 * L * L * H + profile + bands
+    split = (8 + 56) * L * L * H if symmetry_split else 0
+    per_task += stack if symmetry_split else 0
+    return BASE_BYTES + outputs + core_count() * per_task + 2 * stack + 56 * L * L * H + profile + bands + split
 
 
 def measure_metadata(model_dir, layout, shape, folder, dtypes, precision, fold_norms, arrays):
@@ -283,7 +294,7 @@ def rotary_record(layout, folder):
 
 
 def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan=None, rotated=None, bands=None,
-                   layer_scores=False):
+                   layer_scores=False, symmetry_split=False):
     """The arrays of :class:`QKData` (gram, fro_sq, sym_eigs, eig_dirs) from the model's weights.
 
     eig_dirs comes read-only: :class:`QKData` then keeps it without a copy (L H topk n float64,
@@ -292,6 +303,7 @@ def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress,
     :class:`~qkalign.weights.rotary_operator.OperatorPlan`, the arrays describe its operator ``K^T M Q``. With a
     :class:`~qkalign.weights.rope_bands.BandPlan`, ``rope_band_energy`` (L, H, P+1), ``rope_band_mean_energy``
     (L, H) and ``rope_band_gram`` (G+1, L, L, H) float64, of the weights' rotary operator whatever ``rotated``.
+    With ``symmetry_split``, ``gram_transpose`` (L, L, H) float64 (:mod:`~qkalign.weights.symmetry_split`).
     """
     import scipy.linalg  # noqa: F401  (loaded before one_blas_thread, so that its limit covers scipy's BLAS)
 
@@ -304,8 +316,11 @@ def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress,
     rotary_bands = None
     if bands is not None:
         from ..kernels.rotary_bands import rotary_bands
+    gram_transpose = None
+    if symmetry_split:
+        from ..kernels.transpose_sums import gram_transpose_from_product as gram_transpose
     tasks = _HeadTasks(reader, shape, topk, precision, layer_gram_accumulated, plan, rotary_grams, rotated, bands,
-                       rotary_bands)
+                       rotary_bands, gram_transpose)
     torch = sys.modules.get("torch")  # loaded by the caller when torch tensors in memory are read
     if torch is None:
         arrays = tasks.run(progress)
@@ -426,7 +441,7 @@ class _HeadTasks:
     """
 
     def __init__(self, reader, shape, topk, precision, layer_gram, plan=None, rotary_grams=None, rotated=None,
-                 bands=None, rotary_bands=None):
+                 bands=None, rotary_bands=None, gram_transpose=None):
         self.reader, self.shape, self.topk, self.precision = reader, shape, topk, precision
         self.layer_gram = layer_gram  # gram[L, L'] of one head from its stacked Grams (a numba kernel)
         self.plan, self.rotary_grams = plan, rotary_grams  # gram(Δ)[L, L'] likewise, with a ProfilePlan
@@ -442,6 +457,9 @@ class _HeadTasks:
             self.out.update(rope_band_energy=np.empty((L, H, len(bands.first) + 1)),
                             rope_band_mean_energy=np.empty((L, H)),
                             rope_band_gram=np.empty((bands.num_groups + 1, L, L, H)))
+        self.gram_transpose = gram_transpose  # <g_L, g_L'^T> of one head from X = (M Q) K^T (a numba kernel), or None
+        if gram_transpose is not None:
+            self.out["gram_transpose"] = np.empty((L, L, H))
 
     def key_task(self, kv_head):
         k, k_exponents = self.reader.key(kv_head)
@@ -483,6 +501,11 @@ class _HeadTasks:
             out["rope_band_energy"][:, head] = np.ldexp(energy, 2 * e[:, None])
             out["rope_band_mean_energy"][:, head] = np.ldexp(mean_energy, 2 * e)
             out["rope_band_gram"][..., head] = np.ldexp(group_gram, e[:, None] + e[None, :])
+        if self.gram_transpose is not None:  # X[L, L'] carries 2^-(eq[L] + ek[L']): T[L, L'] carries 2^-(e[L] + e[L'])
+            x = stacked_product(q, k, maps)
+            transposed = self.gram_transpose(x, self.shape.num_layers, self.shape.head_dim)
+            del x
+            out["gram_transpose"][:, :, head] = np.ldexp(transposed, e[:, None] + e[None, :])
 
     def _profile(self, qq, kk):
         """gram(Δ) of one head (D, L, L) at the scaled blocks, from its stacked Grams."""
