@@ -351,3 +351,17 @@ def test_sweep_option(cli, monkeypatch, tmp_path):
     assert cli("sweep", tmp_path, "-o", tmp_path / "s.zarr", "--symmetry-split").returncode == 130
     assert seen["symmetry_split"] is True
     assert cli("sweep", tmp_path, "-o", tmp_path / "s.zarr").returncode == 130 and seen["symmetry_split"] is None
+
+
+def test_sweep_variables_have_named_dimensions(written):
+    """Every array of ``symmetry_split`` in a sweep store has designed dimensions, none ``<name>.dim0``."""
+    from qkalign.sweeps.variables import dimensions_of, flatten
+
+    _, _, data, _ = written
+    variables = {k: v for k, v in flatten(analyze(data).to_dict()).items() if k.startswith("symmetry_split.")}
+    arrays = {k: np.asarray(v) for k, v in variables.items() if not isinstance(v, str)}
+    dims = {k: dimensions_of(k, v.ndim) for k, v in arrays.items() if v.ndim}
+    assert dims["symmetry_split.cos_S_per_head"] == ("layer", "layer2", "head")
+    assert dims["symmetry_split.agreement_A"] == ("layer", "layer2")
+    assert dims["symmetry_split.to_anchor_per_layer.S"] == ("layer",)
+    assert not [k for k, d in dims.items() if any(".dim" in name for name in d)], dims
