@@ -134,7 +134,8 @@ def test_rotary_sweep_variables_have_designed_dimensions(rotary):
     expected = {
         "rope_profile.deltas": ("delta",), "rope_profile.adjacent": ("delta",), "rope_profile.to_anchor": ("delta",),
         "rope_profile.offdiag": ("delta",), "rope_profile.to_anchor_per_layer": ("delta", "layer"),
-        "rope_profile.norm_ratio": ("delta", "layer", "head"),
+        "rope_profile.norm_ratio": ("delta", "layer", "head"), "rope_profile.symmetry": ("delta",),
+        "rope_profile.symmetry_per_layer": ("delta", "layer"),
         "rope_bands.window": (), "rope_bands.wavelengths": ("band",), "rope_bands.group_of_pair": ("band",),
         "rope_bands.share": ("layer", "head", "band"), "rope_bands.band_sum_ratio": ("layer", "head"),
         "rope_bands.dominant_heads": ("layer", "group"),
