@@ -18,7 +18,13 @@ from .figure_files import part as _part
 from .figure_files import pyplot as _pyplot
 from .figure_files import save_png as _save
 from .rope_plots import ROPE_FIGURE_NAMES
-from .symmetry_plots import SYMMETRY_FIGURE_NAMES, checked_symmetry, write_symmetry_figure
+from .symmetry_plots import (
+    SYMMETRY_FIGURE_NAMES,
+    checked_split,
+    checked_symmetry,
+    write_split_figure,
+    write_symmetry_figure,
+)
 
 #: (key in result["pairs"], title, colour-bar label, chance key, colour limits)
 HEATMAPS = (
@@ -133,7 +139,7 @@ def write_figures(result, out_dir, source="result"):
         The PNG files written.
     """
     meta, curves, heatmaps, chance, (profile, bands) = checked_result(result, source)
-    symmetry = checked_symmetry(result, meta, source)
+    symmetry, split = checked_symmetry(result, meta, source), checked_split(result, meta, source)
     plt = _pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -168,4 +174,6 @@ def write_figures(result, out_dir, source="result"):
     written += write_rope_figures(plt, meta, profile, bands, chance.get("operator_cos"), out_dir)
     if symmetry is not None:
         written.append(write_symmetry_figure(plt, meta, symmetry, out_dir / SYMMETRY_FIGURE_NAMES[0]))
+    if split is not None:
+        written.append(write_split_figure(plt, meta, split, out_dir / SYMMETRY_FIGURE_NAMES[1]))
     return written

@@ -7,7 +7,9 @@ import numpy as np
 from .errors import InputError
 from .figure_files import DPI, FIGSIZE, numbers, save_png
 
-SYMMETRY_FIGURE_NAMES = ("symmetry.png",)
+SYMMETRY_FIGURE_NAMES = ("symmetry.png", "symmetry_split.png")
+#: The two halves of the operator cosine (:mod:`qkalign.stats.symmetry_split`).
+PARTS = (("S", "symmetric part S = (g + gᵀ)/2"), ("A", "skew part A = (g − gᵀ)/2"))
 
 
 def checked_symmetry(result, meta, source):
@@ -66,6 +68,71 @@ def write_symmetry_figure(plt, meta, sym, path):
     ax.set_title("Per layer, against chance", fontsize=10)
     ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"{meta['model']}: symmetric or directional QK operators ({meta.get('operator', 'raw')})", fontsize=11)
+    fig.tight_layout()
+    save_png(plt, fig, path)
+    return path
+
+
+def checked_split(result, meta, source):
+    """The drawn parts of ``result["symmetry_split"]`` checked (None when absent): ``cos_S``, ``cos_A`` (L, L),
+    ``to_anchor_per_layer`` {S, A: (L,)}, ``chance`` {S, A: {mean, sd}}; one error line for anything else."""
+    doc = result.get("symmetry_split")
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        raise InputError(source, "symmetry_split", "an object", type(doc).__name__)
+    L = meta["num_layers"]
+    per_layer, chance = doc.get("to_anchor_per_layer"), doc.get("chance")
+    if not isinstance(per_layer, dict) or not isinstance(chance, dict):
+        raise InputError(source, "symmetry_split", "to_anchor_per_layer and chance objects", repr(doc)[:60])
+    out = {"to_anchor_per_layer": {}, "chance": {}}
+    for part, _ in PARTS:
+        out[f"cos_{part}"] = numbers(doc.get(f"cos_{part}"), (L, L), source, f"symmetry_split.cos_{part}")
+        out["to_anchor_per_layer"][part] = numbers(per_layer.get(part), (L,), source,
+                                                   f"symmetry_split.to_anchor_per_layer.{part}")
+        level = chance.get(part)
+        if not isinstance(level, dict):
+            raise InputError(source, f"symmetry_split.chance.{part}", "an object", type(level).__name__)
+        out["chance"][part] = {key: float(numbers(level.get(key), (), source, f"symmetry_split.chance.{part}.{key}"))
+                               for key in ("mean", "sd")}
+    return out
+
+
+def write_split_figure(plt, meta, split, path):
+    """cos_S and cos_A between layers (head means, diagonal masked, diverging colours centred at chance 0 on one
+    scale fitted to both), and each layer's cosine to the anchor per half with its chance band (±2 s.e. of a mean
+    of H heads)."""
+    L, H, anchor = meta["num_layers"], meta["num_heads"], meta["anchor"]
+    fig, axes = plt.subplots(1, 3, figsize=(FIGSIZE[0] * 3, FIGSIZE[1]), dpi=DPI)
+    off = ~np.eye(L, dtype=bool)
+    values = np.concatenate([np.abs(split[f"cos_{part}"][off]) for part, _ in PARTS])
+    values = values[np.isfinite(values)]
+    limit = float(values.max()) if values.size and values.max() > 0 else 1.0
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
+    for ax, (part, name) in zip(axes[:2], PARTS):
+        matrix = np.where(off, split[f"cos_{part}"], np.nan)  # the diagonal is 1 by construction
+        image = ax.imshow(matrix, origin="lower", cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
+        fig.colorbar(image, ax=ax).set_label(f"cos_{part} (centre: chance 0; diagonal grey)")
+        ax.set_xlabel("layer L'")
+        ax.set_ylabel("layer L")
+        ax.set_title(f"{name}: cosine between layers,\nmean over {H} heads", fontsize=10)
+    ax = axes[2]
+    layers = np.arange(L)
+    for i, (part, name) in enumerate(PARTS):
+        level = split["chance"][part]
+        half = 2 * level["sd"] / np.sqrt(H)
+        ax.axhspan(level["mean"] - half, level["mean"] + half, color=f"C{i}", alpha=0.15, linewidth=0,
+                   label=f"{part}: chance ±2 s.e. of a mean of {H} heads")
+        curve = split["to_anchor_per_layer"][part].copy()
+        curve[anchor] = np.nan  # 1 by construction
+        ax.plot(layers, curve, marker="o", markersize=3, color=f"C{i}", label=f"cos_{part} to the anchor L={anchor}")
+    ax.axhline(0.0, color="0.3", linestyle=":", linewidth=1)
+    ax.set_xlabel("layer L")
+    ax.set_ylabel("head-mean cosine")
+    ax.set_title("Each half to the anchor", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{meta['model']}: what layers share, in the symmetric and the skew half ({meta.get('operator', 'raw')})",
+                 fontsize=11)
     fig.tight_layout()
     save_png(plt, fig, path)
     return path

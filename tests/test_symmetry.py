@@ -217,3 +217,19 @@ def test_symmetry_at_every_profile_distance_matches_dense(tmp_path, model_type):
                                rtol=1e-12, atol=1e-12 * np.abs(got[0]).max())
     profile = analyze(data).rope_profile
     assert profile["symmetry"].shape == (len(deltas),) and np.isfinite(profile["symmetry"]).all()
+
+
+def test_plot_draws_the_split_and_refuses_a_malformed_one(tmp_path, cli):
+    import matplotlib.image
+
+    from qkalign.testing.refusals import one_error_line
+
+    model = write_model(tmp_path, "llama", seed=22)
+    out = tmp_path / "r.json"
+    run = cli("analyze", model.folder, "--symmetry-split", "--quiet", "--json", out, "--plot", tmp_path / "figs")
+    assert run.returncode == 0, run.stderr
+    assert matplotlib.image.imread(tmp_path / "figs" / "symmetry_split.png").std() > 0.05
+    doc = json.loads(out.read_text())
+    doc["symmetry_split"]["cos_A"] = [[0.0]]
+    out.write_text(json.dumps(doc))
+    one_error_line(cli("plot", out, tmp_path / "again"), "symmetry_split.cos_A")
