@@ -28,15 +28,14 @@ from .measure import (
     check_tensors,
     check_topk,
     compute_arrays,
+    derived_records,
     measure_metadata,
     profile_for,
     read_rope,
 )
 from .model_folder import ModelFolder
 from .quantization import checkpoint_quantization
-from .rope_bands import band_record
-from .rope_profile import profile_record
-from .rotary_operator import operator_plan, operator_record, parse_operator
+from .rotary_operator import operator_plan, parse_operator
 from .symmetry import symmetry_record
 from .symmetry_split import symmetry_split_record
 
@@ -137,12 +136,7 @@ def from_state_dict(state_dict, config, *, topk=DEFAULT_TOPK, fold_norms=False, 
     arrays = compute_arrays(layout, shape, tensors, fold_norms, topk, precision, progress, plan, rotated, bands,
                             layer_scores=layer_symmetry, symmetry_split=symmetry_split)
     extra = measure_metadata("<state_dict>", layout, shape, tensors, dtypes, precision, fold_norms, arrays)
-    extra.update(operator_record(operator, rotated))
-    extra.update(profile_record(plan, arrays.pop("rope_gram", None), tensors.rope, None,
-                                arrays.pop("rope_transpose_inner", None)))
-    extra.update(band_record(bands, arrays, tensors.rope))
-    extra.update(symmetry_record(arrays))
-    extra.update(symmetry_split_record(arrays))
+    extra.update(derived_records(arrays, tensors.rope, operator, rotated, plan, bands))
     extra.update(model_source=extra["model_dir"], source_kind="memory", source_format="state_dict")
     extra["source"] = "qkalign.from_state_dict"
     return _qkdata(shape, arrays, "<state_dict>", extra)

@@ -127,14 +127,22 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
     arrays = compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan, rotated, bands,
                             layer_scores=layer_symmetry, symmetry_split=symmetry_split)
     extra = measure_metadata(source, layout, shape, folder, dtypes, precision, fold_norms, arrays)
-    extra.update(operator_record(operator, rotated))
-    extra.update(profile_record(plan, arrays.pop("rope_gram", None), folder.rope, deltas,
-                                arrays.pop("rope_transpose_inner", None)))
-    extra.update(band_record(bands, arrays, folder.rope))
-    extra.update(symmetry_record(arrays))
-    extra.update(symmetry_split_record(arrays))
+    extra.update(derived_records(arrays, folder.rope, operator, rotated, plan, bands, deltas))
     return QKData(shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size, **arrays,
                   json_path=str(folder.source), eigdirs_path=str(folder.source), extra=extra)
+
+
+def derived_records(arrays, model_rope, operator, rotated, plan, bands, deltas=None):
+    """The JSON records of what measure derives beyond the seed's arrays (the operator, the rotary profile and
+    bands, the symmetry scores and split), popping their arrays from ``arrays`` (what :func:`compute_arrays` made
+    with these plans)."""
+    records = operator_record(operator, rotated)
+    records.update(profile_record(plan, arrays.pop("rope_gram", None), model_rope, deltas,
+                                  arrays.pop("rope_transpose_inner", None)))
+    records.update(band_record(bands, arrays, model_rope))
+    records.update(symmetry_record(arrays))
+    records.update(symmetry_split_record(arrays))
+    return records
 
 
 def open_model(model_dir, revision=None):
