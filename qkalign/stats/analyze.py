@@ -19,6 +19,7 @@ from .chance import DEFAULT_SEED, chance_levels
 from .result import AnalysisResult
 from .rope_bands import rope_band_statistics
 from .rope_profile import rope_profile_statistics
+from .rotary_records import checked_bands, checked_profile
 from .symmetry import symmetry_statistics
 from .symmetry_split import symmetry_split_statistics
 
@@ -86,9 +87,9 @@ def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None, pairs=True,
                           "cosines": pa_cos},
         verdict=verdict(operators["rescale"]["mean_cos"], operators["adjacent"]["mean"], anchor),
         layer_ranges={name: list(bounds) for name, bounds in ranges.items()},
-        rope_profile=rope_profile_statistics((data.extra or {}).get("rope_profile"), anchor),
+        rope_profile=rope_profile_statistics(checked_profile(data), anchor),
         symmetry_split=symmetry_split_statistics(data, anchor),
-        rope_bands=rope_band_statistics((data.extra or {}).get("rope_bands"), anchor),
+        rope_bands=rope_band_statistics(checked_bands(data), anchor),
         symmetry=symmetry_statistics(data, operator_scales(data)),
         **extras,
     )
