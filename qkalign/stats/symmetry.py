@@ -13,6 +13,8 @@ rotation changes nothing (``M Q`` is Gaussian again); for other ``M`` (a window 
 Carlo with ``M``'s singular values (:func:`symmetry_chance`).
 """
 
+import warnings
+
 import numpy as np
 
 from ..errors import InputError
@@ -59,9 +61,9 @@ def symmetry_statistics(data, operator_scales=None):
     score = _checked_scores(record, data)
     chance = symmetry_chance(data.head_dim, data.hidden_size, operator_scales)
     heads = np.isfinite(score).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_layer = np.nanmean(np.where(np.isfinite(score), score, np.nan), axis=1) if heads.all() else \
-            np.array([np.nanmean(row) if count else np.nan for row, count in zip(score, heads)])
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a layer of zero operators only: its mean is NaN
+        per_layer = np.nanmean(score, axis=1)
         z_per_layer = (per_layer - chance["mean"]) / (chance["sd"] / np.sqrt(heads))
         total = np.isfinite(score).sum()
         mean = float(np.nanmean(score)) if total else float("nan")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .rope_profile import differing_pairs
 from .rotary_bands import BAND_GROUPS, UNROTATED, band_group_of_pair, band_wavelengths, band_weights
 
 
@@ -54,7 +55,7 @@ class BandPlan:
 def band_plan(model_rope, window):
     """The :class:`BandPlan` of a model's RoPE over ``window`` distances; None without RoPE, or when its kinds of
     layers pair different dimensions (none does so far)."""
-    if model_rope is None or not _same_pairs(model_rope):
+    if model_rope is None or differing_pairs(model_rope):
         return None
     kinds = tuple(model_rope.specs)
     specs = [model_rope.specs[kind] for kind in kinds]
@@ -64,12 +65,6 @@ def band_plan(model_rope, window):
     return BandPlan(int(window), kinds, np.array([kinds.index(k) for k in model_rope.layer_kinds], dtype=np.int64),
                     band_wavelengths(inv_freqs), band_group_of_pair(inv_freqs, window), products, means,
                     np.asarray(first), np.asarray(second), specs[0].rotary_dims < specs[0].head_dim)
-
-
-def _same_pairs(model_rope):
-    specs = list(model_rope.specs.values())
-    return all(s.rotary_dims == specs[0].rotary_dims and s.pairing == specs[0].pairing
-               and s.head_dim == specs[0].head_dim for s in specs)
 
 
 def band_record(plan, arrays, model_rope):

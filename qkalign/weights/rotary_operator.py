@@ -26,7 +26,7 @@ import numpy as np
 from ..checks import int_in_range
 from ..errors import InputError
 from .rope_means import mean_cos_sin
-from .rope_profile import MAX_DELTA
+from .rope_profile import MAX_DELTA, differing_pairs
 from .rotary_grams import rotation_matrix
 
 KINDS = ("raw", "delta", "window")
@@ -104,7 +104,7 @@ def operator_plan(operator, model_rope, model_name):
     kinds = list(model_rope.specs)
     specs = [model_rope.specs[kind] for kind in kinds]
     first, second = specs[0].pairs()
-    if any(not (np.array_equal(s.pairs()[0], first) and np.array_equal(s.pairs()[1], second)) for s in specs):
+    if differing_pairs(model_rope):
         raise InputError(model_name, "--operator", "layers whose rotary pairs are the same dimensions",
                          "layers pairing different dimensions")
     rows = [_table_row(spec, operator) for spec in specs]
