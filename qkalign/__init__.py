@@ -8,7 +8,7 @@ Two pipelines meet at :class:`QKData` (the grams and eigen-directions of one mod
   the numpy reference (``qkalign.stats.reference``) or the Numba kernels (``qkalign.kernels``);
 
 with the seed's file format in between (:func:`load`, :func:`save`) and the report, JSON and
-figures at the end (:func:`format_report`, ``AnalysisResult.to_json``, ``qkalign.plots``).
+figures at the end (:func:`format_report`, ``AnalysisResult.to_json``, ``qkalign.views``).
 
 Names are imported on first use, so ``import qkalign`` stays quick and a run imports only
 what it needs.
@@ -26,7 +26,7 @@ _EXPORTS = {
     "QKAlignError": "qkalign.errors",
     "QKData": "qkalign.qkdata",
     "analyze": "qkalign.stats.analyze",
-    "format_report": "qkalign.report",
+    "format_report": "qkalign.views.text_report",
     "from_state_dict": "qkalign.weights.in_memory",
     "from_transformer_lens": "qkalign.weights.in_memory",
     "from_weights": "qkalign.weights.in_memory",
@@ -35,8 +35,8 @@ _EXPORTS = {
     "save": "qkalign.files.seed_format",
     "sweep": "qkalign.sweeps",
 }
-_SUBMODULES = ("cli", "checks", "errors", "extras", "figure_files", "kernels", "linalg", "plots", "qkdata", "report", "files", "stats",
-               "rope_plots", "sweep_plots", "sweeps", "symmetry_plots", "testing", "weights")
+_SUBMODULES = ("cli", "checks", "errors", "extras", "files", "kernels", "linalg", "qkdata", "stats", "sweeps", "testing",
+               "views", "weights")
 
 __all__ = sorted(_EXPORTS)
 

@@ -291,9 +291,9 @@ def _analysis_input(args):
 def _analyze(args):
     from .checks import int_in_range
     from .files.outputs import check_output_file, check_output_folder
-    from .plots import FIGURE_NAMES
-    from .report import format_report
     from .stats.analyze import analyze
+    from .views.analysis_figures import FIGURE_NAMES
+    from .views.text_report import format_report
 
     if args.json is not None:  # an empty path is refused, not ignored
         check_output_file(args.json, "--json")
@@ -315,7 +315,7 @@ def _analyze(args):
 
 
 def _write_figures(result_dict, out_dir, source="result"):
-    from .plots import write_figures
+    from .views.analysis_figures import write_figures
 
     try:
         paths = write_figures(result_dict, out_dir, source)
@@ -327,12 +327,12 @@ def _write_figures(result_dict, out_dir, source="result"):
 def _plot(args):
     from .checks import read_json_object
     from .files.outputs import check_output_folder
-    from .plots import FIGURE_NAMES
+    from .views.analysis_figures import FIGURE_NAMES
 
     is_store = Path(args.result).is_dir()  # a sweep's Zarr store: its figures are named by its variables
     check_output_folder(args.out_dir, "out_dir", files=() if is_store else FIGURE_NAMES)
     if is_store:
-        from .sweep_plots import write_sweep_figures
+        from .views.sweep_figures import write_sweep_figures
 
         try:
             paths = write_sweep_figures(args.result, args.out_dir)

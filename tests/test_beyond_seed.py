@@ -7,10 +7,10 @@ import pytest
 from matplotlib.image import imread
 
 import qkalign
-from qkalign.plots import DPI, FIGSIZE
 from qkalign.stats import reference
 from qkalign.stats.all_pairs import PAIR_KEYS
 from qkalign.testing.dense import dense_operators, spectra_by_magnitude
+from qkalign.views.analysis_figures import DPI, FIGSIZE
 from qkalign.weights.synthetic import make_weights
 
 PAIR_JSON_KEYS = {"operator_cos", "resid_frac", "sign_agreement", "pa_mean_cos", "pa_min_cos", "top1_overlap",

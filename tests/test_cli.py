@@ -114,4 +114,4 @@ def test_one_layer_model_reports_nan_for_adjacent(tmp_path, data_small):
     result = qkalign.analyze(one, backend="numpy")
     assert np.isnan(result.adjacent["mean"]) and result.to_dict()["adjacent"]["mean"] is None
     assert result.operator_cos[0, 0] == pytest.approx(1.0, abs=1e-15)
-    assert "late (none)" in qkalign.report.format_report(result)
+    assert "late (none)" in qkalign.format_report(result)

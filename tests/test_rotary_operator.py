@@ -187,7 +187,7 @@ def test_cli_writes_a_pair_analyze_reads(folders, cli, tmp_path):
 
 def test_analysis_of_a_raw_json_has_no_operator_line(folders):
     data = measure(folders["llama"], topk=2, deltas=(), progress=False)
-    from qkalign.report import format_report
+    from qkalign.views.text_report import format_report
 
     report = format_report(analyze(data))
     assert "operator" not in report.splitlines()[1] and analyze(data).meta["operator"] == "raw"

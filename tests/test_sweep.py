@@ -296,7 +296,7 @@ def test_a_local_cluster_shares_the_cores_between_its_workers():
 
 
 def test_figures_follow_revisions_and_steps(reference, tmp_path):
-    from qkalign.sweep_plots import run_table, statistic, step_of, write_sweep_figures
+    from qkalign.views.sweep_figures import run_table, statistic, step_of, write_sweep_figures
 
     assert [step_of(t) for t in ("step1000", "/ckpt/checkpoint-500", "global_step20", "main", "mystep5")] == \
         [1000, 500, 20, None, None]
@@ -333,7 +333,7 @@ def with_bands(variables, seed, pairs=4):
 def test_rotary_variables_and_figures_along_a_sweep(reference, tmp_path):
     """Two steps of one model, a larger model measured at fewer distances with other bands, and a run
     without RoPE: the rotary variables get their dimensions, each run is padded, the figures follow them."""
-    from qkalign.sweep_plots import (
+    from qkalign.views.sweep_figures import (
         band_groups,
         followed_deltas,
         group_value,

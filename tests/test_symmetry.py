@@ -101,7 +101,7 @@ def test_chance_level_against_sampling():
 def test_report_json_and_bad_input(tmp_path):
     model = write_model(tmp_path, "llama", seed=5)
     data = measure(model.folder, topk=2, deltas=(), progress=False)
-    from qkalign.report import format_report
+    from qkalign.views.text_report import format_report
 
     result = analyze(data)
     report = format_report(result)

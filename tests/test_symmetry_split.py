@@ -12,13 +12,13 @@ import pytest
 import qkalign
 from qkalign.errors import InputError
 from qkalign.files.seed_format import save
-from qkalign.report import format_report
 from qkalign.stats.analyze import analyze
 from qkalign.stats.symmetry_split import split_chance
 from qkalign.testing.comparisons import COMPARISONS, RTOL, StackedGrams
 from qkalign.testing.dense import TOL, dense_operators
 from qkalign.testing.model_folders import ALL_MODEL_TYPES, write_model
 from qkalign.testing.refusals import one_error_line
+from qkalign.views.text_report import format_report
 from qkalign.weights.measure import measure
 from qkalign.weights.symmetry_split import gram_transpose_from_product, stacked_product
 

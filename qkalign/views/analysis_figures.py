@@ -1,6 +1,6 @@
 """Figures of an analysis: (L, L) heatmaps and to-anchor curves with chance bands, as PNG.
 
-With RoPE (``rope_profile``, ``rope_bands``), also the rotary figures of :mod:`qkalign.rope_plots`.
+With RoPE (``rope_profile``, ``rope_bands``), also the rotary figures of :mod:`qkalign.views.rope_figures`.
 
 Works from the JSON form of a result (``AnalysisResult.to_dict()`` or a ``--json``
 file), so ``qkalign plot RESULT.json DIR`` needs no recomputation.
@@ -10,15 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import int_in_range, positive_int
-from .errors import InputError
-from .figure_files import DPI, FIGSIZE
+from ..checks import int_in_range, positive_int
+from ..errors import InputError
+from .figure_files import DPI, FIGSIZE, figure_folder
 from .figure_files import numbers as _numbers
 from .figure_files import part as _part
 from .figure_files import pyplot as _pyplot
-from .figure_files import save_png as _save
-from .rope_plots import ROPE_FIGURE_NAMES
-from .symmetry_plots import (
+from .figure_files import save_figure as _save
+from .rope_figures import ROPE_FIGURE_NAMES
+from .symmetry_figures import (
     SYMMETRY_FIGURE_NAMES,
     checked_split,
     checked_symmetry,
@@ -78,7 +78,7 @@ def checked_result(result, source):
     ``principal_angles.mean_cos`` and ``principal_angles.top1_overlap`` to (L,) float arrays,
     ``heatmaps`` the present ``pairs.*.mean`` to (L, L) arrays (nan where the JSON has null),
     ``chance`` the chance levels as ``{key: {"mean": float or None, "sd": float or None}}``,
-    ``rope`` the ``(profile, bands)`` of :func:`qkalign.rope_plots.checked_rope` (None where absent).
+    ``rope`` the ``(profile, bands)`` of :func:`qkalign.views.rope_figures.checked_rope` (None where absent).
     The lengths come from the arrays in the file, so a declared ``num_layers`` cannot make
     this allocate more than the file holds.
     """
@@ -108,7 +108,7 @@ def checked_result(result, source):
         levels[key] = {name: None if level.get(name) is None else
                        float(_numbers(level.get(name), (), source, f"chance.{key}.{name}"))
                        for name in ("mean", "sd")}
-    from .rope_plots import checked_rope
+    from .rope_figures import checked_rope
 
     return clean_meta, curves, heatmaps, levels, checked_rope(result, clean_meta, source)
 
@@ -141,8 +141,7 @@ def write_figures(result, out_dir, source="result"):
     meta, curves, heatmaps, chance, (profile, bands) = checked_result(result, source)
     symmetry, split = checked_symmetry(result, meta, source), checked_split(result, meta, source)
     plt = _pyplot()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = figure_folder(out_dir)
     num_heads, anchor = meta["num_heads"], meta["anchor"]
     written = []
     for key, title, label, chance_key, limits in HEATMAPS:
@@ -169,7 +168,7 @@ def write_figures(result, out_dir, source="result"):
     path = out_dir / "to_anchor.png"
     _save(plt, fig, path)
     written.append(path)
-    from .rope_plots import write_rope_figures
+    from .rope_figures import write_rope_figures
 
     written += write_rope_figures(plt, meta, profile, bands, chance.get("operator_cos"), out_dir)
     if symmetry is not None:

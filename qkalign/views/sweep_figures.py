@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .figure_files import DPI, FIGSIZE
+from .figure_files import DPI, FIGSIZE, figure_folder, save_figure
 from .figure_files import pyplot as _pyplot
 
 STEP = re.compile(r"(?:^|[^a-z])(?:step|global_step|checkpoint|ckpt|iter)[-_]?(\d+)", re.IGNORECASE)
@@ -96,7 +96,7 @@ def write_sweep_figures(store, out_dir):
     """
     import xarray as xr
 
-    from .errors import InputError
+    from ..errors import InputError
 
     try:
         ds = xr.open_zarr(str(store), consolidated=True, chunks=None)
@@ -104,8 +104,7 @@ def write_sweep_figures(store, out_dir):
         raise InputError(store, "", "a Zarr store written by qkalign sweep", f"{type(exc).__name__}: {exc}") from None
     if "status" not in ds:
         raise InputError(store, "", "a Zarr store written by qkalign sweep", "other variables")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = figure_folder(out_dir)
     runs = run_table(ds)
     if not runs:
         return []
@@ -193,8 +192,7 @@ def _grid_figure(plt, ds, runs, variable, title, label, limits, out_dir):
     bar = fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03)
     bar.set_label(label)
     path = out_dir / f"grid_{variable.replace('.', '_')}.png"
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return path
 
 
@@ -332,7 +330,7 @@ def _rope_bands_figure(plt, ds, runs, out_dir):
     for ax, (statistic, title, ylabel) in zip(axes.flat, panels):
         for g, name in enumerate(groups):
             _follow(ax, runs, x, lambda run, name=name: group_value(ds, run, name, statistic), f"C{g % 10}")
-        if statistic == "to_anchor":  # the operator cosine's level holds for a group's part (qkalign.rope_plots)
+        if statistic == "to_anchor":  # the operator cosine's level holds for a group's part (qkalign.views.rope_figures)
             _pairs_chance_band(ax, ds, runs, x)
         ax.set_title(title, fontsize=10)
         ax.set_ylabel(ylabel)
@@ -384,6 +382,5 @@ def _symmetry_figure(plt, ds, runs, out_dir):
 def _written(plt, fig, path):
     """Lay ``fig`` out, write it to ``path`` and close it; returns ``path``."""
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return path

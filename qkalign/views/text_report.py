@@ -8,7 +8,7 @@ the middle layer's index instead of ``L=midish``.
 
 import numpy as np
 
-from .stats.chance import ChanceLevel, z_score
+from ..stats.chance import ChanceLevel, z_score
 
 
 def format_report(result, input_description=None):
@@ -34,8 +34,8 @@ def format_report(result, input_description=None):
 
 def _operator_definition(name):
     """The formula of an operator recorded by measure (its name as the JSON holds it)."""
-    from .errors import InputError
-    from .weights.rotary_operator import parse_operator
+    from ..errors import InputError
+    from ..weights.rotary_operator import parse_operator
 
     try:
         return parse_operator(name).definition

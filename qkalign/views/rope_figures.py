@@ -13,8 +13,8 @@ import warnings
 
 import numpy as np
 
-from .errors import InputError
-from .figure_files import DPI, FIGSIZE, numbers, part, save_png
+from ..errors import InputError
+from .figure_files import DPI, FIGSIZE, numbers, part, save_figure
 
 #: The rotary figures: cosine against Δ, head norms against Δ, band energy.
 ROPE_FIGURE_NAMES = ("rope_distance_cos.png", "rope_head_norms.png", "rope_bands.png")
@@ -193,7 +193,7 @@ def _distance_cos_figure(plt, meta, profile, chance, path):
                      f"Each layer to the anchor L={anchor} (grey: the anchor itself)")
     fig.suptitle(f"{meta['model']}: rotary distance profile g(Δ) = $W_K^T R(Δ) W_Q$", fontsize=11)
     fig.tight_layout()
-    save_png(plt, fig, path)
+    save_figure(plt, fig, path)
     return path
 
 
@@ -233,7 +233,7 @@ def _head_norm_figure(plt, meta, profile, path):
                      f"Per layer: median over its {H} heads")
     fig.suptitle(f"{meta['model']}: how the rotation changes each head's operator norm", fontsize=11)
     fig.tight_layout()
-    save_png(plt, fig, path)
+    save_figure(plt, fig, path)
     return path
 
 
@@ -336,7 +336,7 @@ def _bands_figure(plt, meta, bands, chance, path):
     cosines.legend(fontsize=7, loc="best")
     fig.suptitle(f"{meta['model']}: rotary frequency bands", fontsize=11)
     fig.tight_layout()
-    save_png(plt, fig, path)
+    save_figure(plt, fig, path)
     return path
 
 

@@ -4,8 +4,8 @@ operators (Saponati et al.'s scores) where measured."""
 
 import numpy as np
 
-from .errors import InputError
-from .figure_files import DPI, FIGSIZE, numbers, save_png
+from ..errors import InputError
+from .figure_files import DPI, FIGSIZE, numbers, save_figure
 
 SYMMETRY_FIGURE_NAMES = ("symmetry.png", "symmetry_split.png")
 #: The two halves of the operator cosine (:mod:`qkalign.stats.symmetry_split`).
@@ -69,7 +69,7 @@ def write_symmetry_figure(plt, meta, sym, path):
     ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"{meta['model']}: symmetric or directional QK operators ({meta.get('operator', 'raw')})", fontsize=11)
     fig.tight_layout()
-    save_png(plt, fig, path)
+    save_figure(plt, fig, path)
     return path
 
 
@@ -134,5 +134,5 @@ def write_split_figure(plt, meta, split, path):
     fig.suptitle(f"{meta['model']}: what layers share, in the symmetric and the skew half ({meta.get('operator', 'raw')})",
                  fontsize=11)
     fig.tight_layout()
-    save_png(plt, fig, path)
+    save_figure(plt, fig, path)
     return path

@@ -1,0 +1,105 @@
+"""What every figure module shares: figure size and resolution, pyplot on first use, atomic PNG writes
+(or SVG kept in memory for the page),
+and the checks of a result JSON's parts (one error line for anything malformed)."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from ..files.outputs import atomic_path
+
+#: Figure size in inches and resolution: every PNG is FIGSIZE * DPI pixels.
+FIGSIZE = (6.4, 5.2)
+DPI = 150
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (imported here, on first use: analyze without figures never loads it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display is needed or wanted
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+class FigureCollection:
+    """Figures kept in memory as SVG text (for the HTML page), in the order they were drawn.
+
+    A figure writer takes a folder ``out_dir`` and saves to ``out_dir / NAME``; given a collection
+    instead, ``collection / NAME`` names a slot and :func:`save_figure` fills it with the figure's SVG.
+    ``figures`` maps each PNG file name the folder would hold to its SVG text.
+    """
+
+    def __init__(self):
+        self.figures = {}
+
+    def __truediv__(self, name):
+        return CollectedFigure(self, str(name))
+
+    def mkdir(self, parents=False, exist_ok=False):
+        """Nothing to create (the folder API the writers call)."""
+
+
+class CollectedFigure:
+    """One slot of a :class:`FigureCollection` (what ``collection / NAME`` gives)."""
+
+    def __init__(self, collection, name):
+        self.collection, self.name = collection, name
+
+    def __str__(self):
+        return self.name
+
+
+def figure_folder(out_dir):
+    """``out_dir`` as the writers use it: a :class:`FigureCollection` as it is, else a folder, created if missing."""
+    if isinstance(out_dir, FigureCollection):
+        return out_dir
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def save_figure(plt, fig, target):
+    """Write ``fig`` to ``target`` and close it.
+
+    A path gets a PNG, atomically (a reader never sees half a file); a :class:`CollectedFigure`
+    gets the figure's SVG text (heatmap cells stay raster images inside it, so a 36 x 36 map stays small).
+    """
+    if isinstance(target, CollectedFigure):
+        buffer = io.StringIO()
+        fig.savefig(buffer, format="svg", metadata={"Date": None})  # no date: the same result, the same page
+        target.collection.figures[target.name] = _without_prolog(buffer.getvalue())
+    else:
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return target
+
+
+def _without_prolog(svg):
+    """The ``<svg>`` element of an SVG document alone (no XML declaration or DOCTYPE), to inline in HTML."""
+    return svg[svg.index("<svg"):]
+
+
+def part(doc, key, source, prefix=""):
+    """``doc[key]``, which must be a JSON object; one error line naming ``prefix + key`` otherwise."""
+    value = doc.get(key)
+    if not isinstance(value, dict):
+        raise InputError(source, prefix + key, "an object", type(value).__name__ if key in doc else "it missing")
+    return value
+
+
+def numbers(value, shape, source, field):
+    """``value`` as a float array of ``shape`` (JSON null as nan); one error line if it is anything else."""
+    try:
+        array = np.array(value, dtype=float)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(source, field, f"numbers (or null) of shape {shape}", repr(value)[:60]) from None
+    if array.shape != shape:
+        raise InputError(source, field, f"numbers of shape {shape}", f"shape {array.shape}")
+    if np.isinf(array).any():
+        raise InputError(source, field, "finite numbers (or null)", "an infinite value")
+    return array
