@@ -109,11 +109,29 @@ def test_figures_are_written_and_open_as_pngs(cli, written36, tmp_path):
     assert cli("plot", result_json, tmp_path / "b").returncode == 0
     names = sorted(p.name for p in (tmp_path / "b").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert "to_anchor.png" in names and "pairs_operator_cos.png" in names and len(names) == 8
+    # 7 heatmaps (each with its z map), to-anchor panels, layer x head maps, one L x L panel per head
+    assert {"to_anchor.png", "pairs_operator_cos.png", "per_head.png", "pairs_operator_cos_heads.png"} <= set(names)
+    assert len(names) == 10
     for name in names:
         image = imread(tmp_path / "b" / name)
-        assert image.shape[:2] == (round(FIGSIZE[1] * DPI), round(FIGSIZE[0] * DPI))
+        assert image.shape[0] >= round(FIGSIZE[1] * DPI) and image.shape[1] >= round(FIGSIZE[0] * DPI)
         assert image.std() > 0.05  # not blank
+
+
+def test_figure_scales_fit_the_off_diagonal_values_and_z_is_the_reports():
+    from qkalign.stats.chance import ChanceLevel, z_score
+    from qkalign.views.analysis_figures import ROBUST_PERCENTILE, head_mean_z, off_diagonal, robust_half_range
+
+    matrix = np.full((4, 4), 0.02) + np.eye(4)  # diagonal 1 by construction, off-diagonal 0.02
+    masked = off_diagonal(matrix)
+    assert np.isnan(np.diag(masked)).all() and np.allclose(masked[~np.eye(4, dtype=bool)], 0.02)
+    assert robust_half_range(masked, 0.0) == pytest.approx(0.02)  # the diagonal's 1 does not set the scale
+    values = np.append(np.arange(100.0), 1e6)  # one outlier
+    assert robust_half_range(values, 0.0) == pytest.approx(np.percentile(np.abs(values), ROBUST_PERCENTILE))
+    assert robust_half_range(values, 0.0) < 100
+    level = {"mean": 0.01, "sd": 0.003}
+    assert np.allclose(head_mean_z(masked, level, 9)[0, 1], z_score(0.02, ChanceLevel(mean=0.01, sd=0.003, method="analytic"), 9))
+    assert head_mean_z(masked, {"mean": 0.0, "sd": None}, 9) is None
 
 
 def test_plot_of_a_missing_result_is_one_error_line(cli, tmp_path):

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..checks import int_in_range, positive_int
 from ..errors import InputError
-from .figure_files import DPI, FIGSIZE, figure_folder
+from .figure_files import DPI, FIGSIZE, caption, figure_folder
 from .figure_files import numbers as _numbers
 from .figure_files import part as _part
 from .figure_files import pyplot as _pyplot
@@ -26,48 +26,218 @@ from .symmetry_figures import (
     write_symmetry_figure,
 )
 
-#: (key in result["pairs"], title, colour-bar label, chance key, colour limits)
+#: (key in result["pairs"], title, colour-bar label, chance key)
 HEATMAPS = (
-    ("operator_cos", "Operator cosine between layers", r"cos($g_L$, $g_{L'}$)", "operator_cos", (-1, 1)),
-    ("resid_frac", "Scalar-rescale residual between layers", r"$\sqrt{1 - \cos^2}$", "resid_frac", (0, 1)),
-    ("pa_mean_cos", "Top-k eigensubspaces: mean principal cosine", "mean cos(principal angles)", "pa_mean_cos", (0, 1)),
-    ("pa_min_cos", "Top-k eigensubspaces: smallest principal cosine", "min cos(principal angles)", "pa_min_cos", (0, 1)),
-    ("top1_overlap", "Top eigenvector overlap", r"$(v_L \cdot v_{L'})^2$", "top1_overlap", (0, 1)),
-    ("spectral_cos", "Spectral cosine (signed eigenvalues)", r"cos($\lambda_L$, $\lambda_{L'}$)", "spectral_cos", (-1, 1)),
-    ("spectral_abs_cos", "Spectral cosine (|eigenvalues|)", r"cos($|\lambda_L|$, $|\lambda_{L'}|$)", "spectral_abs_cos",
-     (0, 1)),
+    ("operator_cos", "Operator cosine between layers", r"cos($g_L$, $g_{L'}$)", "operator_cos"),
+    ("resid_frac", "Scalar-rescale residual between layers", r"$\sqrt{1 - \cos^2}$", "resid_frac"),
+    ("pa_mean_cos", "Top-k eigensubspaces: mean principal cosine", "mean cos(principal angles)", "pa_mean_cos"),
+    ("pa_min_cos", "Top-k eigensubspaces: smallest principal cosine", "min cos(principal angles)", "pa_min_cos"),
+    ("top1_overlap", "Top eigenvector overlap", r"$(v_L \cdot v_{L'})^2$", "top1_overlap"),
+    ("spectral_cos", "Spectral cosine (signed eigenvalues)", r"cos($\lambda_L$, $\lambda_{L'}$)", "spectral_cos"),
+    ("spectral_abs_cos", "Spectral cosine (|eigenvalues|)", r"cos($|\lambda_L|$, $|\lambda_{L'}|$)", "spectral_abs_cos"),
 )
 
+#: The to-anchor panels: (curve or heatmap key, title, chance key); each panel has its own axis.
+TO_ANCHOR_PANELS = (
+    ("to_anchor.cos", "operator cosine", "operator_cos"),
+    ("principal_angles.mean_cos", "top-k subspace: mean principal cosine", "pa_mean_cos"),
+    ("principal_angles.top1_overlap", "top-1 eigenvector overlap", "top1_overlap"),
+    ("pa_min_cos", "top-k subspace: smallest principal cosine", "pa_min_cos"),
+    ("spectral_cos", "spectral cosine (signed λ)", "spectral_cos"),
+    ("spectral_abs_cos", "spectral cosine (|λ|)", "spectral_abs_cos"),
+)
+
+#: The head-resolved statistics to the anchor, drawn as layer x head maps: (pairs key, title, chance key).
+PER_HEAD_PANELS = (
+    ("operator_cos", "operator cosine", "operator_cos"),
+    ("pa_mean_cos", "top-k subspace mean cosine", "pa_mean_cos"),
+    ("top1_overlap", "top-1 eigenvector overlap", "top1_overlap"),
+    ("spectral_cos", "spectral cosine (signed λ)", "spectral_cos"),
+)
+
+#: At most this many heads get their own L x L panel in ``pairs_operator_cos_heads.png``.
+MAX_HEAD_PANELS = 64
+
+#: Colour scales fitted to the off-diagonal values: this percentile of |value - centre| is the scale's end.
+ROBUST_PERCENTILE = 98
+
 #: Every file :func:`write_figures` may write in its folder (checked before the work).
-FIGURE_NAMES = tuple(f"pairs_{h[0]}.png" for h in HEATMAPS) + ("to_anchor.png",) + ROPE_FIGURE_NAMES + \
-    SYMMETRY_FIGURE_NAMES
+FIGURE_NAMES = tuple(f"pairs_{h[0]}.png" for h in HEATMAPS) + ("to_anchor.png", "per_head.png",
+                                                                 "pairs_operator_cos_heads.png") + \
+    ROPE_FIGURE_NAMES + SYMMETRY_FIGURE_NAMES
 
-#: The chance levels the figures draw (as bands or in titles).
-CHANCE_KEYS = {h[3] for h in HEATMAPS} | {"operator_cos", "pa_mean_cos", "top1_overlap", "spectral_abs_cos"}
+#: The chance levels the figures draw (as centres, bands or z-scores).
+CHANCE_KEYS = {h[3] for h in HEATMAPS} | {p[2] for p in TO_ANCHOR_PANELS}
 
 
-def _heatmap(plt, matrix, title, label, chance, limits, path, num_heads):
-    fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
-    image = ax.imshow(np.asarray(matrix, dtype=float), origin="lower", cmap="viridis",
-                      vmin=limits[0], vmax=limits[1], interpolation="nearest")
+def off_diagonal(matrix):
+    """``matrix`` (L, L) as floats with its diagonal set to nan (1 or 0 by construction: it would set the scale)."""
+    out = np.array(matrix, dtype=float)
+    np.fill_diagonal(out, np.nan)
+    return out
+
+
+def robust_half_range(values, center):
+    """The scale's half-width around ``center``: the ROBUST_PERCENTILE-th percentile of ``|values - center|``
+    over the finite values (so one outlier cannot flatten the rest), or 1 when there is nothing to fit."""
+    deviation = np.abs(np.asarray(values, dtype=float) - center)
+    deviation = deviation[np.isfinite(deviation)]
+    if deviation.size == 0:
+        return 1.0
+    half = float(np.percentile(deviation, ROBUST_PERCENTILE))
+    return half if half > 0 else float(deviation.max()) or 1.0
+
+
+def head_mean_z(values, level, num_heads):
+    """z of a mean over ``num_heads`` heads, ``(values - mean) / (sd / sqrt(H))``; None without a level's sd."""
+    if level is None or level.get("mean") is None or not level.get("sd"):
+        return None
+    return (np.asarray(values, dtype=float) - level["mean"]) / (level["sd"] / np.sqrt(num_heads))
+
+
+def _diverging_map(plt, fig, ax, values, center, label, annotate):
+    """``values`` in diverging colours centred at ``center`` (scale fitted by :func:`robust_half_range`;
+    nan grey); the colour bar says both. Values are written in the cells of small maps."""
+    half = robust_half_range(values, center)
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
+    image = ax.imshow(values, origin="lower", cmap=cmap, vmin=center - half, vmax=center + half,
+                      interpolation="nearest", aspect="auto")
     bar = fig.colorbar(image, ax=ax)
-    bar.set_label(label)
-    ax.set_xlabel("layer L'")
+    bar.set_label(f"{label}\ncentre {center:.3g}, ends ±{half:.3g} ({ROBUST_PERCENTILE}th pct of |off-diag − centre|)",
+                  fontsize=7)
+    if annotate and values.shape[0] * values.shape[1] <= 144:
+        for (row, col), value in np.ndenumerate(values):
+            if np.isfinite(value):
+                ax.text(col, row, f"{value:.2g}", ha="center", va="center", fontsize=6,
+                        color="white" if abs(value - center) > 0.6 * half else "black")
+    return image
+
+
+def _layer_axes(ax, num_layers, xlabel="layer L'"):
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("layer L")
-    subtitle = f"mean over {num_heads} heads"
-    if chance is not None and chance.get("mean") is not None:
-        subtitle += f"; chance {chance['mean']:.3g}"
-    ax.set_title(f"{title}\n{subtitle}", fontsize=10)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _heatmap(plt, meta, matrix, title, label, chance, path):
+    """Left: the head-mean statistic between layers, diagonal masked, centred at chance; right: its z-score."""
+    H = meta["num_heads"]
+    values = off_diagonal(matrix)
+    center = chance["mean"] if chance is not None and chance.get("mean") is not None else float(np.nanmedian(values))
+    z = head_mean_z(values, chance, H)
+    fig, axes = plt.subplots(1, 2, figsize=(FIGSIZE[0] * 2, FIGSIZE[1]), dpi=DPI, squeeze=False)
+    raw, zmap = axes[0]
+    _diverging_map(plt, fig, raw, values, center, label + (" (centre: chance)" if chance else " (centre: median)"),
+                   annotate=True)
+    raw.set_title(f"{title}, mean over {H} heads (diagonal masked)", fontsize=9)
+    _layer_axes(raw, meta["num_layers"])
+    if z is not None:
+        _diverging_map(plt, fig, zmap, z, 0.0, f"z = (value − chance) / (sd/√{H})", annotate=True)
+        zmap.set_title(f"z-score against unrelated operators (chance {chance['mean']:.3g}, sd {chance['sd']:.3g})",
+                       fontsize=9)
+        _layer_axes(zmap, meta["num_layers"])
+    else:
+        zmap.axis("off")
+        zmap.text(0.5, 0.5, "no chance level with a spread:\nno z-score", ha="center", va="center")
+    fig.suptitle(caption(meta, f"layer L vs layer L′, {title.lower()}"), fontsize=10)
+    fig.tight_layout()
     _save(plt, fig, path)
 
 
-def _curve(ax, x, y, chance, num_heads, label, color):
-    ax.plot(x, y, marker="o", markersize=3, color=color, label=label)
-    if chance is not None and chance.get("mean") is not None:
-        mean = chance["mean"]
-        half = 2 * chance["sd"] / np.sqrt(num_heads) if chance.get("sd") is not None else 0.0
-        ax.axhline(mean, color=color, linestyle=":", linewidth=1)
-        ax.axhspan(mean - half, mean + half, color=color, alpha=0.15, linewidth=0, label=f"{label}: chance ±2 s.e.")
+def _to_anchor_figure(plt, meta, curves, heatmaps, chance, path):
+    """One panel per statistic, each with its own y axis fitted to the non-anchor layers, and its chance
+    level ±2 s.e. of a mean of H unrelated heads."""
+    L, H, anchor = meta["num_layers"], meta["num_heads"], meta["anchor"]
+    panels = [(curves[key] if key in curves else heatmaps[key][:, anchor], title, chance.get(level))
+              for key, title, level in TO_ANCHOR_PANELS if key in curves or key in heatmaps]
+    cols = 2 if len(panels) > 1 else 1
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(FIGSIZE[0] * cols, FIGSIZE[1] * 0.62 * rows), dpi=DPI,
+                             squeeze=False, sharex=True)
+    layers = np.arange(L)
+    others = layers != anchor
+    for ax, (values, title, level) in zip(axes.flat, panels):
+        ax.plot(layers[others], values[others], marker="o", markersize=3, color="C0")
+        ax.axvline(anchor, color="0.6", linewidth=0.8, linestyle="--")
+        shown = list(values[others][np.isfinite(values[others])])
+        if level is not None and level.get("mean") is not None:
+            half = 2 * level["sd"] / np.sqrt(H) if level.get("sd") is not None else 0.0
+            ax.axhspan(level["mean"] - half, level["mean"] + half, color="C1", alpha=0.25, linewidth=0)
+            ax.axhline(level["mean"], color="C1", linestyle=":", linewidth=1)
+            shown += [level["mean"] - half, level["mean"] + half]
+            z = head_mean_z(values[others], level, H)
+            title += "" if z is None else f"  (median z {np.nanmedian(z):+.3g})"
+        if shown:
+            low, high = min(shown), max(shown)
+            pad = 0.08 * (high - low) or 0.05 * max(abs(high), 1e-12)
+            ax.set_ylim(low - pad, high + pad)
+        ax.set_title(title, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel(f"layer L (dashed: the anchor L={anchor}, left out)", fontsize=8)
+    fig.suptitle(caption(meta, f"each layer to the anchor L={anchor}, mean over {H} heads; "
+                               "band: chance ±2 s.e."), fontsize=9)
+    fig.tight_layout()
+    _save(plt, fig, path)
+
+
+def _per_head_figure(plt, meta, per_head, chance, path):
+    """Layer x head maps of each head's statistic to the anchor, centred at chance (the anchor's row masked)."""
+    L, anchor = meta["num_layers"], meta["anchor"]
+    panels = [(per_head[key], title, chance.get(level)) for key, title, level in PER_HEAD_PANELS if key in per_head]
+    cols = 2 if len(panels) > 1 else 1
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(FIGSIZE[0] * cols, FIGSIZE[1] * 0.75 * rows), dpi=DPI,
+                             squeeze=False)
+    for ax, (values, title, level) in zip(axes.flat, panels):
+        values = np.array(values, dtype=float)
+        values[anchor] = np.nan
+        center = level["mean"] if level is not None and level.get("mean") is not None else float(np.nanmedian(values))
+        _diverging_map(plt, fig, ax, values, center, "value (centre: chance)" if level else "value", annotate=False)
+        ax.set_title(f"{title}, each head to its anchor head", fontsize=8)
+        _layer_axes(ax, L, xlabel="head h")
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(caption(meta, f"layer × head, each head h of layer L to head h of the anchor L={anchor} "
+                               "(grey row: the anchor)"), fontsize=9)
+    fig.tight_layout()
+    _save(plt, fig, path)
+
+
+def _heads_grid_figure(plt, meta, per_head, chance, path):
+    """One L x L panel of the operator cosine per head (at most MAX_HEAD_PANELS), one colour scale for all."""
+    H = meta["num_heads"]
+    shown = min(H, MAX_HEAD_PANELS)
+    cols = int(np.ceil(np.sqrt(shown)))
+    rows = -(-shown // cols)
+    cube = np.array(per_head, dtype=float)[:, :, :shown].copy()
+    for h in range(shown):
+        np.fill_diagonal(cube[:, :, h], np.nan)
+    center = chance["mean"] if chance is not None and chance.get("mean") is not None else float(np.nanmedian(cube))
+    half = robust_half_range(cube, center)
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
+    fig, axes = plt.subplots(rows, cols, figsize=(FIGSIZE[0] * 1.5, FIGSIZE[0] * 1.5 * rows / cols + 0.6), dpi=DPI,
+                             squeeze=False)
+    for h, ax in enumerate(axes.flat):
+        if h >= shown:
+            ax.axis("off")
+            continue
+        image = ax.imshow(cube[:, :, h], origin="lower", cmap=cmap, vmin=center - half, vmax=center + half,
+                          interpolation="nearest")
+        ax.set_title(f"head {h}", fontsize=6, pad=2)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout(rect=(0, 0, 0.9, 0.95))
+    bar = fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03)
+    bar.set_label(f"cos($g_L$, $g_{{L'}}$) per head; centre {center:.3g} (chance), ends ±{half:.3g}", fontsize=7)
+    more = f" (first {shown} of {H})" if shown < H else ""
+    fig.suptitle(caption(meta, f"operator cosine between layers, one L × L panel per head{more}"), fontsize=9)
+    _save(plt, fig, path)
 
 
 def checked_result(result, source):
@@ -90,6 +260,8 @@ def checked_result(result, source):
                   "anchor": int_in_range(meta.get("anchor"), 0, num_layers - 1, source, "meta.anchor"),
                   "model": _model_name(meta.get("grams_path")),
                   "operator": str(meta.get("operator") or "raw")[:40]}
+    for key in ("hidden_size", "head_dim"):  # for the captions; older JSONs may lack them
+        clean_meta[key] = positive_int(meta[key], source, f"meta.{key}") if meta.get(key) is not None else None
     curves = {}
     for part, key in (("to_anchor", "cos"), ("principal_angles", "mean_cos"), ("principal_angles", "top1_overlap")):
         curves[f"{part}.{key}"] = _numbers(_part(result, part, source).get(key), (num_layers,), source, f"{part}.{key}")
@@ -114,9 +286,14 @@ def checked_result(result, source):
 
 
 def _model_name(path):
-    """The last part of the measured path (a model file or folder, or a grams JSON), for titles."""
-    name = Path(path).name if isinstance(path, str) else ""
-    return name or "model"
+    """The measured model's name for titles: the folder of a weights file named ``model*`` (``model.safetensors``,
+    a shard), else the last part of the path (a GGUF file, a folder, a grams JSON)."""
+    if not isinstance(path, str) or not path:
+        return "model"
+    path = Path(path)
+    if path.name.startswith("model") and path.suffix in (".safetensors", ".json") and path.parent.name:
+        return path.parent.name
+    return path.name or "model"
 
 
 def write_figures(result, out_dir, source="result"):
@@ -139,35 +316,28 @@ def write_figures(result, out_dir, source="result"):
         The PNG files written.
     """
     meta, curves, heatmaps, chance, (profile, bands) = checked_result(result, source)
+    per_head = checked_per_head(result, meta, source)
     symmetry, split = checked_symmetry(result, meta, source), checked_split(result, meta, source)
     plt = _pyplot()
     out_dir = figure_folder(out_dir)
-    num_heads, anchor = meta["num_heads"], meta["anchor"]
     written = []
-    for key, title, label, chance_key, limits in HEATMAPS:
+    for key, title, label, chance_key in HEATMAPS:
         if key in heatmaps:
             path = out_dir / f"pairs_{key}.png"
-            _heatmap(plt, heatmaps[key], title, label, chance.get(chance_key), limits, path, num_heads)
+            _heatmap(plt, meta, heatmaps[key], title, label, chance.get(chance_key), path)
             written.append(path)
-
-    layers = np.arange(meta["num_layers"])
-    fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
-    _curve(ax, layers, curves["to_anchor.cos"], chance.get("operator_cos"), num_heads, "operator cosine", "C0")
-    _curve(ax, layers, curves["principal_angles.mean_cos"], chance.get("pa_mean_cos"), num_heads,
-           f"top-{meta['topk']} subspace mean cos", "C1")
-    _curve(ax, layers, curves["principal_angles.top1_overlap"], chance.get("top1_overlap"), num_heads,
-           "top-1 overlap", "C2")
-    if "spectral_abs_cos" in heatmaps:
-        _curve(ax, layers, heatmaps["spectral_abs_cos"][:, anchor], chance.get("spectral_abs_cos"),
-               num_heads, r"spectral cosine ($|\lambda|$)", "C3")
-    ax.set_xlabel("layer L")
-    ax.set_ylabel("similarity to the anchor layer")
-    ax.set_title(f"Layer-to-anchor similarity (anchor L={anchor}, mean over {num_heads} heads)", fontsize=10)
-    ax.set_ylim(-0.05, 1.05)
-    ax.legend(fontsize=7, loc="best")
     path = out_dir / "to_anchor.png"
-    _save(plt, fig, path)
+    _to_anchor_figure(plt, meta, curves, heatmaps, chance, path)
     written.append(path)
+    if per_head:
+        anchor = meta["anchor"]
+        path = out_dir / "per_head.png"
+        _per_head_figure(plt, meta, {key: cube[:, anchor, :] for key, cube in per_head.items()}, chance, path)
+        written.append(path)
+    if "operator_cos" in per_head:
+        path = out_dir / "pairs_operator_cos_heads.png"
+        _heads_grid_figure(plt, meta, per_head["operator_cos"], chance.get("operator_cos"), path)
+        written.append(path)
     from .rope_figures import write_rope_figures
 
     written += write_rope_figures(plt, meta, profile, bands, chance.get("operator_cos"), out_dir)
@@ -176,3 +346,12 @@ def write_figures(result, out_dir, source="result"):
     if split is not None:
         written.append(write_split_figure(plt, meta, split, out_dir / SYMMETRY_FIGURE_NAMES[1]))
     return written
+
+
+def checked_per_head(result, meta, source):
+    """``pairs.KEY.per_head`` (L, L, H) of the statistics :data:`PER_HEAD_PANELS` draws, where the JSON has them."""
+    pairs = result.get("pairs") or {}
+    shape = (meta["num_layers"], meta["num_layers"], meta["num_heads"])
+    return {key: _numbers(pairs[key]["per_head"], shape, source, f"pairs.{key}.per_head")
+            for key, *_ in PER_HEAD_PANELS
+            if isinstance(pairs.get(key), dict) and pairs[key].get("per_head") is not None}

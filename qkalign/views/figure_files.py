@@ -53,6 +53,14 @@ class CollectedFigure:
         return self.name
 
 
+def caption(meta, what):
+    """A figure's title line: the model, the operator, what is compared, and the sizes (n, d, H, L)."""
+    sizes = [f"n={meta['hidden_size']}" if meta.get("hidden_size") else None,
+             f"d={meta['head_dim']}" if meta.get("head_dim") else None,
+             f"{meta['num_heads']} heads × {meta['num_layers']} layers"]
+    return f"{meta['model']} · operator {meta.get('operator', 'raw')} · {what}\n" + ", ".join(s for s in sizes if s)
+
+
 def figure_folder(out_dir):
     """``out_dir`` as the writers use it: a :class:`FigureCollection` as it is, else a folder, created if missing."""
     if isinstance(out_dir, FigureCollection):

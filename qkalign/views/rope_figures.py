@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from ..errors import InputError
-from .figure_files import DPI, FIGSIZE, numbers, part, save_figure
+from .figure_files import DPI, FIGSIZE, caption, numbers, part, save_figure
 
 #: The rotary figures: cosine against Δ, head norms against Δ, band energy.
 ROPE_FIGURE_NAMES = ("rope_distance_cos.png", "rope_head_norms.png", "rope_bands.png")
@@ -191,7 +191,7 @@ def _distance_cos_figure(plt, meta, profile, chance, path):
     limit = _limit(np.abs(per_layer))
     _layer_delta_map(plt, fig, hm, per_layer, (-limit, limit), "head-mean cosine to the anchor", deltas, L,
                      f"Each layer to the anchor L={anchor} (grey: the anchor itself)")
-    fig.suptitle(f"{meta['model']}: rotary distance profile g(Δ) = $W_K^T R(Δ) W_Q$", fontsize=11)
+    fig.suptitle(caption(meta, "rotary distance profile g(Δ) = $W_K^T R(Δ) W_Q$, layer to layer"), fontsize=11)
     fig.tight_layout()
     save_figure(plt, fig, path)
     return path
@@ -231,7 +231,7 @@ def _head_norm_figure(plt, meta, profile, path):
     limit = _limit(np.abs(layer_median - 1.0))
     _layer_delta_map(plt, fig, hm, layer_median, (1 - limit, 1 + limit), "median over the layer's heads", deltas, L,
                      f"Per layer: median over its {H} heads")
-    fig.suptitle(f"{meta['model']}: how the rotation changes each head's operator norm", fontsize=11)
+    fig.suptitle(caption(meta, "how the rotation changes each head's operator norm"), fontsize=11)
     fig.tight_layout()
     save_figure(plt, fig, path)
     return path
@@ -334,7 +334,7 @@ def _bands_figure(plt, meta, bands, chance, path):
     cosines.set_ylabel("head-mean operator cosine")
     cosines.set_title("Operator cosine of each group's part of g", fontsize=9)
     cosines.legend(fontsize=7, loc="best")
-    fig.suptitle(f"{meta['model']}: rotary frequency bands", fontsize=11)
+    fig.suptitle(caption(meta, "rotary frequency bands: energy shares and cosines between layers"), fontsize=11)
     fig.tight_layout()
     save_figure(plt, fig, path)
     return path

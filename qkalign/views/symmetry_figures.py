@@ -5,7 +5,7 @@ operators (Saponati et al.'s scores) where measured."""
 import numpy as np
 
 from ..errors import InputError
-from .figure_files import DPI, FIGSIZE, numbers, save_figure
+from .figure_files import DPI, FIGSIZE, caption, numbers, save_figure
 
 SYMMETRY_FIGURE_NAMES = ("symmetry.png", "symmetry_split.png")
 #: The two halves of the operator cosine (:mod:`qkalign.stats.symmetry_split`).
@@ -67,7 +67,7 @@ def write_symmetry_figure(plt, meta, sym, path):
     ax.set_ylabel("score in [−1, 1] (s: 1 symmetric, −1 skew)")
     ax.set_title("Per layer, against chance", fontsize=10)
     ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"{meta['model']}: symmetric or directional QK operators ({meta.get('operator', 'raw')})", fontsize=11)
+    fig.suptitle(caption(meta, "symmetric or directional: each head's and layer's symmetry score"), fontsize=11)
     fig.tight_layout()
     save_figure(plt, fig, path)
     return path
@@ -131,8 +131,7 @@ def write_split_figure(plt, meta, split, path):
     ax.set_ylabel("head-mean cosine")
     ax.set_title("Each half to the anchor", fontsize=10)
     ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"{meta['model']}: what layers share, in the symmetric and the skew half ({meta.get('operator', 'raw')})",
-                 fontsize=11)
+    fig.suptitle(caption(meta, "what layers share, in the symmetric and the skew half"), fontsize=10)
     fig.tight_layout()
     save_figure(plt, fig, path)
     return path
