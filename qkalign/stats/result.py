@@ -101,6 +101,12 @@ class AnalysisResult:
                 f.write(text + "\n")
         return text
 
+    def _repr_html_(self):
+        """Jupyter's display: the verdict against chance and a small figure (:mod:`qkalign.views.notebook`)."""
+        from ..views.notebook import summary_html
+
+        return summary_html(self)
+
 
 def plain(value):
     """``value`` with numpy arrays and scalars turned into lists, floats and ints, and nan into None."""

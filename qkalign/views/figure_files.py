@@ -3,6 +3,7 @@
 and the checks of a result JSON's parts (one error line for anything malformed)."""
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +78,7 @@ def save_figure(plt, fig, target):
     gets the figure's SVG text (heatmap cells stay raster images inside it, so a 36 x 36 map stays small).
     """
     if isinstance(target, CollectedFigure):
-        buffer = io.StringIO()
-        fig.savefig(buffer, format="svg", metadata={"Date": None})  # no date: the same result, the same page
-        target.collection.figures[target.name] = _without_prolog(buffer.getvalue())
+        target.collection.figures[target.name] = svg_text(fig)
     else:
         with atomic_path(target) as tmp:
             fig.savefig(tmp, format="png")
@@ -87,9 +86,14 @@ def save_figure(plt, fig, target):
     return target
 
 
-def _without_prolog(svg):
-    """The ``<svg>`` element of an SVG document alone (no XML declaration or DOCTYPE), to inline in HTML."""
-    return svg[svg.index("<svg"):]
+def svg_text(fig):
+    """``fig`` as an ``<svg>`` element to inline in HTML: no XML declaration, DOCTYPE or RDF metadata, and no date
+    (the same result gives the same page)."""
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", metadata={"Date": None})
+    svg = buffer.getvalue()
+    svg = svg[svg.index("<svg"):]
+    return re.sub(r"\s*<metadata>.*?</metadata>", "", svg, count=1, flags=re.DOTALL)
 
 
 def part(doc, key, source, prefix=""):
