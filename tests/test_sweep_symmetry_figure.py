@@ -77,9 +77,9 @@ def test_split_figure_draws_the_stored_values(split_store, tmp_path, monkeypatch
             np.testing.assert_allclose(band[:, 1].min(), -2 * sd / np.sqrt(pairs), rtol=1e-12)
     shares = {color: ys for xs, ys, color in panels[3]["lines"] if len(xs) == len(STEPS)}
     for c, (name, _) in enumerate(figures.SPLIT_SHARES):
-        np.testing.assert_array_equal(shares[f"C{c + 2}"], [results[step][f"symmetry_split.{name}"] for step in steps])
+        np.testing.assert_array_equal(shares[f"C{c}"], [results[step][f"symmetry_split.{name}"] for step in steps])
     frac_s = np.array([results[step]["symmetry_split.frac_S"] for step in steps])
-    np.testing.assert_allclose(frac_s + shares["C3"], 1.0, rtol=0, atol=1e-12)  # the shares add up to one
+    np.testing.assert_allclose(frac_s + shares["C1"], 1.0, rtol=0, atol=1e-12)  # the shares add up to one
     import matplotlib.image
 
     assert matplotlib.image.imread(tmp_path / "figs" / "symmetry_split_vs_step.png").std() > 0.05

@@ -424,19 +424,14 @@ def _symmetry_split_figure(plt, ds, runs, out_dir):
         _step_axis(ax, runs, x, xlabel)
         _legend(ax, runs, ["S = (g + gᵀ)/2", "A = (g − gᵀ)/2"])
     shares = axes.flat[3]
-    for c, (name, _) in enumerate(SPLIT_SHARES):
-        _follow(shares, runs, x, lambda i, name=name: split_value(ds, i, name), f"C{c + 2}")
+    for c, (name, _) in enumerate(SPLIT_SHARES):  # frac_S in S's colour, frac_A in A's
+        _follow(shares, runs, x, lambda i, name=name: split_value(ds, i, name), f"C{c}")
     shares.axhline(0.5, color="0.3", linestyle=":", linewidth=1)
-    shares.set_title("Share of the off-diagonal operator cosine each part carries", fontsize=10)
+    shares.set_title("Share of the off-diagonal operator cosine each part carries (meaningful where that cosine "
+                     "is above chance)", fontsize=9)
     shares.set_ylabel("share (frac_S + frac_A = 1)")
     _step_axis(shares, runs, x, xlabel)
-    _legend(shares, runs, [])
-    handles, labels = shares.get_legend_handles_labels()
-    from matplotlib.lines import Line2D
-
-    colours = [Line2D([], [], color=f"C{c + 2}", marker="o", markersize=3, label=label)
-               for c, (_, label) in enumerate(SPLIT_SHARES)]
-    shares.legend(handles=colours + handles, fontsize=7, loc="best")
+    _legend(shares, runs, [label for _, label in SPLIT_SHARES])
     fig.suptitle(f"Symmetric and skew parts of g across layers, {len(runs)} runs{_sizes(ds, runs)} "
                  "(chance: unrelated operators)", fontsize=11)
     return _written(plt, fig, out_dir / "symmetry_split_vs_step.png")
