@@ -101,6 +101,21 @@ def test_gram_spectrum_against_dense():
         assert np.all(np.abs(ours.mean(axis=0) - dense.mean(axis=0)) <= 4.5 * se + 1e-12)
 
 
+def test_layers_with_different_operators_are_pooled_by_their_counts():
+    """Three layers with the window's M and one with M = I: the pooled variance is 3/4 and 1/4 of theirs (the 16
+    blocks of 250 draws split 12 : 4), within 4 standard errors of the three estimates (~ sd / sqrt(2 N) each)."""
+    samples = 4000
+    window = WINDOW[None, :] / WINDOW.max()
+    mixed = directionality_chance(128, 2, 16, np.vstack([window] * 3 + [np.ones((1, 16))]), samples=samples)["sd"]
+    rotated = directionality_chance(128, 2, 16, window, samples=samples)["sd"]
+    plain = directionality_chance(128, 2, 16, None, samples=samples)["sd"]
+    expected = np.sqrt(0.75 * rotated ** 2 + 0.25 * plain ** 2)
+    # se of expected by the delta method: (0.75 rotated se_r, 0.25 plain se_p) / expected, se_x = x / sqrt(2 N)
+    se = np.hypot(mixed, np.hypot(0.75 * rotated ** 2, 0.25 * plain ** 2) / expected) / np.sqrt(2 * samples)
+    assert abs(mixed - expected) <= 4 * se
+    assert abs(rotated - plain) > 8 * se  # the two operators' levels differ: the pooling is seen
+
+
 def test_deterministic_whatever_the_threads(monkeypatch):
     first = directionality_chance(96, 2, 16, samples=1200)
     assert directionality_chance(96, 2, 16, samples=1200) == first

@@ -48,8 +48,9 @@ from .chance import bartlett_wishart_factor, bidiagonal_gaussian_factor
 
 #: Monte Carlo draws of ``d``: the sd to ~ 1 / sqrt(2 * 2000) ~ 1.6 % (one standard error).
 DIRECTIONALITY_SAMPLES = 2000
-#: Independent (rows, columns) spectrum pairs the draws cycle through; the spectra of n x r Gaussian Grams
-#: concentrate (relative fluctuations ~ 1 / sqrt(n r) of their linear statistics), so a few suffice.
+#: Independent (rows, columns) spectrum pairs the blocks of draws cycle through, per distinct ``M``; the spectra of
+#: n x r Gaussian Grams concentrate (relative fluctuations ~ 1 / sqrt(n r) of their linear statistics), so a few
+#: suffice.
 SPECTRUM_PAIRS = 2
 #: Points of the grid on which the density of a squared norm is computed (mean - 12 sd .. mean + 40 sd).
 GRID_POINTS = 1 << 14
@@ -69,8 +70,10 @@ def directionality_chance(hidden_size, num_kv_heads, head_dim, operator_scales=N
     """``{"mean", "sd", "method", "seed", "samples", "note", "exact_mean", "exact_sd"}`` of one layer's ``d`` for
     unrelated operators ``K^T M Q~`` of this shape (module docstring).
 
-    operator_scales: (m, d) singular values of each layer's ``M`` (None: ``M`` a scaled rotation or absent); each
-    spectrum pair takes a random layer's.
+    operator_scales: (m, d) singular values of each layer's ``M`` (None: ``M`` a scaled rotation or absent). The
+    blocks of draws take the layers' in turn, evenly spread over them (block b: layer ``b m // blocks``), each
+    distinct row with its own spectrum pairs: the level pools the layers (as :func:`symmetry_chance
+    <qkalign.stats.symmetry.symmetry_chance>` does), weighted by how many have each ``M``.
     """
     n, r = int(hidden_size), int(num_kv_heads) * int(head_dim)
     if n < 3 or r < 1:
@@ -81,14 +84,18 @@ def directionality_chance(hidden_size, num_kv_heads, head_dim, operator_scales=N
     streams = np.random.SeedSequence(seed).spawn(blocks + 1)
     rng = np.random.default_rng(streams[0])
     scales = None if operator_scales is None else np.asarray(operator_scales, dtype=np.float64)
-    laws = []
-    for _ in range(SPECTRUM_PAIRS):
-        sigma = None if scales is None else np.tile(scales[rng.integers(len(scales))], int(num_kv_heads))
-        laws.append([_norm_law(gram_spectrum(rng, r, n, sigma)) for _ in range(2)])
+    rows_of_scales = [None] if scales is None else [row.tobytes() for row in scales]
+    # block b's M: layer b m // blocks; its spectrum pair: one of SPECTRUM_PAIRS per distinct M, drawn in block order
+    keys = [(rows_of_scales[b * len(rows_of_scales) // blocks], b % SPECTRUM_PAIRS) for b in range(blocks)]
+    laws = {}
+    for key in keys:
+        if key not in laws:
+            sigma = None if key[0] is None else np.tile(np.frombuffer(key[0]), int(num_kv_heads))
+            laws[key] = [_norm_law(gram_spectrum(rng, r, n, sigma)) for _ in range(2)]
 
     def block(b):
         size, stream = min(BLOCK, samples - b * BLOCK), np.random.default_rng(streams[b + 1])
-        rows, columns = (np.sqrt(_squared_norms(law, stream, (size, n))) for law in laws[b % SPECTRUM_PAIRS])
+        rows, columns = (np.sqrt(_squared_norms(law, stream, (size, n))) for law in laws[keys[b]])
         return _directionality(rows, columns)
 
     with ThreadPoolExecutor(core_count()) as pool:  # numpy's loops release the GIL

@@ -427,8 +427,8 @@ def _symmetry_split_figure(plt, ds, runs, out_dir):
     for c, (name, _) in enumerate(SPLIT_SHARES):  # frac_S in S's colour, frac_A in A's
         _follow(shares, runs, x, lambda i, name=name: split_value(ds, i, name), f"C{c}")
     shares.axhline(0.5, color="0.3", linestyle=":", linewidth=1)
-    shares.set_title("Share of the off-diagonal operator cosine each part carries (meaningful where that cosine "
-                     "is above chance)", fontsize=9)
+    shares.set_title("Each part's share of the off-diagonal operator cosine\n(meaningful where that cosine is "
+                     "above chance)", fontsize=9)
     shares.set_ylabel("share (frac_S + frac_A = 1)")
     _step_axis(shares, runs, x, xlabel)
     _legend(shares, runs, [label for _, label in SPLIT_SHARES])
