@@ -42,7 +42,7 @@ from scipy.linalg import eigvalsh_tridiagonal
 from scipy.special import ndtr
 
 from ..errors import InputError
-from ..linalg.blas_threads import core_count
+from ..linalg.blas_threads import core_count, one_blas_thread
 from . import DEFAULT_CHANCE_SEED
 from .chance import bartlett_wishart_factor, bidiagonal_gaussian_factor
 
@@ -88,10 +88,11 @@ def directionality_chance(hidden_size, num_kv_heads, head_dim, operator_scales=N
     # block b's M: layer b m // blocks; its spectrum pair: one of SPECTRUM_PAIRS per distinct M, drawn in block order
     keys = [(rows_of_scales[b * len(rows_of_scales) // blocks], b % SPECTRUM_PAIRS) for b in range(blocks)]
     laws = {}
-    for key in keys:
-        if key not in laws:
-            sigma = None if key[0] is None else np.tile(np.frombuffer(key[0]), int(num_kv_heads))
-            laws[key] = [_norm_law(gram_spectrum(rng, r, n, sigma)) for _ in range(2)]
+    with one_blas_thread():  # a dense r x r eigenvalue problem gains little from threads and loses much to a busy core
+        for key in keys:
+            if key not in laws:
+                sigma = None if key[0] is None else np.tile(np.frombuffer(key[0]), int(num_kv_heads))
+                laws[key] = [_norm_law(gram_spectrum(rng, r, n, sigma)) for _ in range(2)]
 
     def block(b):
         size, stream = min(BLOCK, samples - b * BLOCK), np.random.default_rng(streams[b + 1])
