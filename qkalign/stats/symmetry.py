@@ -108,7 +108,7 @@ def _layer_operator_statistics(record, data, chance, operator_scales=None):
             "directionality_chance": level,
             "directionality_z": (direction - level["mean"]) / level["sd"],
             "directionality_mean": mean,
-            "directionality_mean_z": (mean - level["mean"]) / (level["sd"] / np.sqrt(layers)) if layers
+            "directionality_mean_z": float((mean - level["mean"]) / (level["sd"] / np.sqrt(layers))) if layers
             else float("nan")}
 
 
