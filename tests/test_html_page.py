@@ -225,3 +225,16 @@ def test_sweep_page_lists_every_run_and_draws_the_figures(tmp_path, cli):
     assert "the weights are truncated &lt;here&gt;" in text and "script" not in page.tags
     out = cli("report", tmp_path / "missing.zarr", tmp_path / "x.html")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.filterwarnings("error::qkalign.views.figure_jobs.FigureWorkersUnavailable")  # the workers really drew
+def test_figures_drawn_side_by_side_are_the_figures_drawn_in_turn(data_small):
+    from qkalign.views.analysis_figures import figure_jobs
+    from qkalign.views.figure_jobs import run_jobs
+
+    doc = analyze(data_small).to_dict()
+    jobs = figure_jobs(doc)
+    alone, together = FigureCollection(), FigureCollection()
+    run_jobs(jobs, alone, workers=1)
+    written = run_jobs(jobs, together, workers=2)
+    assert [str(w) for w in written] == list(alone.figures) and together.figures == alone.figures

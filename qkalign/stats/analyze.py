@@ -91,7 +91,7 @@ def analyze(data, anchor=-1, backend=DEFAULT_BACKEND, k_values=None, pairs=True,
         rope_profile=rope_profile_statistics(checked_profile(data), anchor),
         symmetry_split=symmetry_split_statistics(data, anchor),
         rope_bands=rope_band_statistics(checked_bands(data), anchor),
-        symmetry=symmetry_statistics(data, operator_scales(data)),
+        symmetry=symmetry_statistics(data, operator_scales(data), seed=chance_seed),
         **extras,
     )
 

@@ -19,6 +19,7 @@ import warnings
 import numpy as np
 
 from ..errors import InputError
+from .chance import DEFAULT_SEED as DEFAULT_CHANCE_SEED
 from .directionality_chance import directionality_chance
 
 #: Monte Carlo draws of the chance level of ``s`` for operators ``K^T M Q`` with unequal singular values of ``M``.
@@ -47,7 +48,7 @@ def symmetry_chance(head_dim, hidden_size, operator_scales=None, seed=0):
             "values of the input's M (mean 1/n exact to O(1/n))", "samples": SYMMETRY_SAMPLES, "note": ""}
 
 
-def symmetry_statistics(data, operator_scales=None):
+def symmetry_statistics(data, operator_scales=None, seed=DEFAULT_CHANCE_SEED):
     """The symmetry statistics of a :class:`~qkalign.QKData` whose ``extra`` holds measure's ``symmetry`` (None
     without it).
 
@@ -73,11 +74,11 @@ def symmetry_statistics(data, operator_scales=None):
     out = {"per_head": score, "per_layer": per_layer, "mean": mean,
            "median": float(np.nanmedian(score)) if total else float("nan"), "chance": chance,
            "z_per_layer": z_per_layer, "z": float(z)}
-    out.update(_layer_operator_statistics(record, data, chance, operator_scales))
+    out.update(_layer_operator_statistics(record, data, chance, operator_scales, seed))
     return out
 
 
-def _layer_operator_statistics(record, data, chance, operator_scales=None):
+def _layer_operator_statistics(record, data, chance, operator_scales=None, seed=DEFAULT_CHANCE_SEED):
     """Saponati et al.'s per-layer scores of the layers' whole operators, where recorded: ``layer_score`` (L,) ``s``
     with ``layer_z`` (L,) (one operator: the per-head level applies, its ``Q~`` a scaled Gaussian too),
     ``directionality`` (L,) ``d`` with ``directionality_chance`` (one layer's level,
@@ -98,7 +99,7 @@ def _layer_operator_statistics(record, data, chance, operator_scales=None):
                              repr(record.get(key))[:80])
         values[key] = array
     layer_score, direction = values["per_layer"], values["directionality"]
-    level = directionality_chance(data.hidden_size, _kv_heads(data), data.head_dim, operator_scales)
+    level = directionality_chance(data.hidden_size, _kv_heads(data), data.head_dim, operator_scales, seed=seed)
     layers = np.isfinite(direction).sum()
     mean = float(np.nanmean(direction)) if layers else float("nan")
     return {"layer_score": layer_score, "layer_z": (layer_score - chance["mean"]) / chance["sd"],

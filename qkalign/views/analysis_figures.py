@@ -15,7 +15,6 @@ from ..errors import InputError
 from .figure_files import DPI, FIGSIZE, caption, figure_folder
 from .figure_files import numbers as _numbers
 from .figure_files import part as _part
-from .figure_files import pyplot as _pyplot
 from .figure_files import save_figure as _save
 from .rope_figures import ROPE_FIGURE_NAMES
 from .symmetry_figures import (

@@ -8,6 +8,8 @@ of workers: each job's SVG text does not depend on the process that drew it (:fu
 
 import multiprocessing
 import os
+import sys
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -16,6 +18,10 @@ from .figure_files import pyplot as _pyplot
 
 #: Modules the worker processes import once, before their first job (the fork server preloads them).
 PRELOAD = ("qkalign.views.analysis_figures", "matplotlib.pyplot")
+
+
+class FigureWorkersUnavailable(UserWarning):
+    """Worker processes could not draw: the figures were drawn in this process (the same figures, slower)."""
 
 
 def default_workers(jobs):
@@ -34,7 +40,7 @@ def run_jobs(jobs, out_dir, workers=1):
     """
     if workers is None:
         workers = default_workers(jobs)
-    if not isinstance(out_dir, FigureCollection) or workers <= 1 or len(jobs) < 2:
+    if not isinstance(out_dir, FigureCollection) or workers <= 1 or len(jobs) < 2 or not _main_importable():
         plt = _pyplot()
         return [target for function, args in jobs for target in function(plt, *args, out_dir)]
     try:
@@ -42,7 +48,9 @@ def run_jobs(jobs, out_dir, workers=1):
         context.set_forkserver_preload(list(PRELOAD))
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             drawn = list(pool.map(_draw_in_worker, jobs))
-    except (OSError, BrokenProcessPool, ValueError):
+    except (OSError, BrokenProcessPool, ValueError) as exc:
+        warnings.warn(f"qkalign: figures drawn in this process instead ({type(exc).__name__}: {exc})",
+                      FigureWorkersUnavailable, stacklevel=2)
         return run_jobs(jobs, out_dir, workers=1)
     written = []
     for figures in drawn:
@@ -50,6 +58,12 @@ def run_jobs(jobs, out_dir, workers=1):
             out_dir.figures[name] = svg
             written.append(out_dir / name)
     return written
+
+
+def _main_importable():
+    """Whether a worker can start: it re-imports the main script by its path (``python -`` has none)."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return path is None or os.path.isfile(path)
 
 
 def _draw_in_worker(job):
