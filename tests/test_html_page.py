@@ -238,3 +238,14 @@ def test_figures_drawn_side_by_side_are_the_figures_drawn_in_turn(data_small):
     run_jobs(jobs, alone, workers=1)
     written = run_jobs(jobs, together, workers=2)
     assert [str(w) for w in written] == list(alone.figures) and together.figures == alone.figures
+
+
+def test_a_result_of_an_earlier_version_without_the_directionality_level(rich):
+    doc = rich.to_dict()
+    for key in ("directionality_chance", "directionality_z", "directionality_mean", "directionality_mean_z"):
+        del doc["symmetry"][key]
+    report = format_report(AnalysisResult.from_dict(doc))
+    assert "z(dir)" not in report and "directionality chance" not in report
+    assert f"median directionality {rich.symmetry['directionality_median']:+.4f}" in report
+    page = page_html(doc)
+    assert "z (directionality)" not in page and f"<td>{rich.symmetry['directionality'][0]:+.4f}</td>" in page

@@ -406,6 +406,7 @@ def _bands_section(result):
 def _symmetry_section(result):
     sym, meta = result.symmetry, result.meta
     whole = "layer_score" in sym
+    leveled = whole and "directionality_z" in sym  # a result of an earlier qkalign has no level for d
     rows = []
     for layer in range(meta["num_layers"]):
         heads = sym["per_head"][layer]
@@ -414,10 +415,11 @@ def _symmetry_section(result):
         if whole:
             row += [_num(sym["layer_score"][layer], "+.4f"), _num(sym["layer_z"][layer], "+.1f"),
                     _num(sym["directionality"][layer], "+.4f")]
+            row += [_num(sym["directionality_z"][layer], "+.1f")] if leveled else []
         rows.append(row)
     columns = ["L", "mean s", "min s", "max s", "z (mean)"]
     if whole:
-        columns += ["layer's s", "z", "directionality"]
+        columns += ["layer's s", "z", "directionality"] + (["z (directionality)"] if leveled else [])
     chance = sym["chance"]
     notes = [f"s = <g, gᵀ>/‖g‖² = (‖S‖² − ‖A‖²)/‖g‖²: 1 symmetric, −1 skew. All heads: mean {sym['mean']:+.4f}, "
              f"median {sym['median']:+.4f}; chance {chance['mean']:+.4f} ± {chance['sd']:.4f} per head, "
@@ -426,6 +428,11 @@ def _symmetry_section(result):
         notes.append(f"Each layer's whole operator (heads summed), as Saponati et al. (ICML 2025) score it: median s "
                      f"{sym['layer_score_median']:+.4f}, median directionality {sym['directionality_median']:+.4f} "
                      "(< 0: key-side columns stand out).")
+    if leveled:
+        level = sym["directionality_chance"]
+        notes.append(f"Directionality of unrelated operators of this shape: {level['mean']:+.4f} ± {level['sd']:.4f} "
+                     f"per layer; the layers' mean {sym['directionality_mean']:+.4f}, z = "
+                     f"{sym['directionality_mean_z']:+.1f}.")
     return [_table(columns, rows)] + [_note(n) for n in notes]
 
 

@@ -333,24 +333,27 @@ def _symmetry_section(result):
     with the layers' whole operators, their s and directionality d, each with its z against chance."""
     sym, meta = result.symmetry, result.meta
     chance, whole = sym["chance"], "layer_score" in sym
+    leveled = whole and "directionality_z" in sym  # a result JSON of an earlier qkalign has no level for d
     out = ["", f"=== [qkalign] (j) Symmetry of each head's operator: s = <g, g^T>/||g||^2 = (||S||^2 - ||A||^2)/||g||^2, "
                f"{meta['num_heads']} heads ===",
            "   layer   mean s     min s     max s   z(mean)   layer s  z(layer)  directionality"
-           + ("    z(dir)" if whole else "")]
+           + ("    z(dir)" if leveled else "")]
     for layer, (mean, z) in enumerate(zip(sym["per_layer"], sym["z_per_layer"])):
         row = sym["per_head"][layer]
         line = f"  {layer:6d}  {mean:+.4f}   {np.nanmin(row):+.4f}   {np.nanmax(row):+.4f}  {z:+8.1f}"
         if whole:
             line += (f"   {sym['layer_score'][layer]:+.4f}  {sym['layer_z'][layer]:+8.1f}        "
-                     f"{sym['directionality'][layer]:+.4f}  {sym['directionality_z'][layer]:+8.1f}")
+                     f"{sym['directionality'][layer]:+.4f}"
+                     + (f"  {sym['directionality_z'][layer]:+8.1f}" if leveled else ""))
         out.append(line)
     out.append(f"  [qkalign] all heads: mean s {sym['mean']:+.4f}, median {sym['median']:+.4f}; chance (unrelated "
                f"operators) {chance['mean']:+.4f} ± {chance['sd']:.4f} per head: z = {sym['z']:+.1f}")
     if whole:
-        level = sym["directionality_chance"]
         out.append(f"  [qkalign] each layer's whole operator (heads summed), as Saponati et al. score it: median s "
                    f"{sym['layer_score_median']:+.4f} (chance as per head), median directionality "
                    f"{sym['directionality_median']:+.4f} (< 0: key-side columns stand out)")
+    if leveled:
+        level = sym["directionality_chance"]
         out.append(f"  [qkalign] directionality chance (unrelated Gaussian factors of this shape) {level['mean']:+.4f} "
                    f"± {level['sd']:.4f} per layer ({level['method']}, {level['samples']} draws); mean over layers "
                    f"{sym['directionality_mean']:+.4f}: z = {sym['directionality_mean_z']:+.1f}")
