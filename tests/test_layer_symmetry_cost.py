@@ -20,6 +20,7 @@ from qkalign.weights.layer_symmetry import (
     directionality,
     layer_operator_scores,
     operator_sums,
+    times_power_of_two,
 )
 from qkalign.weights.layouts import AttentionShape
 from qkalign.weights.measure import measure
@@ -163,6 +164,19 @@ def gathered_scores(shape, dtype, k, k_exponents, q, q_exponents, maps=None):
     return scores
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_powers_of_two_round_as_ldexp(dtype):
+    """Products by powers of two (normal and subnormal ones) and ldexp beyond them: the bits of ``np.ldexp``."""
+    info = np.finfo(dtype)
+    block = np.random.default_rng(2).uniform(-1, 1, 1000).astype(dtype)
+    block[:3] = [info.smallest_subnormal, -info.tiny, info.max]
+    for exponent in (0, -1, -30, info.minexp, info.minexp - info.nmant // 2, info.minexp - info.nmant,
+                     info.minexp - info.nmant - 1, -2 * info.maxexp, 3):
+        with np.errstate(over="ignore"):
+            np.testing.assert_array_equal(times_power_of_two(block, exponent, np.empty_like(block)),
+                                          np.ldexp(block, exponent))
+
+
 def random_maps(rng, shape):
     """(L, d, d) rotations times 1.2 (an attention factor), as a rotated operator's ``M_L``."""
     rotations = np.linalg.qr(rng.standard_normal((shape.num_layers, shape.head_dim, shape.head_dim)))[0]
@@ -171,10 +185,11 @@ def random_maps(rng, shape):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("rotated", [False, True], ids=["raw", "rotated"])
-@pytest.mark.parametrize("spread", [0, 3, 40], ids=lambda s: f"exponents+-{s}")
+@pytest.mark.parametrize("spread", [0, 3, 40, 100], ids=lambda s: f"exponents+-{s}")
 def test_gathered_blocks_give_the_definitions_scores(dtype, rotated, spread):
     """Grouped-query (4 query heads a kv head), heads at exponents far apart (partial sums rescaled as larger ones
-    come): the gathered path and the definition against dense float64, and against each other."""
+    come; at +-100 float32 heads underflow against the largest, and scale by ldexp): the gathered path and the
+    definition against dense float64, and against each other."""
     rng = np.random.default_rng(spread + 2 * rotated)
     shape = AttentionShape(3, 8, 2, 6, 48)
     k, k_exponents, q, q_exponents = random_blocks(shape, dtype, rng, spread)
@@ -255,3 +270,15 @@ def test_measure_rotated_operator_layer_scores_match_dense(tmp_path):
            "layer_directionality": np.asarray(sym["directionality"])}
     for scores in (got, definition):
         assert_scores_match_dense(scores, dense, shape, "float32", True)
+
+
+def test_peak_memory_counts_the_gathered_blocks():
+    """measure's estimate grows by at least the kept K stacks and Q~ sums, ``2 L H_kv d n`` float32 numbers (0.75 GB
+    at qwen3-4b), and by less than twice that plus a head stack per queued task and a layer task's ``W`` per core."""
+    from qkalign.linalg.blas_threads import core_count
+    from qkalign.weights.measure import peak_bytes
+
+    shape = AttentionShape(36, 32, 8, 128, 2560)
+    extra = peak_bytes(shape, 16, "float32", layer_symmetry=True) - peak_bytes(shape, 16, "float32")
+    kept = 4 * 2 * 36 * 8 * 128 * 2560
+    assert kept <= extra <= 2 * kept + core_count() * 4 * (2 * 36 * 128 * 2560 + 2560**2)

@@ -95,12 +95,12 @@ class LayerOperators:
         for layer in range(len(sums)):
             top = max(int(tops[layer]), int(exponents[layer]))
             if top > tops[layer]:
-                np.ldexp(sums[layer], int(tops[layer]) - top, out=sums[layer])
+                times_power_of_two(sums[layer], int(tops[layer]) - top, out=sums[layer])
                 tops[layer] = top
             if exponents[layer] == top:
                 sums[layer] += blocks[layer]
             else:
-                sums[layer] += np.ldexp(blocks[layer], int(exponents[layer]) - top, out=self._scratch)
+                sums[layer] += times_power_of_two(blocks[layer], int(exponents[layer]) - top, out=self._scratch)
 
     def layer_scores(self, layer):
         """``(||W||^2, <W, W^T>, d)`` of layer ``layer``'s operator, float64 (the sums in one pass over ``W``)."""
@@ -113,16 +113,30 @@ class LayerOperators:
         k_top, q_top = int(k_exponents.max()), int(q_exponents.max())
         k = np.empty((shape.num_kv_heads * d, shape.hidden_size), dtype=self.dtype)
         for kv_head, (blocks, exponents) in enumerate(self.keys):
-            np.ldexp(blocks[layer], int(exponents[layer]) - k_top, out=k[kv_head * d:(kv_head + 1) * d])
+            times_power_of_two(blocks[layer], int(exponents[layer]) - k_top, out=k[kv_head * d:(kv_head + 1) * d])
         q_sum = self.query_sums[layer]
         for kv_head in np.flatnonzero(q_exponents != q_top):  # each layer's sums are read once: scaled in place
-            np.ldexp(q_sum[kv_head], int(q_exponents[kv_head]) - q_top, out=q_sum[kv_head])
+            times_power_of_two(q_sum[kv_head], int(q_exponents[kv_head]) - q_top, out=q_sum[kv_head])
         if self.maps is not None:
             q_sum = (self.maps[layer] @ q_sum).astype(self.dtype)
         norm_sq, inner, row_sq, col_sq = fused_sums(k.T @ q_sum.reshape(-1, shape.hidden_size))
         scale = 2 * (k_top + q_top)
         # Saponati's rows are the query side: W's columns
         return np.ldexp(norm_sq, scale), np.ldexp(inner, scale), directionality(np.sqrt(col_sq), np.sqrt(row_sq))
+
+
+def times_power_of_two(block, exponent, out):
+    """``out = block 2^exponent``, rounded once as ``np.ldexp`` rounds it (exactly, unless it underflows): a product by
+    the power of two where that is a number of ``out``'s format (subnormal ones too; ~20x quicker than ldexp), ldexp
+    beyond. Returns ``out``."""
+    info = np.finfo(out.dtype)
+    if exponent == 0:
+        np.copyto(out, block)
+    elif info.minexp - info.nmant <= exponent < info.maxexp:
+        np.multiply(block, np.ldexp(out.dtype.type(1), exponent), out=out)
+    else:
+        np.ldexp(block, exponent, out=out)
+    return out
 
 
 def operator_sums(w, chunk_rows=CHUNK_ROWS):

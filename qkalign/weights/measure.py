@@ -455,8 +455,10 @@ class _HeadTasks:
     eigen-problems of every layer). Multithreaded BLAS would spend its time synchronising on
     the many small matrices (up to a hundredfold on a busy machine), while independent
     single-threaded SYRKs keep its full rate. A kv head's task is queued one group ahead of
-    the query heads that need it. BLAS stays limited to one thread per call (process-wide)
-    until the work is done.
+    the query heads that need it. With ``layer_operators``, the blocks read go into each layer's
+    ``K`` and ``Q~`` as the tasks finish, then one task per layer forms its whole operator and
+    sums it (:class:`~qkalign.weights.layer_symmetry.LayerOperators`). BLAS stays limited to one
+    thread per call (process-wide) until the work is done.
     """
 
     def __init__(self, reader, shape, topk, precision, layer_gram, plan=None, rotary_grams=None, rotated=None,
