@@ -67,9 +67,10 @@ class LayerOperators:
     :meth:`add_keys` keeps a kv head's ``(L, d, n)`` stack; :meth:`add_queries`, called for the query heads in head
     order, adds each into its group's ``Q~`` (``query_sums``: (L, H_kv, d, n)) at the group's largest exponent so far,
     rescaling the partial sum when a larger one comes: the float32 sums of :func:`layer_operator_scores` (scaling by
-    powers of two commutes with rounding; only entries 2^126 below a layer's largest head could round differently,
-    in the subnormal range). :meth:`layer_scores` of one layer is then independent of every other: measure runs them
-    as tasks on its worker threads, on single-threaded BLAS. maps: (L, d, d) ``M_L`` of a rotated operator, or None.
+    powers of two commutes with rounding; only entries pushed into the subnormal range, 2^126 (float64: 2^1022)
+    below a layer's largest head, could round differently). :meth:`layer_scores` of one layer is then independent of
+    every other: measure runs them as tasks on its worker threads, on single-threaded BLAS. maps: (L, d, d) ``M_L``
+    of a rotated operator, or None.
     """
 
     def __init__(self, shape, dtype, maps=None):
@@ -103,7 +104,8 @@ class LayerOperators:
                 sums[layer] += times_power_of_two(blocks[layer], int(exponents[layer]) - top, out=self._scratch)
 
     def layer_scores(self, layer):
-        """``(||W||^2, <W, W^T>, d)`` of layer ``layer``'s operator, float64 (the sums in one pass over ``W``)."""
+        """``(||W||^2, <W, W^T>, d)`` of layer ``layer``'s operator, float64 (the sums in one pass over ``W``); once
+        per layer, every query head added: it scales that layer's ``Q~`` in place."""
         from ..kernels.layer_sums import operator_sums as fused_sums  # numba: imported when measuring
 
         shape, d = self.shape, self.shape.head_dim
