@@ -10,7 +10,7 @@ kernels whose whole work is a fraction of a millisecond run on one thread (``thr
 
 Modules: ``operator_cos`` (a, b), ``signs`` (c and the spectra's signs), ``grams`` +
 ``principal_angles`` + ``small_linalg`` (d), ``top1``, ``spectral``; ``pair_lists`` names the
-layer pairs a kernel loops over. ``block_sums``, ``rotary_grams`` and ``transpose_sums`` serve
+layer pairs a kernel loops over. ``block_sums``, ``rotary_grams``, ``transpose_sums`` and ``layer_sums`` serve
 ``qkalign.weights.measure``, not the backend. ``cache_dir`` makes sure numba has somewhere to cache them before any is defined.
 """
 

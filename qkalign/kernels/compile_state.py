@@ -94,7 +94,17 @@ def compile_kernels():
     float64), and measure's two precisions. The kernels are called directly, so this module
     needs nothing above ``qkalign.kernels``.
     """
-    from . import block_sums, operator_cos, principal_angles, rotary_grams, signs, spectral, top1, transpose_sums
+    from . import (
+        block_sums,
+        layer_sums,
+        operator_cos,
+        principal_angles,
+        rotary_grams,
+        signs,
+        spectral,
+        top1,
+        transpose_sums,
+    )
 
     layers, heads, topk, hidden, k_values, anchor = 4, 2, 3, 16, (2, 4), 3
     rng = np.random.default_rng(0)
@@ -118,6 +128,7 @@ def compile_kernels():
         top1.top1_overlap_all_pairs(eig_dirs)
         block_sums.layer_gram_accumulated(np.eye(8, dtype=dtype), np.eye(8, dtype=dtype), 2, 4)
         transpose_sums.gram_transpose_from_product(np.eye(8, dtype=dtype), 2, 4)
+        layer_sums.operator_sums(np.eye(8, dtype=dtype))
         angles = np.ones((2, 1))
         rotary_grams.rotary_layer_grams(np.eye(8, dtype=dtype), np.eye(8, dtype=dtype), 2, 4, angles, angles,
                                         np.array([0]), np.array([1]))

@@ -306,6 +306,13 @@ COMPARISONS = (
     # blocks, near 0 defined to ~d^2 eps (d <= 10)
     Comparison("gram_transpose_from_product", ("stacked.qk", "stacked.num_layers", "stacked.head_dim"), atol=1e-13,
                modules=("qkalign.weights.symmetry_split", "qkalign.kernels.transpose_sums")),
+    # measure's layer scores (layer_symmetry): ||W||^2, <W, W^T> and the squared row and column norms of a square W
+    # (here X, (L d)^2 entries of size <= 1): running float64 sums of up to 3600 products, near 0 ~ 3600 eps absolute
+    Comparison("operator_sums", ("stacked.qk",), atol=1e-12,
+               modules=("qkalign.weights.layer_symmetry", "qkalign.kernels.layer_sums")),
+    # by tiles of 7 (the reference by chunks of 7 rows): tiles that do not divide n
+    Comparison("operator_sums", ("stacked.qk",), atol=1e-12, variant="tiles", constants=(7,),
+               modules=("qkalign.weights.layer_symmetry", "qkalign.kernels.layer_sums")),
 )
 
 

@@ -39,7 +39,7 @@ from ..memory import check_fits
 from ..qkdata import QKData
 from . import DEFAULT_PRECISION, DEFAULT_TOPK, PRECISIONS
 from .factored_operator import RANK_TOL, stacked_gram_lower, symmetric_part_eigen_from_gram
-from .layer_symmetry import layer_operator_scores
+from .layer_symmetry import LAYER_SCORES, LayerOperators
 from .layouts import find_prefix, layout_for, text_config
 from .model_folder import ModelFolder
 from .quantization import checkpoint_quantization
@@ -89,8 +89,9 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
         distances 0..W-1); rotated operators need a rotary model.
     layer_symmetry : bool
         Also score each layer's whole operator (its heads summed) as Saponati et al. do: symmetry and directionality
-        (:mod:`~qkalign.weights.layer_symmetry`; n^2 H_kv d multiply-adds a layer and a second read of the weights:
-        1.5x measure's wall at the qwen3-4b shape). Each head's symmetry is always recorded.
+        (:mod:`~qkalign.weights.layer_symmetry`: n^2 H_kv d multiply-adds a layer, from the blocks the head tasks
+        read, and ``L H_kv d n`` more numbers held; ``benchmarks/test_bench_measure.py`` times it). Each head's
+        symmetry is always recorded.
     symmetry_split : bool
         Also record ``gram_transpose`` (L, L, H), ``<g_L, g_L'^T>`` of every head, which splits the cross-layer
         agreement into symmetric and skew parts (:mod:`~qkalign.weights.symmetry_split`): one more ``(L d)^2 n``
@@ -121,7 +122,7 @@ def measure(model_dir, topk=DEFAULT_TOPK, fold_norms=False, precision=DEFAULT_PR
     rotated = operator_plan(operator, folder.rope, source.config_label())
     bands = bands_for(folder, layout)
     check_fits(peak_bytes(shape, topk, precision, len(plan.deltas) if plan else 0, len(bands.groups) if bands else 0,
-                          symmetry_split),
+                          symmetry_split, layer_symmetry),
                source.config_label(), "", f"measuring {shape.num_layers} layers x {shape.num_heads} heads (head_dim "
                f"{shape.head_dim}, hidden_size {shape.hidden_size}, topk {topk})")
     arrays = compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress, plan, rotated, bands,
@@ -238,14 +239,17 @@ def check_tensors(layout, shape, folder, fold_norms):
 BASE_BYTES = 64 * 2**20
 
 
-def peak_bytes(shape, topk, precision, num_deltas=0, num_band_groups=0, symmetry_split=False):
+def peak_bytes(shape, topk, precision, num_deltas=0, num_band_groups=0, symmetry_split=False, layer_symmetry=False):
     """Estimated peak memory of :func:`measure` and writing its result, in bytes.
 
     :data:`BASE_BYTES`, the outputs (float64), per running task (one per core) one ``(L d, n)``
     stack, its ``(L d)^2`` Gram and the float64 ``[K_L; Q_L]`` rows and ``2d x 2d`` problems of
     its layers, two held kv heads, and the JSON's gram as Python floats (~56 bytes a number); the rotary
     profile's ``num_deltas`` and the bands' ``num_band_groups`` Grams likewise; with ``symmetry_split``, per task
-    the ``(L d)^2`` product ``X`` and a mapped ``(L d, n)`` stack, and the ``gram_transpose`` output and JSON.
+    the ``(L d)^2`` product ``X`` and a mapped ``(L d, n)`` stack, and the ``gram_transpose`` output and JSON; with
+    ``layer_symmetry`` (:class:`~qkalign.weights.layer_symmetry.LayerOperators`), every kv head's stack and the
+    ``Q~`` sums, a finished query head's stack per queued task, and per running layer task ``W`` (n x n) and
+    the layer's ``K`` (H_kv d, n).
     """
     L, H, d, n = shape.num_layers, shape.num_heads, shape.head_dim, shape.hidden_size
     item = np.dtype(precision).itemsize
@@ -256,7 +260,13 @@ def peak_bytes(shape, topk, precision, num_deltas=0, num_band_groups=0, symmetry
     bands = (8 + 56) * ((num_band_groups + 1) * L * L * H + L * H * (d // 2 + 2)) if num_band_groups else 0
     split = (8 + 56) * L * L * H if symmetry_split else 0
     per_task += stack if symmetry_split else 0
-    return BASE_BYTES + outputs + core_count() * per_task + 2 * stack + 56 * L * L * H + profile + bands + split
+    layers = 0
+    if layer_symmetry:
+        head_stack, kv_width = item * L * d * n, shape.num_kv_heads * d
+        per_task = max(per_task, item * (n * n + 2 * kv_width * n))  # a layer task runs once the head tasks are done
+        layers = 2 * shape.num_kv_heads * head_stack + 2 * core_count() * head_stack
+    return (BASE_BYTES + outputs + core_count() * per_task + 2 * stack + 56 * L * L * H + profile + bands + split
+            + layers)
 
 
 def measure_metadata(model_dir, layout, shape, folder, dtypes, precision, fold_norms, arrays):
@@ -327,8 +337,11 @@ def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress,
     gram_transpose = None
     if symmetry_split:
         from ..kernels.transpose_sums import gram_transpose_from_product as gram_transpose
+    layer_operators = None
+    if layer_scores:  # the layers' whole operators (Saponati et al.'s per-layer scores), from the blocks read
+        layer_operators = LayerOperators(shape, precision, None if rotated is None else rotated.maps)
     tasks = _HeadTasks(reader, shape, topk, precision, layer_gram_accumulated, plan, rotary_grams, rotated, bands,
-                       rotary_bands, gram_transpose)
+                       rotary_bands, gram_transpose, layer_operators)
     torch = sys.modules.get("torch")  # loaded by the caller when torch tensors in memory are read
     if torch is None:
         arrays = tasks.run(progress)
@@ -341,8 +354,6 @@ def compute_arrays(layout, shape, folder, fold_norms, topk, precision, progress,
             arrays = tasks.run(progress)
         finally:
             torch.set_num_threads(torch_threads)
-    if layer_scores:  # the layers' whole operators (Saponati et al.'s per-layer scores), on every core's BLAS
-        arrays.update(layer_operator_scores(reader, shape, None if rotated is None else rotated.maps))
     arrays["eig_dirs"].setflags(write=False)
     return arrays
 
@@ -444,12 +455,14 @@ class _HeadTasks:
     eigen-problems of every layer). Multithreaded BLAS would spend its time synchronising on
     the many small matrices (up to a hundredfold on a busy machine), while independent
     single-threaded SYRKs keep its full rate. A kv head's task is queued one group ahead of
-    the query heads that need it. BLAS stays limited to one thread per call (process-wide)
-    until the work is done.
+    the query heads that need it. With ``layer_operators``, the blocks read go into each layer's
+    ``K`` and ``Q~`` as the tasks finish, then one task per layer forms its whole operator and
+    sums it (:class:`~qkalign.weights.layer_symmetry.LayerOperators`). BLAS stays limited to one
+    thread per call (process-wide) until the work is done.
     """
 
     def __init__(self, reader, shape, topk, precision, layer_gram, plan=None, rotary_grams=None, rotated=None,
-                 bands=None, rotary_bands=None, gram_transpose=None):
+                 bands=None, rotary_bands=None, gram_transpose=None, layer_operators=None):
         self.reader, self.shape, self.topk, self.precision = reader, shape, topk, precision
         self.layer_gram = layer_gram  # gram[L, L'] of one head from its stacked Grams (a numba kernel)
         self.plan, self.rotary_grams = plan, rotary_grams  # gram(Δ)[L, L'] likewise, with a ProfilePlan
@@ -468,12 +481,18 @@ class _HeadTasks:
         self.gram_transpose = gram_transpose  # <g_L, g_L'^T> of one head from X = (M Q) K^T (a numba kernel), or None
         if gram_transpose is not None:
             self.out["gram_transpose"] = np.empty((L, L, H))
+        self.layer_operators = layer_operators  # gathers each layer's K and Q~ for its whole operator, or None
+        if layer_operators is not None:
+            self.out.update({name: np.empty(L) for name in LAYER_SCORES})
 
     def key_task(self, kv_head):
         k, k_exponents = self.reader.key(kv_head)
+        if self.layer_operators is not None:
+            self.layer_operators.add_keys(kv_head, k, k_exponents)
         return k, stacked_gram_lower(k), k_exponents
 
     def query_task(self, head, key_job):
+        """One query head's arrays; returns ``(head, Q blocks, exponents)`` for the layers' operators (else None)."""
         k, kk, k_exponents = key_job.result()
         q, q_exponents = self.reader.query(head)
         qq = stacked_gram_lower(q)
@@ -514,6 +533,7 @@ class _HeadTasks:
             transposed = self.gram_transpose(x, self.shape.num_layers, self.shape.head_dim)
             del x
             out["gram_transpose"][:, :, head] = np.ldexp(transposed, e[:, None] + e[None, :])
+        return None if self.layer_operators is None else (head, q, q_exponents)
 
     def _profile(self, qq, kk):
         """gram(Δ) of one head (D, L, L) at the scaled blocks, from its stacked Grams."""
@@ -553,17 +573,32 @@ class _HeadTasks:
                     for head in range(kv_head * shape.group, (kv_head + 1) * shape.group):
                         running.append(pool.submit(self.query_task, head, key_jobs[kv_head]))
                         while len(running) > 2 * workers:  # bounds the memory held by queued heads
-                            running.popleft().result()
+                            self._done(running.popleft().result())
                             bar.update()
                     del key_jobs[kv_head]  # its K K^T is freed once its query heads are done
                 while running:
-                    running.popleft().result()
+                    self._done(running.popleft().result())
                     bar.update()
+                if self.layer_operators is not None:
+                    self._layer_scores(pool)
             except BaseException:
                 pool.shutdown(cancel_futures=True)
                 bar.leave = False  # the error line follows on a clean line
                 raise
         return self.out
+
+    def _done(self, query_result):
+        """A query head's task is done: its blocks go into its group's Q~ here, on one thread in head order (the
+        tasks finish in any order), so that the float32 sums do not depend on the timing."""
+        if query_result is not None:
+            self.layer_operators.add_queries(*query_result)
+
+    def _layer_scores(self, pool):
+        """Each layer's whole-operator scores, one task per layer (every query head added)."""
+        jobs = [pool.submit(self.layer_operators.layer_scores, layer) for layer in range(self.shape.num_layers)]
+        for layer, job in enumerate(jobs):
+            for name, value in zip(LAYER_SCORES, job.result()):
+                self.out[name][layer] = value
 
 
 def _layer_work(k, q, kk, qq, topk, precision, maps=None):
