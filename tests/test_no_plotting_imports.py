@@ -1,0 +1,64 @@
+"""What the page costs a run that does not ask for it (issue 25.5): ``qkalign analyze`` without ``--plot`` or
+``--report`` loads no plotting library, and with ``--report`` (or ``qkalign report``) it does.
+
+Each command runs in a fresh process (``qkalign.cli.main`` called from ``python -c``), which then prints the
+plotting packages in its ``sys.modules``: an import anywhere on the way (a module-level ``import matplotlib`` in
+a view the CLI imports) shows up here.
+"""
+
+import json
+
+import pytest
+
+from qkalign.files.seed_format import save
+from qkalign.testing.processes import run_python
+from qkalign.weights.synthetic import PRESETS, make_qkdata
+
+#: Top-level packages that draw: matplotlib, and what may come with one (PIL with matplotlib; plotly).
+PLOTTING = ("matplotlib", "plotly", "PIL")
+
+# Runs the CLI, then prints (last line) the plotting packages loaded by then.
+_CLI_THEN_MODULES = f"""
+import json, sys
+from qkalign.cli import main
+code = main(sys.argv[1:])
+loaded = sorted({{name.split(".")[0] for name, module in sys.modules.items() if module is not None}}
+                & set({PLOTTING!r}))
+print(json.dumps({{"code": code, "plotting": loaded}}))
+"""
+
+pytestmark = pytest.mark.slow
+
+
+def plotting_loaded(*args):
+    """The plotting packages a fresh process has loaded after ``qkalign ARGS`` succeeded."""
+    proc = run_python(["-c", _CLI_THEN_MODULES, *args])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    outcome = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert outcome["code"] == 0, proc.stderr[-4000:]
+    return outcome["plotting"]
+
+
+@pytest.fixture(scope="module")
+def grams_json(tmp_path_factory):
+    """The small preset as a grams JSON with safetensors eig_dirs (no torch needed to read it)."""
+    json_path, _ = save(make_qkdata(PRESETS["small"]), tmp_path_factory.mktemp("small") / "small")
+    return json_path
+
+
+def test_analyze_of_the_bundled_example_loads_no_plotting_library():
+    assert plotting_loaded("analyze") == []
+
+
+def test_analyze_of_a_json_input_with_json_output_loads_no_plotting_library(grams_json, tmp_path):
+    assert plotting_loaded("analyze", grams_json, "--json", tmp_path / "result.json") == []
+    assert (tmp_path / "result.json").is_file()
+
+
+def test_the_page_loads_matplotlib(grams_json, tmp_path):
+    """The other side: the page draws with matplotlib, so the check above can fail."""
+    result, page = tmp_path / "result.json", tmp_path / "page.html"
+    assert "matplotlib" in plotting_loaded("analyze", grams_json, "--json", result, "--report", page)
+    assert page.is_file()
+    assert "matplotlib" in plotting_loaded("report", result, tmp_path / "again.html")
+    assert (tmp_path / "again.html").is_file()
