@@ -13,7 +13,6 @@ one more process, from the result JSON that ``analyze --json`` wrote: importing 
 JSON, the first ``write_html_page`` (matplotlib's import and font set-up on first use) and a second one.
 """
 
-import json
 import os
 import sys
 
