@@ -1,4 +1,4 @@
-"""The ``qkalign`` command line: ``analyze``, ``measure``, ``plot``, ``synthetic``, ``convert`` and ``sweep``.
+"""The ``qkalign`` command line: ``analyze``, ``measure``, ``plot``, ``report``, ``synthetic``, ``convert`` and ``sweep``.
 
 Bad input (a file, a value or an option) ends in one ``qkalign: error: ...`` line on stderr and
 exit code 2; Ctrl-C in one ``qkalign: interrupted`` line and exit code 130. Output paths are
@@ -56,6 +56,8 @@ def _parser():
                          "small inputs, else the Numba kernels; the same numbers)")
     an.add_argument("--json", metavar="OUT", help="also write every number as JSON to OUT")
     an.add_argument("--plot", metavar="DIR", help="also write PNG figures into DIR")
+    an.add_argument("--report", metavar="FILE.html", help="also write the report as one self-contained HTML page "
+                                                          "(tables, verdicts, provenance and figures; opens offline)")
     an.add_argument("--match-heads", action="store_true",
                     help="also pair the heads of two layers by their best assignment and report matched statistics")
     an.add_argument("--chance-seed", type=int, default=DEFAULT_CHANCE_SEED, help="seed of the Monte Carlo chance levels")
@@ -67,6 +69,12 @@ def _parser():
                                     "heatmaps (with RoPE, the distance profile and band groups against revision).")
     pl.add_argument("result", help="a JSON written by qkalign analyze --json, or a store written by qkalign sweep")
     pl.add_argument("out_dir", help="folder for the PNG files (created if missing)")
+    rp = sub.add_parser("report", help="write the HTML page of a --json result or a sweep store",
+                        description="Write one self-contained HTML page (opens offline: figures inline, no script, no "
+                                    "network request) of a RESULT.json written by qkalign analyze --json, or of a "
+                                    "sweep's OUT.zarr (its runs and the statistics against revision).")
+    rp.add_argument("result", help="a JSON written by qkalign analyze --json, or a store written by qkalign sweep")
+    rp.add_argument("page", metavar="FILE.html", help="the page to write")
     me = sub.add_parser("measure", help="compute the grams and eigen-directions from a model's weights",
                         description="Read a Hugging Face model folder (config.json + safetensors) or a GGUF file and "
                                     "write PREFIX.json and PREFIX-eigdirs.safetensors for `qkalign analyze`.")
@@ -299,6 +307,8 @@ def _analyze(args):
         check_output_file(args.json, "--json")
     if args.plot is not None:
         check_output_folder(args.plot, "--plot", files=FIGURE_NAMES)
+    if args.report is not None:
+        check_output_file(args.report, "--report")
     int_in_range(args.chance_seed, 0, 2**63 - 1, "--chance-seed")
     data, description = _analysis_input(args)
     result = analyze(data, anchor=args.anchor, backend=args.backend, match_heads=args.match_heads,
@@ -311,7 +321,21 @@ def _analyze(args):
             raise InputError(args.json, "--json", "a writable file path", exc.strerror or str(exc)) from None
     if args.plot is not None:
         _write_figures(result.to_dict(), args.plot)
+    if args.report is not None:
+        from .views.html_page import write_html_page
+
+        _write_page(write_html_page, result.to_dict(), args.report, "--report", args.json or "analyze",
+                    report_text=format_report(result, description))
     return 0
+
+
+def _write_page(writer, result, path, field, *args, **kwargs):
+    """``writer(result, path, ...)``, saying so; an unwritable path is an input error."""
+    try:
+        writer(result, path, *args, **kwargs)
+    except OSError as exc:
+        raise InputError(path, field, "a writable file path", exc.strerror or str(exc)) from None
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def _write_figures(result_dict, out_dir, source="result"):
@@ -346,6 +370,24 @@ def _plot(args):
     return 0
 
 
+def _report(args):
+    from .checks import read_json_object
+    from .files.outputs import check_output_file
+
+    check_output_file(args.page, "FILE.html")
+    if Path(args.result).is_dir():  # a sweep's Zarr store
+        from .views.sweep_page import write_sweep_page
+
+        _write_page(write_sweep_page, args.result, args.page, "FILE.html")
+        return 0
+    from .views.html_page import write_html_page
+
+    doc = read_json_object(args.result, "result JSON (qkalign analyze --json)",
+                           required=("meta", "to_anchor", "principal_angles"))
+    _write_page(write_html_page, doc, args.page, "FILE.html", args.result)
+    return 0
+
+
 def _sweep(args):
     from .sweeps.run import read_revisions, run_sweep
 
@@ -366,7 +408,7 @@ def _sweep(args):
     return summary.exit_code()
 
 
-COMMANDS = {"analyze": _analyze, "plot": _plot, "measure": _measure, "synthetic": _synthetic, "convert": _convert,
+COMMANDS = {"analyze": _analyze, "plot": _plot, "report": _report, "measure": _measure, "synthetic": _synthetic, "convert": _convert,
             "sweep": _sweep}
 
 

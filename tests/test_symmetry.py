@@ -233,3 +233,27 @@ def test_plot_draws_the_split_and_refuses_a_malformed_one(tmp_path, cli):
     doc["symmetry_split"]["cos_A"] = [[0.0]]
     out.write_text(json.dumps(doc))
     one_error_line(cli("plot", out, tmp_path / "again"), "symmetry_split.cos_A")
+
+
+def test_directionality_against_its_chance_level(tmp_path):
+    """Each layer's ``d`` over the level for unrelated factors of the model's shape (n, H_kv, d), in the result, its
+    JSON and the report; a file whose kv heads do not divide its heads is refused."""
+    from qkalign.stats.directionality_chance import directionality_chance
+    from qkalign.views.text_report import format_report
+
+    model = write_model(tmp_path, "qwen3", seed=9)
+    data = measure(model.folder, topk=2, deltas=(), layer_symmetry=True, progress=False)
+    sym = analyze(data).symmetry
+    level = directionality_chance(data.hidden_size, data.extra["num_kv_heads"], data.head_dim)
+    assert sym["directionality_chance"] == level and level["sd"] > 0
+    d = np.asarray(data.extra["symmetry"]["directionality"])
+    np.testing.assert_array_equal(sym["directionality_z"], d / level["sd"])
+    assert sym["directionality_mean"] == pytest.approx(d.mean(), rel=1e-15)
+    assert sym["directionality_mean_z"] == pytest.approx(d.mean() / (level["sd"] / np.sqrt(len(d))), rel=1e-15)
+    doc = json.loads(analyze(data).to_json())["symmetry"]
+    assert doc["directionality_chance"]["sd"] == level["sd"] and len(doc["directionality_z"]) == data.num_layers
+    report = format_report(analyze(data))
+    assert "z(dir)" in report and f"± {level['sd']:.4f} per layer" in report
+    data.extra["num_kv_heads"] = 3  # 4 heads
+    with pytest.raises(InputError, match="num_kv_heads"):
+        analyze(data)

@@ -16,6 +16,7 @@ from . import reference
 from .all_pairs import all_pair_arrays, distance_profile, layer_pair_statistics
 from .backends import DEFAULT_BACKEND, choose_backend
 from .chance import DEFAULT_SEED, chance_levels
+from .provenance import provenance
 from .result import AnalysisResult
 from .rope_bands import rope_band_statistics
 from .rope_profile import rope_profile_statistics
@@ -263,4 +264,5 @@ def _meta(data, anchor, backend):
         "grams_path": data.json_path, "eigdirs_path": data.eigdirs_path,
         # what the grams describe (qkalign.weights.rotary_operator): raw W_K^T W_Q unless measure was told otherwise
         "operator": str((data.extra or {}).get("operator") or "raw")[:80],
+        "provenance": provenance(data),
     }

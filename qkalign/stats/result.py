@@ -91,6 +91,17 @@ class AnalysisResult:
         """
         return {f.name: plain(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}
 
+    @classmethod
+    def from_dict(cls, doc):
+        """The result a :meth:`to_dict` (or its JSON) describes: lists of numbers back to float64 arrays (None as nan),
+        of integers to int64 arrays, and lists of values of k as lists. Keys this version does not know are left out.
+
+        Checks nothing: the views check the parts they read (:mod:`qkalign.views.figure_files`).
+        """
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: dict(value) if key == "meta" else unplain(value, key)
+                      for key, value in doc.items() if key in known})
+
     def to_json(self, path=None, indent=None):
         """The JSON text; also written to ``path`` when given (whole or not at all)."""
         from ..files.outputs import atomic_path
@@ -106,6 +117,48 @@ class AnalysisResult:
         from ..views.notebook import summary_html
 
         return summary_html(self)
+
+
+#: Keys whose lists of integers are lists in a result (values of k), not arrays.
+LIST_KEYS = frozenset({"k"})
+
+
+def unplain(value, key=None):
+    """The inverse of :func:`plain` for a result's parts: numeric lists as arrays (see :meth:`AnalysisResult.from_dict`)."""
+    if isinstance(value, dict):
+        return {k: unplain(v, k) for k, v in value.items()}
+    if not isinstance(value, list):
+        return value
+    leaves = list(_leaves(value))
+    if leaves and all(isinstance(v, int) and not isinstance(v, bool) for v in leaves):
+        if key in LIST_KEYS:
+            return value
+        array = _rectangular(value, np.int64)
+    elif leaves and all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in leaves):
+        array = _rectangular([_nan_for_none(v) for v in value], np.float64)
+    else:
+        array = None
+    return array if array is not None else [unplain(v, key) for v in value]
+
+
+def _leaves(value):
+    for v in value:
+        if isinstance(v, list):
+            yield from _leaves(v)
+        else:
+            yield v
+
+
+def _nan_for_none(value):
+    return [_nan_for_none(v) for v in value] if isinstance(value, list) else (np.nan if value is None else value)
+
+
+def _rectangular(value, dtype):
+    """``value`` as an array of ``dtype``, or None for ragged lists."""
+    try:
+        return np.array(value, dtype=dtype)
+    except ValueError:
+        return None
 
 
 def plain(value):

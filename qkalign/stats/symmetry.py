@@ -10,7 +10,8 @@
 = 2 d^2 n^2`` to leading order, an sd of ``sqrt(2)/n``. Both to O(1/n) relative. For a rotated operator
 ``K^T M Q`` the mean stays ``1/n`` (``E tr((M X)^2) = n ||M||_F^2``, ``E ||g||^2 = n^2 ||M||_F^2``) and a scaled
 rotation changes nothing (``M Q`` is Gaussian again); for other ``M`` (a window mean) the sd is drawn by Monte
-Carlo with ``M``'s singular values (:func:`symmetry_chance`).
+Carlo with ``M``'s singular values (:func:`symmetry_chance`). The directionality ``d`` of the layers' whole operators
+has its own level (:mod:`~qkalign.stats.directionality_chance`): mean 0, its sd by Monte Carlo.
 """
 
 import warnings
@@ -18,6 +19,7 @@ import warnings
 import numpy as np
 
 from ..errors import InputError
+from .directionality_chance import directionality_chance
 
 #: Monte Carlo draws of the chance level of ``s`` for operators ``K^T M Q`` with unequal singular values of ``M``.
 SYMMETRY_SAMPLES = 200
@@ -71,14 +73,17 @@ def symmetry_statistics(data, operator_scales=None):
     out = {"per_head": score, "per_layer": per_layer, "mean": mean,
            "median": float(np.nanmedian(score)) if total else float("nan"), "chance": chance,
            "z_per_layer": z_per_layer, "z": float(z)}
-    out.update(_layer_operator_statistics(record, data, chance))
+    out.update(_layer_operator_statistics(record, data, chance, operator_scales))
     return out
 
 
-def _layer_operator_statistics(record, data, chance):
+def _layer_operator_statistics(record, data, chance, operator_scales=None):
     """Saponati et al.'s per-layer scores of the layers' whole operators, where recorded: ``layer_score`` (L,) ``s``
     with ``layer_z`` (L,) (one operator: the per-head level applies, its ``Q~`` a scaled Gaussian too),
-    ``directionality`` (L,), and their medians over layers (what Saponati et al. report)."""
+    ``directionality`` (L,) ``d`` with ``directionality_chance`` (one layer's level,
+    :func:`~qkalign.stats.directionality_chance.directionality_chance`) and ``directionality_z`` (L,), their
+    medians over layers (what Saponati et al. report), and ``directionality_mean`` with ``directionality_mean_z``
+    (the layers taken independent: sd / sqrt(layers))."""
     if record.get("per_layer") is None and record.get("directionality") is None:  # not measured
         return {}
     shape = (data.num_layers,)
@@ -92,11 +97,28 @@ def _layer_operator_statistics(record, data, chance):
             raise InputError(data.json_path, f"symmetry.{key}", f"{shape[0]} numbers in [-1, 1] (or null)",
                              repr(record.get(key))[:80])
         values[key] = array
-    layer_score = values["per_layer"]
+    layer_score, direction = values["per_layer"], values["directionality"]
+    level = directionality_chance(data.hidden_size, _kv_heads(data), data.head_dim, operator_scales)
+    layers = np.isfinite(direction).sum()
+    mean = float(np.nanmean(direction)) if layers else float("nan")
     return {"layer_score": layer_score, "layer_z": (layer_score - chance["mean"]) / chance["sd"],
             "layer_score_median": float(np.nanmedian(layer_score)),
-            "directionality": values["directionality"],
-            "directionality_median": float(np.nanmedian(values["directionality"]))}
+            "directionality": direction,
+            "directionality_median": float(np.nanmedian(direction)) if layers else float("nan"),
+            "directionality_chance": level,
+            "directionality_z": (direction - level["mean"]) / level["sd"],
+            "directionality_mean": mean,
+            "directionality_mean_z": float((mean - level["mean"]) / (level["sd"] / np.sqrt(layers))) if layers
+            else float("nan")}
+
+
+def _kv_heads(data):
+    """The input's kv heads (``extra["num_kv_heads"]``, as measure records it; absent: one per query head)."""
+    value = (data.extra or {}).get("num_kv_heads", data.num_heads)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1 or data.num_heads % value:
+        raise InputError(data.json_path, "num_kv_heads", f"a whole number >= 1 dividing num_heads {data.num_heads}",
+                         repr(value)[:80])
+    return int(value)
 
 
 def _checked_scores(record, data):

@@ -143,7 +143,8 @@ def _heatmap(plt, meta, matrix, title, label, chance, path):
         zmap.axis("off")
         zmap.text(0.5, 0.5, "no chance level with a spread:\nno z-score", ha="center", va="center")
     fig.suptitle(caption(meta, f"layer L vs layer L′, {title.lower()}"), fontsize=10)
-    fig.tight_layout()
+    # fixed margins, not tight_layout: every heatmap has this one layout, and fitting it costs a third of the drawing
+    fig.subplots_adjust(left=0.055, right=0.945, bottom=0.1, top=0.83, wspace=0.42)
     _save(plt, fig, path)
 
 
@@ -209,9 +210,25 @@ def _per_head_figure(plt, meta, per_head, chance, path):
     _save(plt, fig, path)
 
 
+def head_mosaic(cube, cols):
+    """The (L, L) maps ``cube[:, :, h]`` tiled row by row, ``cols`` to a row, one nan row and column between
+    neighbours (and nan in unused tiles): a ((L + 1) rows - 1, (L + 1) cols - 1) array; the map of head ``h``
+    starts at row ``(h // cols) (L + 1)`` (from the top) and column ``(h % cols) (L + 1)``."""
+    L, _, heads = cube.shape
+    rows = -(-heads // cols)
+    mosaic = np.full((rows * (L + 1) - 1, cols * (L + 1) - 1), np.nan)
+    for h in range(heads):
+        r, c = divmod(h, cols)
+        mosaic[r * (L + 1):r * (L + 1) + L, c * (L + 1):c * (L + 1) + L] = cube[::-1, :, h]  # layer 0 at the bottom
+    return mosaic
+
+
 def _heads_grid_figure(plt, meta, per_head, chance, path):
-    """One L x L panel of the operator cosine per head (at most MAX_HEAD_PANELS), one colour scale for all."""
-    H = meta["num_heads"]
+    """One L x L panel of the operator cosine per head (at most MAX_HEAD_PANELS), one colour scale for all.
+
+    The panels are tiles of one image (:func:`head_mosaic`), not one axes each: 64 axes would cost seconds to draw.
+    """
+    H, L = meta["num_heads"], meta["num_layers"]
     shown = min(H, MAX_HEAD_PANELS)
     cols = int(np.ceil(np.sqrt(shown)))
     rows = -(-shown // cols)
@@ -220,22 +237,28 @@ def _heads_grid_figure(plt, meta, per_head, chance, path):
         np.fill_diagonal(cube[:, :, h], np.nan)
     center = chance["mean"] if chance is not None and chance.get("mean") is not None else float(np.nanmedian(cube))
     half = robust_half_range(cube, center)
-    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
-    fig, axes = plt.subplots(rows, cols, figsize=(FIGSIZE[0] * 1.5, FIGSIZE[0] * 1.5 * rows / cols + 0.6), dpi=DPI,
-                             squeeze=False)
-    for h, ax in enumerate(axes.flat):
-        if h >= shown:
-            ax.axis("off")
-            continue
-        image = ax.imshow(cube[:, :, h], origin="lower", cmap=cmap, vmin=center - half, vmax=center + half,
-                          interpolation="nearest")
-        ax.set_title(f"head {h}", fontsize=6, pad=2)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout(rect=(0, 0, 0.9, 0.95))
-    bar = fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03)
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="white")
+    mosaic = head_mosaic(cube, cols)
+    width = FIGSIZE[0] * 1.5
+    height = 0.86 * width * rows / cols + 1.1  # the tiles' aspect, plus room for the titles
+    fig, ax = plt.subplots(figsize=(width, height), dpi=DPI)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.15 / height, top=1 - 0.95 / height)
+    image = ax.imshow(mosaic, cmap=cmap, vmin=center - half, vmax=center + half, interpolation="nearest")
+    diagonal = np.full(mosaic.shape, np.nan)  # the masked diagonals in grey, as on the other heatmaps
+    for h in range(shown):
+        r, c = divmod(h, cols)
+        for layer in range(L):
+            diagonal[r * (L + 1) + L - 1 - layer, c * (L + 1) + layer] = 1.0
+        ax.text(c * (L + 1) + L / 2 - 0.5, r * (L + 1) - 0.6, f"head {h}", ha="center", va="bottom", fontsize=6)
+    ax.imshow(diagonal, cmap=plt.get_cmap("Greys"), vmin=0, vmax=6, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    bar = fig.colorbar(image, ax=ax, fraction=0.03)
     bar.set_label(f"cos($g_L$, $g_{{L'}}$) per head; centre {center:.3g} (chance), ends ±{half:.3g}", fontsize=7)
     more = f" (first {shown} of {H})" if shown < H else ""
+    ax.set_title("each tile: layer L (up) × layer L′ (right), diagonal grey", fontsize=7, pad=10)
     fig.suptitle(caption(meta, f"operator cosine between layers, one L × L panel per head{more}"), fontsize=9)
     _save(plt, fig, path)
 
@@ -296,7 +319,7 @@ def _model_name(path):
     return path.name or "model"
 
 
-def write_figures(result, out_dir, source="result"):
+def write_figures(result, out_dir, source="result", workers=1):
     """Write the heatmaps and curves of ``result`` (a result dict) into ``out_dir``.
 
     Parameters
@@ -305,47 +328,67 @@ def write_figures(result, out_dir, source="result"):
         ``AnalysisResult.to_dict()`` or a loaded ``--json`` file; needs ``pairs`` and
         ``chance`` (the all-pairs analysis) for the heatmaps and bands; ``rope_profile`` and
         ``rope_bands`` (models with RoPE) for the rotary figures.
-    out_dir : str or Path
-        Created if missing.
+    out_dir : str, Path or FigureCollection
+        A folder (created if missing) for PNG files, or a collection for SVG text.
     source : str
         What the result came from, for error lines (the JSON's path).
+    workers : int
+        Processes drawing side by side (:mod:`.figure_jobs`); 1: all in this process. The same figures either way.
 
     Returns
     -------
-    list of Path
-        The PNG files written.
+    list of Path (or of the collection's slots)
+        The figures written, in the order of :data:`FIGURE_NAMES`.
     """
+    from .figure_jobs import run_jobs
+
+    return run_jobs(figure_jobs(result, source), figure_folder(out_dir), workers)
+
+
+def figure_jobs(result, source="result"):
+    """The figures of ``result``, checked, as ``(function, args)`` jobs: ``function(plt, *args, out_dir)`` draws
+    one figure (or the rotary set) into ``out_dir`` and returns what it wrote. Everything is checked here, before
+    any figure is drawn."""
     meta, curves, heatmaps, chance, (profile, bands) = checked_result(result, source)
     per_head = checked_per_head(result, meta, source)
     symmetry, split = checked_symmetry(result, meta, source), checked_split(result, meta, source)
-    plt = _pyplot()
-    out_dir = figure_folder(out_dir)
-    written = []
-    for key, title, label, chance_key in HEATMAPS:
-        if key in heatmaps:
-            path = out_dir / f"pairs_{key}.png"
-            _heatmap(plt, meta, heatmaps[key], title, label, chance.get(chance_key), path)
-            written.append(path)
-    path = out_dir / "to_anchor.png"
-    _to_anchor_figure(plt, meta, curves, heatmaps, chance, path)
-    written.append(path)
+    jobs = [(_heatmap_job, (meta, heatmaps[key], title, label, chance.get(chance_key), f"pairs_{key}.png"))
+            for key, title, label, chance_key in HEATMAPS if key in heatmaps]
+    jobs.append((_one_figure_job, (_to_anchor_figure, "to_anchor.png", meta, curves, heatmaps, chance)))
     if per_head:
         anchor = meta["anchor"]
-        path = out_dir / "per_head.png"
-        _per_head_figure(plt, meta, {key: cube[:, anchor, :] for key, cube in per_head.items()}, chance, path)
-        written.append(path)
+        jobs.append((_one_figure_job, (_per_head_figure, "per_head.png", meta,
+                                       {key: cube[:, anchor, :] for key, cube in per_head.items()}, chance)))
     if "operator_cos" in per_head:
-        path = out_dir / "pairs_operator_cos_heads.png"
-        _heads_grid_figure(plt, meta, per_head["operator_cos"], chance.get("operator_cos"), path)
-        written.append(path)
-    from .rope_figures import write_rope_figures
+        jobs.append((_one_figure_job, (_heads_grid_figure, "pairs_operator_cos_heads.png", meta,
+                                       per_head["operator_cos"], chance.get("operator_cos"))))
+    if profile is not None or bands is not None:
+        from .rope_figures import write_rope_figures
 
-    written += write_rope_figures(plt, meta, profile, bands, chance.get("operator_cos"), out_dir)
+        jobs.append((_rope_job, (write_rope_figures, meta, profile, bands, chance.get("operator_cos"))))
     if symmetry is not None:
-        written.append(write_symmetry_figure(plt, meta, symmetry, out_dir / SYMMETRY_FIGURE_NAMES[0]))
+        jobs.append((_one_figure_job, (write_symmetry_figure, SYMMETRY_FIGURE_NAMES[0], meta, symmetry)))
     if split is not None:
-        written.append(write_split_figure(plt, meta, split, out_dir / SYMMETRY_FIGURE_NAMES[1]))
-    return written
+        jobs.append((_one_figure_job, (write_split_figure, SYMMETRY_FIGURE_NAMES[1], meta, split)))
+    return jobs
+
+
+def _heatmap_job(plt, meta, matrix, title, label, chance, name, out_dir):
+    path = out_dir / name
+    _heatmap(plt, meta, matrix, title, label, chance, path)
+    return [path]
+
+
+def _one_figure_job(plt, draw, name, *args):
+    """``draw(plt, *args[:-1], out_dir / name)``: the figure functions take their target last."""
+    *args, out_dir = args
+    path = out_dir / name
+    draw(plt, *args, path)
+    return [path]
+
+
+def _rope_job(plt, write, meta, profile, bands, chance, out_dir):
+    return write(plt, meta, profile, bands, chance, out_dir)
 
 
 def checked_per_head(result, meta, source):

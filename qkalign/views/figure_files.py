@@ -89,8 +89,15 @@ def save_figure(plt, fig, target):
 def svg_text(fig):
     """``fig`` as an ``<svg>`` element to inline in HTML: no XML declaration, DOCTYPE or RDF metadata, and no date
     (the same result gives the same page)."""
+    import matplotlib
+
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg", metadata={"Date": None})
+    # a fixed salt: matplotlib's clip-path and image ids are otherwise random each run (a page would differ
+    # byte for byte); ids stay hashes of their content, so figures inlined side by side do not clash.
+    # Text as <text> (the browser's sans-serif), not one glyph path per character: a third of the size,
+    # and the numbers in a figure can be selected and searched.
+    with matplotlib.rc_context({"svg.hashsalt": "qkalign", "svg.fonttype": "none"}):
+        fig.savefig(buffer, format="svg", metadata={"Date": None})
     svg = buffer.getvalue()
     svg = svg[svg.index("<svg"):]
     return re.sub(r"\s*<metadata>.*?</metadata>", "", svg, count=1, flags=re.DOTALL)

@@ -92,7 +92,9 @@ def write_sweep_figures(store, out_dir):
     where they hold frequency bands, ``rope_bands_vs_step.png`` (each group's share of the
     energy and its to-anchor cosine); where they hold symmetry scores, ``symmetry_vs_step.png`` (the heads'
     mean and median ``s`` with their chance level, and the layers' median ``s`` and directionality where
-    measured with ``layer_symmetry``).
+    measured with ``layer_symmetry``); where they hold the symmetric/skew split (``--symmetry-split``),
+    ``symmetry_split_vs_step.png`` (the adjacent, to-anchor and off-diagonal cosines of the symmetric and skew parts
+    with their chance bands, and the shares of the off-diagonal agreement each part carries).
     """
     import xarray as xr
 
@@ -119,6 +121,8 @@ def write_sweep_figures(store, out_dir):
         written.append(_rope_bands_figure(plt, ds, runs, out_dir))
     if "symmetry.mean" in ds:
         written.append(_symmetry_figure(plt, ds, runs, out_dir))
+    if "symmetry_split.frac_S" in ds:
+        written.append(_symmetry_split_figure(plt, ds, runs, out_dir))
     return written
 
 
@@ -377,6 +381,91 @@ def _symmetry_figure(plt, ds, runs, out_dir):
         _legend(layers, runs, names)
     fig.suptitle(f"Symmetric or directional: QK operators across {len(runs)} runs", fontsize=11)
     return _written(plt, fig, out_dir / "symmetry_vs_step.png")
+
+
+#: The split's pair summaries: (key in ``symmetry_split.<part>``, title, the pairs a mean covers per head).
+SPLIT_PANELS = (
+    ("adjacent", "Adjacent layers", "(L−1)·H"),
+    ("to_anchor", "To the anchor layer (anchor excluded)", "(L−1)·H"),
+    ("offdiag", "All layer pairs (off-diagonal)", "L(L−1)/2·H"),
+)
+#: The shares of the off-diagonal agreement: (variable suffix, legend label).
+SPLIT_SHARES = (("frac_S", "frac_S: symmetric part's share"), ("frac_A", "frac_A: skew part's share"),
+                ("frac_S_weighted", "frac_S weighted by ‖g‖"))
+
+
+def split_value(ds, run, name):
+    """``symmetry_split.<name>`` of run ``run`` as a float (``S.adjacent``, ``A.offdiag``, ``frac_S``, ...; NaN
+    where the store lacks it): what :func:`_symmetry_split_figure` draws."""
+    key = f"symmetry_split.{name}"
+    return float(ds[key].values[run]) if key in ds else np.nan
+
+
+def split_pairs(ds, run, summary):
+    """How many (pair, head) cosines the split's ``summary`` mean covers in run ``run``, NaN heads counted too."""
+    L, H = int(ds["meta.num_layers"].values[run]), int(ds["meta.num_heads"].values[run])
+    return max((L - 1) * H if summary != "offdiag" else L * (L - 1) // 2 * H, 1)
+
+
+def _symmetry_split_figure(plt, ds, runs, out_dir):
+    """Per pair summary (adjacent, to the anchor, off-diagonal): the head-mean cosines across layers of the symmetric
+    part ``S`` (C0) and the skew part ``A`` (C1) against the step, each with its chance level ±2 s.e. of a mean of
+    that many unrelated pairs; last panel: ``frac_S``, ``frac_A`` (the parts' shares of the mean off-diagonal operator
+    cosine) and ``frac_S_weighted``."""
+    x, xlabel = _x_values(runs)
+    fig, axes = plt.subplots(2, 2, figsize=(FIGSIZE[0] * 2, FIGSIZE[1] * 1.8), dpi=DPI, squeeze=False)
+    for ax, (summary, title, pairs) in zip(axes.flat, SPLIT_PANELS):
+        for p, part in enumerate(("S", "A")):
+            _follow(ax, runs, x, lambda i, name=f"{part}.{summary}": split_value(ds, i, name), f"C{p}")
+            _split_chance_band(ax, ds, runs, x, part, summary, f"C{p}", pairs)
+        ax.axhline(0.0, color="0.3", linestyle=":", linewidth=1)
+        ax.set_title(f"{title}: cos of the symmetric and skew parts", fontsize=10)
+        ax.set_ylabel(r"head-mean cos($S_L$, $S_{L'}$), cos($A_L$, $A_{L'}$)", fontsize=8)
+        _step_axis(ax, runs, x, xlabel)
+        _legend(ax, runs, ["S = (g + gᵀ)/2", "A = (g − gᵀ)/2"])
+    shares = axes.flat[3]
+    for c, (name, _) in enumerate(SPLIT_SHARES):  # frac_S in S's colour, frac_A in A's
+        _follow(shares, runs, x, lambda i, name=name: split_value(ds, i, name), f"C{c}")
+    shares.axhline(0.5, color="0.3", linestyle=":", linewidth=1)
+    shares.set_title("Each part's share of the off-diagonal operator cosine\n(meaningful where that cosine is "
+                     "above chance)", fontsize=9)
+    shares.set_ylabel("share (frac_S + frac_A = 1)")
+    _step_axis(shares, runs, x, xlabel)
+    _legend(shares, runs, [label for _, label in SPLIT_SHARES])
+    fig.suptitle(f"Symmetric and skew parts of g across layers, {len(runs)} runs{_sizes(ds, runs)} "
+                 "(chance: unrelated operators)", fontsize=11)
+    return _written(plt, fig, out_dir / "symmetry_split_vs_step.png")
+
+
+def _split_chance_band(ax, ds, runs, x, part, summary, color, pairs):
+    """Per curve, each run's chance level of ``cos_<part>`` ±2 s.e. of a mean of its ``summary``'s pairs."""
+    key = f"symmetry_split.chance.{part}"
+    if f"{key}.mean" not in ds:
+        return
+    labelled = False
+    for curve in dict.fromkeys(run["curve"] for run in runs):
+        members = sorted((x[i], run["index"]) for i, run in enumerate(runs) if run["curve"] == curve)
+        indices = [index for _, index in members]
+        mean = ds[f"{key}.mean"].values[indices]
+        if not np.isfinite(mean).any():
+            continue
+        sd = np.nan_to_num(ds[f"{key}.sd"].values[indices]) if f"{key}.sd" in ds else 0.0
+        half = 2 * sd / np.sqrt([split_pairs(ds, index, summary) for index in indices])
+        ax.fill_between([xv for xv, _ in members], mean - half, mean + half, color=color, alpha=0.15, linewidth=0,
+                        label=None if labelled else f"chance of {part} ±2 s.e. of a mean of {pairs} pairs")
+        labelled = True
+
+
+def _sizes(ds, runs):
+    """`` (n=…, H=…, L=…)`` where every run has the same sizes, else ``""``."""
+    sizes = []
+    for name, key in (("n", "meta.hidden_size"), ("H", "meta.num_heads"), ("L", "meta.num_layers")):
+        if key not in ds:
+            continue
+        values = {float(ds[key].values[run["index"]]) for run in runs}
+        if len(values) == 1 and np.isfinite(next(iter(values))):
+            sizes.append(f"{name}={int(next(iter(values)))}")
+    return f" ({', '.join(sizes)})" if sizes else ""
 
 
 def _written(plt, fig, path):

@@ -129,41 +129,62 @@ def _z(observed, level, count):
     return float(z_score(observed, ChanceLevel(**level), count))
 
 
-def _chance_verdict_lines(result):
-    """The verdict measured against chance: lines placed right below the seed's verdict."""
+def chance_verdict(result):
+    """The verdict against chance: the means over the ``H (L - 1)`` layer-heads to the anchor (anchor excluded) of the
+    operator cosine and of the subspace cosine, each as ``(observed, chance level dict, s.e., z)``, and how many layers
+    are above chance at z > 3 on their own. None for one layer or without chance levels."""
     meta, chance = result.meta, result.chance
-    L, H, anchor, k = meta["num_layers"], meta["num_heads"], meta["anchor"], meta["topk"]
-    if L < 2:
-        return ["  [qkalign] vs chance: one layer, nothing to compare"]
+    L, H, anchor = meta["num_layers"], meta["num_heads"], meta["anchor"]
+    if L < 2 or chance is None:
+        return None
     others = np.arange(L) != anchor
     count = H * (L - 1)
-    op = float(result.rescale["mean_cos"][others].mean())
-    pa = float(result.principal_angles["mean_cos"][others].mean())
-    z_op, z_pa = _z(op, chance["operator_cos"], count), _z(pa, chance["pa_mean_cos"], count)
-    lines = [
+    out = {"count": count}
+    for key, values, level in (("operator_cos", result.rescale["mean_cos"], chance["operator_cos"]),
+                               ("pa_mean_cos", result.principal_angles["mean_cos"], chance["pa_mean_cos"])):
+        observed = float(values[others].mean())
+        out[key] = (observed, level, _se(level, count), _z(observed, level, count))
+    out["layers_above"] = int(sum(_z(float(result.rescale["mean_cos"][layer]), chance["operator_cos"], H) > 3
+                                  for layer in range(L) if layer != anchor))
+    return out
+
+
+def _chance_verdict_lines(result):
+    """The verdict measured against chance: lines placed right below the seed's verdict."""
+    meta, verdict = result.meta, chance_verdict(result)
+    L, k = meta["num_layers"], meta["topk"]
+    if verdict is None:
+        return ["  [qkalign] vs chance: one layer, nothing to compare"]
+    count = verdict["count"]
+    op, op_level, op_se, z_op = verdict["operator_cos"]
+    pa, pa_level, pa_se, z_pa = verdict["pa_mean_cos"]
+    return [
         f"  [qkalign] vs chance: operator cos-sim to anchor (anchor excluded) {op:+.4f}, chance "
-        f"{chance['operator_cos']['mean']:+.4f} ± {_se(chance['operator_cos'], count):.4f} (s.e. over {count} "
-        f"layer-heads): z = {z_op:+.1f}",
+        f"{op_level['mean']:+.4f} ± {op_se:.4f} (s.e. over {count} layer-heads): z = {z_op:+.1f}",
         f"  [qkalign] vs chance: top-{k} eigensubspace mean cos to anchor {pa:.4f}, chance "
-        f"{chance['pa_mean_cos']['mean']:.4f} ± {_se(chance['pa_mean_cos'], count):.4f}: z = {z_pa:+.1f}",
+        f"{pa_level['mean']:.4f} ± {pa_se:.4f}: z = {z_pa:+.1f}",
+        f"  [qkalign] {chance_state(z_op).upper()}: the operators are {z_op:+.1f} standard errors from unrelated operators; "
+        f"{verdict['layers_above']} of {L - 1} layers are above chance at z > 3 on their own",
     ]
-    above = int(sum(_z(float(result.rescale["mean_cos"][layer]), chance["operator_cos"], H) > 3
-                    for layer in range(L) if layer != anchor))
-    lines.append(f"  [qkalign] {chance_state(z_op).upper()}: the operators are {z_op:+.1f} standard errors from unrelated operators; "
-                 f"{above} of {L - 1} layers are above chance at z > 3 on their own")
-    return lines
 
 
-def _pairs_section(result):
+#: The statistics of the all-pairs summary, in its order.
+PAIR_SUMMARY_KEYS = ("operator_cos", "resid_frac", "pa_mean_cos", "pa_min_cos", "top1_overlap", "spectral_cos",
+                     "spectral_abs_cos", "sign_agreement")
+
+
+def pairs_summary(result):
+    """The all-pairs summary: per statistic ``(name, offdiag, adjacent, far, chance mean, chance sd of one head)``,
+    means over the heads and over the off-diagonal, adjacent and far (layer distance >= L // 2) pairs; and that
+    distance."""
     pairs, chance, meta = result.pairs, result.chance or {}, result.meta
-    L, H = meta["num_layers"], meta["num_heads"]
+    L = meta["num_layers"]
     k = result.by_distance["sign_agreement_k"]
-    out = ["", f"=== [qkalign] (e) All layer pairs, mean over {H} heads ==="]
-    out.append(f"    {'statistic':<18} {'offdiag':>8} {'adjacent':>8} {'far':>8} {'chance':>8} {'sd(head)':>9}")
-    far = np.abs(np.subtract.outer(np.arange(L), np.arange(L))) >= max(L // 2, 1)
+    far_from = max(L // 2, 1)
+    far = np.abs(np.subtract.outer(np.arange(L), np.arange(L))) >= far_from
     offdiag = ~np.eye(L, dtype=bool)
-    for key in ("operator_cos", "resid_frac", "pa_mean_cos", "pa_min_cos", "top1_overlap", "spectral_cos",
-                "spectral_abs_cos", "sign_agreement"):
+    rows = []
+    for key in PAIR_SUMMARY_KEYS:
         if key == "sign_agreement":
             i = pairs[key]["k"].index(k)
             matrix, level = pairs[key]["mean"][i], chance.get(key)
@@ -175,8 +196,18 @@ def _pairs_section(result):
                   matrix[far].mean() if far.any() else np.nan]
         mean = level["mean"] if level else np.nan
         sd = level["sd"] if level and level.get("sd") is not None else np.nan
-        out.append(f"    {name:<18} {values[0]:>8.4f} {values[1]:>8.4f} {values[2]:>8.4f} {mean:>8.4f} {sd:>9.4f}")
-    out.append(f"  [qkalign] far = layer distance >= {max(L // 2, 1)}; chance = unrelated operators of this shape, "
+        rows.append((name, *values, mean, sd))
+    return rows, far_from
+
+
+def _pairs_section(result):
+    H = result.meta["num_heads"]
+    rows, far_from = pairs_summary(result)
+    out = ["", f"=== [qkalign] (e) All layer pairs, mean over {H} heads ==="]
+    out.append(f"    {'statistic':<18} {'offdiag':>8} {'adjacent':>8} {'far':>8} {'chance':>8} {'sd(head)':>9}")
+    for name, offdiag, adjacent, far, mean, sd in rows:
+        out.append(f"    {name:<18} {offdiag:>8.4f} {adjacent:>8.4f} {far:>8.4f} {mean:>8.4f} {sd:>9.4f}")
+    out.append(f"  [qkalign] far = layer distance >= {far_from}; chance = unrelated operators of this shape, "
                "sd(head) = sd of one head's value")
     return out
 
@@ -238,7 +269,7 @@ def _chance_section(result):
     out.append(f"    {'statistic':<22} {'mean':>9} {'sd':>9}  method")
     for name, level in result.chance.items():
         mean, sd = level["mean"], level["sd"]
-        if isinstance(mean, list):
+        if isinstance(mean, (list, np.ndarray)):  # one level per k (a result read back from JSON: an array)
             mean, sd = mean[-1], sd[-1]
             name = f"{name}@top{result.sign_agreement['k'][-1]}"
         sd_text = f"{sd:>9.4g}" if sd is not None else f"{'-':>9}"
@@ -298,27 +329,31 @@ def format_extended_report(result):
 
 
 def _symmetry_section(result):
-    """(j) how symmetric each head's operator is: s = <g, g^T> / ||g||^2 per layer (head mean, range) against chance."""
+    """(j) how symmetric each head's operator is: s = <g, g^T> / ||g||^2 per layer (head mean, range) against chance;
+    with the layers' whole operators, their s and directionality d, each with its z against chance."""
     sym, meta = result.symmetry, result.meta
-    chance = sym["chance"]
+    chance, whole = sym["chance"], "layer_score" in sym
     out = ["", f"=== [qkalign] (j) Symmetry of each head's operator: s = <g, g^T>/||g||^2 = (||S||^2 - ||A||^2)/||g||^2, "
                f"{meta['num_heads']} heads ===",
-           "   layer   mean s     min s     max s   z(mean)   layer s  z(layer)  directionality"]
-    whole = "layer_score" in sym
+           "   layer   mean s     min s     max s   z(mean)   layer s  z(layer)  directionality"
+           + ("    z(dir)" if whole else "")]
     for layer, (mean, z) in enumerate(zip(sym["per_layer"], sym["z_per_layer"])):
         row = sym["per_head"][layer]
         line = f"  {layer:6d}  {mean:+.4f}   {np.nanmin(row):+.4f}   {np.nanmax(row):+.4f}  {z:+8.1f}"
         if whole:
             line += (f"   {sym['layer_score'][layer]:+.4f}  {sym['layer_z'][layer]:+8.1f}        "
-                     f"{sym['directionality'][layer]:+.4f}")
+                     f"{sym['directionality'][layer]:+.4f}  {sym['directionality_z'][layer]:+8.1f}")
         out.append(line)
     out.append(f"  [qkalign] all heads: mean s {sym['mean']:+.4f}, median {sym['median']:+.4f}; chance (unrelated "
                f"operators) {chance['mean']:+.4f} ± {chance['sd']:.4f} per head: z = {sym['z']:+.1f}")
     if whole:
+        level = sym["directionality_chance"]
         out.append(f"  [qkalign] each layer's whole operator (heads summed), as Saponati et al. score it: median s "
                    f"{sym['layer_score_median']:+.4f} (chance as per head), median directionality "
-                   f"{sym['directionality_median']:+.4f} (< 0: key-side columns stand out; its chance mean is 0 by "
-                   "W <-> W^T, its spread not computed)")
+                   f"{sym['directionality_median']:+.4f} (< 0: key-side columns stand out)")
+        out.append(f"  [qkalign] directionality chance (unrelated Gaussian factors of this shape) {level['mean']:+.4f} "
+                   f"± {level['sd']:.4f} per layer ({level['method']}, {level['samples']} draws); mean over layers "
+                   f"{sym['directionality_mean']:+.4f}: z = {sym['directionality_mean_z']:+.1f}")
     out.append("  [qkalign] s = 1 symmetric, -1 skew (directional), ~0 unrelated Q and K; Saponati et al.'s symmetry "
                "score (ICML 2025), per head")
     return out
