@@ -17,9 +17,12 @@ from qkalign.weights.synthetic import PRESETS, make_qkdata
 #: Top-level packages that draw: matplotlib, and what may come with one (PIL with matplotlib; plotly).
 PLOTTING = ("matplotlib", "plotly", "PIL")
 
-# Runs the CLI, then prints (last line) the plotting packages loaded by then.
+# Runs the CLI, then prints (last line) the plotting packages loaded by then. With QKALIGN_TEST_ONE_CORE=1 the
+# process may run on one core only: the page then draws its figures here, not in worker processes (figure_jobs).
 _CLI_THEN_MODULES = f"""
-import json, sys
+import json, os, sys
+if os.environ.get("QKALIGN_TEST_ONE_CORE") == "1":
+    os.sched_setaffinity(0, {{min(os.sched_getaffinity(0))}})
 from qkalign.cli import main
 code = main(sys.argv[1:])
 loaded = sorted({{name.split(".")[0] for name, module in sys.modules.items() if module is not None}}
@@ -30,9 +33,10 @@ print(json.dumps({{"code": code, "plotting": loaded}}))
 pytestmark = pytest.mark.slow
 
 
-def plotting_loaded(*args):
-    """The plotting packages a fresh process has loaded after ``qkalign ARGS`` succeeded."""
-    proc = run_python(["-c", _CLI_THEN_MODULES, *args])
+def plotting_loaded(*args, one_core=False):
+    """The plotting packages a fresh process has loaded after ``qkalign ARGS`` succeeded (its worker processes'
+    not counted); ``one_core``: the process may run on one core only."""
+    proc = run_python(["-c", _CLI_THEN_MODULES, *args], QKALIGN_TEST_ONE_CORE=int(one_core))
     assert proc.returncode == 0, proc.stderr[-4000:]
     outcome = json.loads(proc.stdout.strip().splitlines()[-1])
     assert outcome["code"] == 0, proc.stderr[-4000:]
@@ -55,8 +59,11 @@ def test_analyze_of_a_json_input_with_json_output_loads_no_plotting_library(gram
     assert (tmp_path / "result.json").is_file()
 
 
-def test_the_page_loads_matplotlib(grams_json, tmp_path):
-    """The other side: the page draws with matplotlib, so the checks above can fail."""
+def test_the_figures_load_matplotlib(grams_json, tmp_path):
+    """The other side, so that the checks above can fail: the figures are drawn with matplotlib. ``--plot``
+    draws in this process; ``--report`` on one core too (with more it draws in worker processes, unseen here)."""
     page = tmp_path / "page.html"
-    assert "matplotlib" in plotting_loaded("analyze", grams_json, "--report", page)
+    assert "matplotlib" in plotting_loaded("analyze", grams_json, "--report", page, one_core=True)
     assert page.is_file()
+    assert "matplotlib" in plotting_loaded("analyze", grams_json, "--plot", tmp_path / "figures")
+    assert any((tmp_path / "figures").iterdir())
