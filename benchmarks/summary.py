@@ -35,6 +35,7 @@ THREAD_SPEEDUP = 1.7  # all-pairs principal angles, 2 threads against 1
 MEASURE_RATIO_LIMIT = 1.5  # measure against the machine's SGEMM
 MEASURE_24_LAYERS_RATIO_LIMIT = 1.3  # the same at the 24-layer shape of issue 21.7
 MEASURE_MEMORY_LIMIT_BYTES = 3 * 2**30  # measure's peak memory beyond the mapped file
+REPORT_PAGE_LIMIT_S = 3.0  # what analyze --report adds to analyze, whole processes (issue 25.5)
 
 MET, MISSED, NOT_RUN = "met", "missed", "not run"
 DASH = "–"
@@ -165,6 +166,15 @@ def target_rows(run):
     rows.append(("`measure`: peak memory beyond the mapped weight file",
                  DASH if peak is None else f"{peak / 2**30:.2f} GiB", DASH, DASH,
                  f"≤ {MEASURE_MEMORY_LIMIT_BYTES / 2**30:g} GiB", verdict(peak, MEASURE_MEMORY_LIMIT_BYTES)))
+
+    info = run.extra("test_report_page_cost")
+    added = info.get("page_added_s")
+    cell = DASH if added is None else (
+        f"{added:+.2f} s ({seconds(min(info['analyze_wall']), 's')} → {seconds(min(info['report_wall']), 's')}; "
+        f"the page alone from the result JSON: first {seconds(info['first_page_s'], 's')}, "
+        f"second {seconds(info['second_page_s'], 's')})")
+    rows.append(("`analyze --report`: the HTML page's time beyond `analyze` (whole processes)", cell, DASH, DASH,
+                 f"≤ +{REPORT_PAGE_LIMIT_S:g} s", verdict(added, REPORT_PAGE_LIMIT_S)))
     return rows
 
 
