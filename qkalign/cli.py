@@ -310,6 +310,10 @@ def _analyze(args):
     if args.report is not None:
         check_output_file(args.report, "--report")
     int_in_range(args.chance_seed, 0, 2**63 - 1, "--chance-seed")
+    if args.report is not None:  # the page's drawing processes start up while the numbers are computed
+        from .views.figure_jobs import start_workers
+
+        start_workers()
     data, description = _analysis_input(args)
     result = analyze(data, anchor=args.anchor, backend=args.backend, match_heads=args.match_heads,
                      chance_seed=args.chance_seed, background_compile=True)
@@ -325,7 +329,7 @@ def _analyze(args):
         from .views.html_page import write_html_page
 
         _write_page(write_html_page, result.to_dict(), args.report, "--report", args.json or "analyze",
-                    report_text=format_report(result, description))
+                    report_text=format_report(result, description), workers=None)
     return 0
 
 
@@ -384,7 +388,7 @@ def _report(args):
 
     doc = read_json_object(args.result, "result JSON (qkalign analyze --json)",
                            required=("meta", "to_anchor", "principal_angles"))
-    _write_page(write_html_page, doc, args.page, "FILE.html", args.result)
+    _write_page(write_html_page, doc, args.page, "FILE.html", args.result, workers=None)
     return 0
 
 

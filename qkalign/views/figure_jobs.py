@@ -43,11 +43,14 @@ def run_jobs(jobs, out_dir, workers=1):
     if not isinstance(out_dir, FigureCollection) or workers <= 1 or len(jobs) < 2 or not _main_importable():
         plt = _pyplot()
         return [target for function, args in jobs for target in function(plt, *args, out_dir)]
+    global _started
     try:
-        context = multiprocessing.get_context("forkserver")  # not fork: this process may hold threads (BLAS, numba)
-        context.set_forkserver_preload(list(PRELOAD))
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            drawn = list(pool.map(_draw_in_worker, jobs))
+        pool, _started = _started or _pool(workers), None
+        with pool:
+            # the costliest first, so that no worker is left with one long figure at the end; results in job order
+            order = sorted(range(len(jobs)), key=lambda i: -_cost(jobs[i]))
+            futures = {i: pool.submit(_draw_in_worker, jobs[i]) for i in order}
+            drawn = [futures[i].result() for i in range(len(jobs))]
     except (OSError, BrokenProcessPool, ValueError) as exc:
         warnings.warn(f"qkalign: figures drawn in this process instead ({type(exc).__name__}: {exc})",
                       FigureWorkersUnavailable, stacklevel=2)
@@ -60,10 +63,48 @@ def run_jobs(jobs, out_dir, workers=1):
     return written
 
 
+#: A pool started ahead of its jobs by :func:`start_workers` (None: none waiting).
+_started = None
+
+
+def start_workers(workers=None):
+    """Start the drawing processes now, e.g. while ``analyze`` computes, so that their start-up (importing
+    matplotlib) is not on the page's clock; the next :func:`run_jobs` into a collection uses them. Nothing happens
+    where they could not be used (one core, no importable main script, no fork server)."""
+    global _started
+    cores = default_workers(range(2 * 64))
+    workers = cores if workers is None else workers
+    if _started is not None or workers <= 1 or not _main_importable():
+        return
+    try:
+        _started = _pool(workers)
+        for _ in range(workers):
+            _started.submit(_warm_up)
+    except (OSError, ValueError):
+        _started = None
+
+
+def _pool(workers):
+    context = multiprocessing.get_context("forkserver")  # not fork: this process may hold threads (BLAS, numba)
+    context.set_forkserver_preload(list(PRELOAD))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+
+
+def _cost(job):
+    """A rough order of a job's drawing time: a figure of many panels costs more than a heatmap pair."""
+    function, args = job
+    return {"_one_figure_job": 2, "_rope_job": 3}.get(function.__name__, 1)
+
+
 def _main_importable():
     """Whether a worker can start: it re-imports the main script by its path (``python -`` has none)."""
     path = getattr(sys.modules.get("__main__"), "__file__", None)
     return path is None or os.path.isfile(path)
+
+
+def _warm_up():
+    """In a worker: matplotlib imported and its fonts found, before the first figure."""
+    _pyplot()
 
 
 def _draw_in_worker(job):

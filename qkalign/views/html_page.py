@@ -55,16 +55,16 @@ SECTION_FIGURES = {
 }
 
 
-def write_html_page(result, path, source="result", report_text=None):
+def write_html_page(result, path, source="result", report_text=None, workers=1):
     """Write the page of ``result`` (a result dict: ``AnalysisResult.to_dict()`` or a ``--json`` file) to ``path``,
     whole or not at all; returns ``path``. See :func:`page_html`."""
-    text = page_html(result, source, report_text)
+    text = page_html(result, source, report_text, workers)
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     return path
 
 
-def page_html(result, source="result", report_text=None):
+def page_html(result, source="result", report_text=None, workers=1):
     """The page of ``result`` as one HTML document (str).
 
     Parameters
@@ -75,6 +75,10 @@ def page_html(result, source="result", report_text=None):
         What the result came from, for error lines and the provenance.
     report_text : str, optional
         The text report to include (folded); by default it is made from ``result``.
+    workers : int or None
+        Processes drawing the figures side by side (:mod:`.figure_jobs`; None: one per core). More than one
+        re-imports the main script in each worker, as :mod:`multiprocessing` does: from a script, only under
+        ``if __name__ == "__main__":`` (the ``qkalign`` command passes None).
     """
     from .analysis_figures import checked_result, write_figures
     from .figure_files import caption
@@ -82,7 +86,7 @@ def page_html(result, source="result", report_text=None):
     checked_result(result, source)  # the shape (meta) the tables' checks rely on
     analysis = _checked_tables(result, source)  # before any figure is drawn: an error costs nothing
     collection = FigureCollection()
-    write_figures(result, collection, source, workers=None)  # side by side on the cores (figure_jobs)
+    write_figures(result, collection, source, workers=workers)
     meta = analysis.meta
     if report_text is None:
         from .text_report import format_report
