@@ -170,7 +170,7 @@ def _add_measure_options(parser, for_analyze):
                              "distance D, or its mean over distances 0..W-1")
     parser.add_argument("--layer-symmetry", action="store_true", default=default("layer_symmetry"),
                         help=f"also score each layer's whole operator (heads summed) as Saponati et al.: symmetry and "
-                             f"directionality{when} (about 1.5x measure's time)")
+                             f"directionality{when} (about 1.2x measure's time)")
     parser.add_argument("--deltas", type=_distances, default=default("deltas"), metavar="D1,D2,...",
                         help=f"relative distances of the rotary profile rope_profile{when} (default 0 and the powers "
                              "of two up to the model's context length; none: no profile)")

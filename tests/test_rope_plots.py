@@ -17,7 +17,8 @@ from qkalign.sweeps.variables import dimensions_of, flatten  # noqa: E402
 from qkalign.testing.fake_rope import fake_rope_bands  # noqa: E402
 from qkalign.testing.model_folders import write_model  # noqa: E402
 from qkalign.testing.refusals import one_error_line  # noqa: E402
-from qkalign.views.analysis_figures import FIGURE_NAMES, ROPE_FIGURE_NAMES, _pyplot, checked_result  # noqa: E402
+from qkalign.views.analysis_figures import FIGURE_NAMES, ROPE_FIGURE_NAMES, checked_result  # noqa: E402
+from qkalign.views.figure_files import pyplot as _pyplot  # noqa: E402
 from qkalign.views.rope_figures import band_order, group_boundaries, write_rope_figures  # noqa: E402
 from qkalign.weights.measure import measure  # noqa: E402
 
