@@ -10,7 +10,7 @@ def test_benchmarks_run_on_the_small_preset():
     proc = run_python(["-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable", "benchmarks"],
                       cwd=REPO_ROOT, QKALIGN_BENCH_PRESET="small")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "47 passed" in proc.stdout
+    assert "52 passed" in proc.stdout
 
 
 @pytest.mark.slow
