@@ -13,6 +13,7 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from ..linalg.blas_threads import core_count
 from .figure_files import FigureCollection
 from .figure_files import pyplot as _pyplot
 
@@ -27,8 +28,7 @@ class FigureWorkersUnavailable(UserWarning):
 def default_workers(jobs):
     """Processes worth starting for ``jobs``: one per core this process may run on, at most one per two jobs (a
     worker's start-up, about a figure's time, must pay for itself)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, len(jobs) // 2))
+    return max(1, min(core_count(), len(jobs) // 2))
 
 
 def run_jobs(jobs, out_dir, workers=1):
@@ -72,8 +72,7 @@ def start_workers(workers=None):
     matplotlib) is not on the page's clock; the next :func:`run_jobs` into a collection uses them. Nothing happens
     where they could not be used (one core, no importable main script, no fork server)."""
     global _started
-    cores = default_workers(range(2 * 64))
-    workers = cores if workers is None else workers
+    workers = core_count() if workers is None else workers
     if _started is not None or workers <= 1 or not _main_importable():
         return
     try:

@@ -80,13 +80,14 @@ def page_html(result, source="result", report_text=None, workers=1):
         re-imports the main script in each worker, as :mod:`multiprocessing` does: from a script, only under
         ``if __name__ == "__main__":`` (the ``qkalign`` command passes None).
     """
-    from .analysis_figures import checked_result, write_figures
+    from .analysis_figures import figure_jobs
     from .figure_files import caption
+    from .figure_jobs import run_jobs
 
-    checked_result(result, source)  # the shape (meta) the tables' checks rely on
+    jobs = figure_jobs(result, source)  # checks every part the figures draw (the shape the tables rely on too)
     analysis = _checked_tables(result, source)  # before any figure is drawn: an error costs nothing
     collection = FigureCollection()
-    write_figures(result, collection, source, workers=workers)
+    run_jobs(jobs, collection, workers)
     meta = analysis.meta
     if report_text is None:
         from .text_report import format_report
@@ -337,6 +338,8 @@ def _distance_section(result):
 
 
 def _chance_section(result):
+    from .text_report import _exactness
+
     rows = []
     for name, level in result.chance.items():
         mean, sd = level["mean"], level.get("sd")
@@ -346,8 +349,7 @@ def _chance_section(result):
         how = level.get("method", "")
         if level.get("seed") is not None:
             how += f" (seed {level['seed']}, {level.get('samples')} samples)"
-        exact = [p for p in ("mean", "sd") if level.get(f"exact_{p}")]
-        rows.append((name, _num(mean, ".4g"), _num(sd, ".4g"), how + (f"; {' and '.join(exact)} exact" if exact else "")))
+        rows.append((name, _num(mean, ".4g"), _num(sd, ".4g"), how + _exactness(level)))
     return [_table(["<statistic", "mean", "sd (one head)", "<method"], rows)]
 
 

@@ -96,6 +96,11 @@ def write_sweep_figures(store, out_dir):
     ``symmetry_split_vs_step.png`` (the adjacent, to-anchor and off-diagonal cosines of the symmetric and skew parts
     with their chance bands, and the shares of the off-diagonal agreement each part carries).
     """
+    return draw_sweep_figures(open_sweep_store(store), out_dir)
+
+
+def open_sweep_store(store):
+    """The dataset of the sweep store ``store``; one error line if it is not one."""
     import xarray as xr
 
     from ..errors import InputError
@@ -106,6 +111,11 @@ def write_sweep_figures(store, out_dir):
         raise InputError(store, "", "a Zarr store written by qkalign sweep", f"{type(exc).__name__}: {exc}") from None
     if "status" not in ds:
         raise InputError(store, "", "a Zarr store written by qkalign sweep", "other variables")
+    return ds
+
+
+def draw_sweep_figures(ds, out_dir):
+    """The figures of :func:`write_sweep_figures` for an opened sweep dataset ``ds``."""
     out_dir = figure_folder(out_dir)
     runs = run_table(ds)
     if not runs:

@@ -23,15 +23,13 @@ def write_sweep_page(store, path):
 def sweep_page_html(store):
     """The page of the sweep store ``store`` as one HTML document (str): a table of every run (its source,
     revision, step, status; for runs that finished, the adjacent-layer and to-anchor operator and subspace cosines
-    and the verdict; for failed ones, the error) and the figures of :func:`~.sweep_figures.write_sweep_figures`."""
-    import xarray as xr
-
+    and the verdict; for failed ones, the error) and the figures of :func:`~.sweep_figures.draw_sweep_figures`."""
     from .figure_files import FigureCollection
-    from .sweep_figures import PANELS, run_table, statistic, step_of, write_sweep_figures
+    from .sweep_figures import PANELS, draw_sweep_figures, open_sweep_store, run_table, statistic, step_of
 
+    ds = open_sweep_store(store)  # one error line if ``store`` is not a sweep's store
     collection = FigureCollection()
-    write_sweep_figures(store, collection)  # checks that ``store`` is a sweep's store, with one error line
-    ds = xr.open_zarr(str(store), consolidated=True, chunks=None)
+    draw_sweep_figures(ds, collection)
     finished = {run["index"]: run for run in run_table(ds)}
     status = ds["status"].values
     rows = []
