@@ -129,6 +129,9 @@ def unplain(value, key=None):
         return {k: unplain(v, k) for k, v in value.items()}
     if not isinstance(value, list):
         return value
+    fast = _numeric_array(value)  # the common case, a rectangular list of numbers without null, in one numpy call
+    if fast is not None:
+        return value if fast.dtype.kind == "i" and key in LIST_KEYS else fast
     leaves = list(_leaves(value))
     if leaves and all(isinstance(v, int) and not isinstance(v, bool) for v in leaves):
         if key in LIST_KEYS:
@@ -139,6 +142,27 @@ def unplain(value, key=None):
     else:
         array = None
     return array if array is not None else [unplain(v, key) for v in value]
+
+
+def _numeric_array(value):
+    """``value`` as a float64 or int64 array when numpy reads it as one (rectangular, numbers only, not empty), else
+    None (null, bools, strings, ragged or empty lists: :func:`unplain` looks at their leaves one by one)."""
+    try:
+        array = np.array(value)
+    except (ValueError, OverflowError):
+        return None
+    if array.size == 0:  # [] and [[]] stay lists, as the leaf-by-leaf path leaves them
+        return None
+    if array.dtype.kind == "f":
+        return array.astype(np.float64, copy=False)
+    if array.dtype.kind == "i" and not _has_bool(value):
+        return array.astype(np.int64, copy=False)
+    return None
+
+
+def _has_bool(value):
+    """Whether a list of integers holds a bool (numpy reads ``[True, 2]`` as integers; a result keeps it a list)."""
+    return any(_has_bool(v) if isinstance(v, list) else isinstance(v, bool) for v in value)
 
 
 def _leaves(value):
@@ -168,6 +192,15 @@ def plain(value):
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     if isinstance(value, np.ndarray):
+        if value.dtype.kind in "iub":
+            return value.tolist()
+        if value.dtype.kind == "f":  # one numpy pass instead of a Python call per element
+            finite = np.isfinite(value)
+            if finite.all():
+                return value.tolist()
+            cells = value.astype(object)
+            cells[~finite] = None
+            return cells.tolist()
         return plain(value.tolist())
     if isinstance(value, (float, np.floating)):
         return None if not math.isfinite(value) else float(value)

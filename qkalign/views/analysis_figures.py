@@ -12,7 +12,7 @@ import numpy as np
 
 from ..checks import int_in_range, positive_int
 from ..errors import InputError
-from .figure_files import DPI, FIGSIZE, caption, figure_folder
+from .figure_files import DPI, FIGSIZE, caption, colorbar, figure_folder, integer_ticks
 from .figure_files import numbers as _numbers
 from .figure_files import part as _part
 from .figure_files import save_figure as _save
@@ -100,8 +100,8 @@ def _diverging_map(plt, fig, ax, values, center, label, annotate):
     half = robust_half_range(values, center)
     cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
     image = ax.imshow(values, origin="lower", cmap=cmap, vmin=center - half, vmax=center + half,
-                      interpolation="nearest", aspect="auto")
-    bar = fig.colorbar(image, ax=ax)
+                      interpolation="none", aspect="auto")
+    bar = colorbar(fig, image, ax=ax)
     bar.set_label(f"{label}\ncentre {center:.3g}, ends ±{half:.3g} ({ROBUST_PERCENTILE}th pct of |off-diag − centre|)",
                   fontsize=7)
     if annotate and values.shape[0] * values.shape[1] <= 144:
@@ -113,12 +113,10 @@ def _diverging_map(plt, fig, ax, values, center, label, annotate):
 
 
 def _layer_axes(ax, num_layers, xlabel="layer L'"):
-    from matplotlib.ticker import MaxNLocator
-
     ax.set_xlabel(xlabel)
     ax.set_ylabel("layer L")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    integer_ticks(ax.xaxis)
+    integer_ticks(ax.yaxis)
 
 
 def _heatmap(plt, meta, matrix, title, label, chance, path):
@@ -243,20 +241,21 @@ def _heads_grid_figure(plt, meta, per_head, chance, path):
     width = FIGSIZE[0] * 1.5
     height = 0.86 * width * rows / cols + 1.1  # the tiles' aspect, plus room for the titles
     fig, ax = plt.subplots(figsize=(width, height), dpi=DPI)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.15 / height, top=1 - 0.95 / height)
-    image = ax.imshow(mosaic, cmap=cmap, vmin=center - half, vmax=center + half, interpolation="nearest")
+    # room on the right for the colour bar, its ticks and its label (the tiles keep their aspect inside the rest)
+    fig.subplots_adjust(left=0.02, right=0.86, bottom=0.15 / height, top=1 - 0.95 / height)
+    image = ax.imshow(mosaic, cmap=cmap, vmin=center - half, vmax=center + half, interpolation="none")
     diagonal = np.full(mosaic.shape, np.nan)  # the masked diagonals in grey, as on the other heatmaps
     for h in range(shown):
         r, c = divmod(h, cols)
         for layer in range(L):
             diagonal[r * (L + 1) + L - 1 - layer, c * (L + 1) + layer] = 1.0
         ax.text(c * (L + 1) + L / 2 - 0.5, r * (L + 1) - 0.6, f"head {h}", ha="center", va="bottom", fontsize=6)
-    ax.imshow(diagonal, cmap=plt.get_cmap("Greys"), vmin=0, vmax=6, interpolation="nearest")
+    ax.imshow(diagonal, cmap=plt.get_cmap("Greys"), vmin=0, vmax=6, interpolation="none")
     ax.set_xticks([])
     ax.set_yticks([])
     for side in ax.spines.values():
         side.set_visible(False)
-    bar = fig.colorbar(image, ax=ax, fraction=0.03)
+    bar = colorbar(fig, image, ax=ax, fraction=0.03, pad=0.02)
     bar.set_label(f"cos($g_L$, $g_{{L'}}$) per head; centre {center:.3g} (chance), ends ±{half:.3g}", fontsize=7)
     more = f" (first {shown} of {H})" if shown < H else ""
     ax.set_title("each tile: layer L (up) × layer L′ (right), diagonal grey", fontsize=7, pad=10)

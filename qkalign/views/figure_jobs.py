@@ -9,12 +9,13 @@ of workers: each job's SVG text does not depend on the process that drew it (:fu
 import multiprocessing
 import os
 import sys
+import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from ..linalg.blas_threads import core_count
-from .figure_files import FigureCollection
+from .figure_files import FigureCollection, figure_style
 from .figure_files import pyplot as _pyplot
 
 #: Modules the worker processes import once, before their first job (the fork server preloads them).
@@ -42,8 +43,10 @@ def run_jobs(jobs, out_dir, workers=1):
         workers = default_workers(jobs)
     if not isinstance(out_dir, FigureCollection) or workers <= 1 or len(jobs) < 2 or not _main_importable():
         plt = _pyplot()
-        return [target for function, args in jobs for target in function(plt, *args, out_dir)]
+        with figure_style():
+            return [target for function, args in jobs for target in function(plt, *args, out_dir)]
     global _started
+    _wait_for_start()
     try:
         pool, _started = _started or _pool(workers), None
         with pool:
@@ -63,24 +66,41 @@ def run_jobs(jobs, out_dir, workers=1):
     return written
 
 
-#: A pool started ahead of its jobs by :func:`start_workers` (None: none waiting).
+#: A pool started ahead of its jobs by :func:`start_workers` (None: none waiting), and the thread starting it.
 _started = None
+_starting = None
 
 
 def start_workers(workers=None):
     """Start the drawing processes now, e.g. while ``analyze`` computes, so that their start-up (importing
-    matplotlib) is not on the page's clock; the next :func:`run_jobs` into a collection uses them. Nothing happens
-    where they could not be used (one core, no importable main script, no fork server)."""
-    global _started
+    matplotlib) is not on the page's clock; the next :func:`run_jobs` into a collection uses them. Returns at once:
+    a thread starts them (the fork server answers only once it has imported matplotlib, most of a second). Nothing
+    happens where they could not be used (one core, no importable main script, no fork server)."""
+    global _starting
     workers = core_count() if workers is None else workers
-    if _started is not None or workers <= 1 or not _main_importable():
+    if _started is not None or _starting is not None or workers <= 1 or not _main_importable():
         return
+    _starting = threading.Thread(target=_start, args=(workers,), name="qkalign-figure-workers", daemon=True)
+    _starting.start()
+
+
+def _start(workers):
+    global _started
     try:
-        _started = _pool(workers)
+        pool = _pool(workers)
         for _ in range(workers):
-            _started.submit(_warm_up)
-    except (OSError, ValueError):
-        _started = None
+            pool.submit(_warm_up)
+    except (OSError, ValueError, RuntimeError):  # run_jobs draws in its own process then
+        return
+    _started = pool
+
+
+def _wait_for_start():
+    """Wait until a :func:`start_workers` thread has done (its pool, or none, is then in ``_started``)."""
+    global _starting
+    if _starting is not None:
+        _starting.join()
+        _starting = None
 
 
 def _pool(workers):
@@ -110,5 +130,6 @@ def _draw_in_worker(job):
     """One job in a worker process: its figures as ``{name: svg text}``."""
     function, args = job
     collection = FigureCollection()
-    function(_pyplot(), *args, collection)
+    with figure_style():
+        function(_pyplot(), *args, collection)
     return collection.figures

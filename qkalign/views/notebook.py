@@ -41,14 +41,15 @@ def summary_html(result):
 
 def _to_anchor_svg(result, level):
     """The small figure as inline SVG text (matplotlib is imported here, only when a notebook shows a result)."""
-    from .figure_files import pyplot, svg_text
+    from .figure_files import figure_style, pyplot, svg_text
 
     plt = pyplot()
     meta = result.meta
     L, H, anchor = meta["num_layers"], meta["num_heads"], meta["anchor"]
     layers = np.arange(L)
     others = layers != anchor
-    fig, ax = plt.subplots(figsize=SUMMARY_FIGSIZE, dpi=100)
+    with figure_style():
+        fig, ax = plt.subplots(figsize=SUMMARY_FIGSIZE, dpi=100)
     ax.plot(layers[others], result.to_anchor["cos"][others], marker="o", markersize=2.5, color="C0")
     if level is not None and level.get("sd") is not None:
         half = 2 * level["sd"] / np.sqrt(H)

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 
 from ..errors import InputError
-from .figure_files import DPI, FIGSIZE, caption, numbers, part, save_figure
+from .figure_files import DPI, FIGSIZE, caption, colorbar, integer_ticks, numbers, part, save_figure
 
 #: The rotary figures: cosine against Δ, head norms against Δ, band energy.
 ROPE_FIGURE_NAMES = ("rope_distance_cos.png", "rope_head_norms.png", "rope_bands.png")
@@ -162,9 +162,7 @@ def _delta_columns(ax, deltas):
 
 
 def _layer_rows(ax, num_layers):
-    from matplotlib.ticker import MaxNLocator
-
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    integer_ticks(ax.yaxis)
     ax.set_ylabel("layer L")
 
 
@@ -242,8 +240,8 @@ def _layer_delta_map(plt, fig, ax, values, limits, label, deltas, num_layers, ti
     per measured distance."""
     cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
     image = ax.imshow(values, origin="lower", aspect="auto", cmap=cmap, vmin=limits[0], vmax=limits[1],
-                      interpolation="nearest")
-    fig.colorbar(image, ax=ax).set_label(label)
+                      interpolation="none")
+    colorbar(fig, image, ax=ax).set_label(label)
     _delta_columns(ax, deltas)
     _layer_rows(ax, num_layers)
     ax.set_title(title, fontsize=10)
@@ -288,8 +286,8 @@ def _bands_figure(plt, meta, bands, chance, path):
     top = float(np.percentile(finite, 99)) if finite.size else 1.0
     top = top if top > 0 else _limit(matrix)
     image = hm.imshow(matrix, origin="lower", aspect="auto", cmap="viridis", vmin=0, vmax=top,
-                      interpolation="nearest")
-    fig.colorbar(image, ax=hm, extend="max" if finite.size and finite.max() > top else "neither").set_label(
+                      interpolation="none")
+    colorbar(fig, image, ax=hm, extend="max" if finite.size and finite.max() > top else "neither").set_label(
         "share of the head's energy (mean over heads)")
     step = max(1, int(np.ceil(P / 10)))
     ticks = list(range(0, P, step))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .figure_files import DPI, FIGSIZE, figure_folder, save_figure
+from .figure_files import DPI, FIGSIZE, figure_folder, figure_style, integer_ticks, save_figure
 from .figure_files import pyplot as _pyplot
 
 STEP = re.compile(r"(?:^|[^a-z])(?:step|global_step|checkpoint|ckpt|iter)[-_]?(\d+)", re.IGNORECASE)
@@ -121,18 +121,19 @@ def draw_sweep_figures(ds, out_dir):
     if not runs:
         return []
     plt = _pyplot()
-    written = [_statistics_figure(plt, ds, runs, out_dir)] + [
-        _grid_figure(plt, ds, runs, variable, title, label, limits, out_dir)
-        for variable, title, label, limits in GRIDS if variable in ds]
-    deltas = followed_deltas(ds, runs)
-    if deltas:
-        written.append(_rope_profile_figure(plt, ds, runs, deltas, out_dir))
-    if band_groups(ds, runs):
-        written.append(_rope_bands_figure(plt, ds, runs, out_dir))
-    if "symmetry.mean" in ds:
-        written.append(_symmetry_figure(plt, ds, runs, out_dir))
-    if "symmetry_split.frac_S" in ds:
-        written.append(_symmetry_split_figure(plt, ds, runs, out_dir))
+    with figure_style():
+        written = [_statistics_figure(plt, ds, runs, out_dir)] + [
+            _grid_figure(plt, ds, runs, variable, title, label, limits, out_dir)
+            for variable, title, label, limits in GRIDS if variable in ds]
+        deltas = followed_deltas(ds, runs)
+        if deltas:
+            written.append(_rope_profile_figure(plt, ds, runs, deltas, out_dir))
+        if band_groups(ds, runs):
+            written.append(_rope_bands_figure(plt, ds, runs, out_dir))
+        if "symmetry.mean" in ds:
+            written.append(_symmetry_figure(plt, ds, runs, out_dir))
+        if "symmetry_split.frac_S" in ds:
+            written.append(_symmetry_split_figure(plt, ds, runs, out_dir))
     return written
 
 
@@ -181,8 +182,6 @@ def _chance_band(ds, indices, key):
 
 
 def _grid_figure(plt, ds, runs, variable, title, label, limits, out_dir):
-    from matplotlib.ticker import MaxNLocator
-
     if len(runs) > MAX_GRID_RUNS:
         runs = [runs[i] for i in np.linspace(0, len(runs) - 1, MAX_GRID_RUNS).round().astype(int)]
     cols = int(np.ceil(np.sqrt(len(runs))))
@@ -192,13 +191,13 @@ def _grid_figure(plt, ds, runs, variable, title, label, limits, out_dir):
     for ax, run in zip(axes.flat, runs):
         L = int(ds["meta.num_layers"].values[run["index"]])
         image = ax.imshow(ds[variable].values[run["index"], :L, :L], origin="lower", cmap="viridis",
-                          vmin=limits[0], vmax=limits[1], interpolation="nearest")
+                          vmin=limits[0], vmax=limits[1], interpolation="none")
         ax.set_title(run["label"] if run["step"] is None else f"step {run['step']}", fontsize=8)
         ax.set_xlabel("layer L'", fontsize=7)
         ax.set_ylabel("layer L", fontsize=7)
         ax.tick_params(labelsize=6)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        integer_ticks(ax.xaxis)
+        integer_ticks(ax.yaxis)
     for ax in axes.flat[len(runs):]:
         ax.axis("off")
     fig.suptitle(f"{title} ({len(runs)} runs, mean over heads)", fontsize=11)

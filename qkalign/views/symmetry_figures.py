@@ -5,7 +5,7 @@ operators (Saponati et al.'s scores) where measured."""
 import numpy as np
 
 from ..errors import InputError
-from .figure_files import DPI, FIGSIZE, caption, numbers, save_figure
+from .figure_files import DPI, FIGSIZE, caption, colorbar, numbers, save_figure
 
 SYMMETRY_FIGURE_NAMES = ("symmetry.png", "symmetry_split.png")
 #: The two halves of the operator cosine (:mod:`qkalign.stats.symmetry_split`).
@@ -44,8 +44,8 @@ def write_symmetry_figure(plt, meta, sym, path):
     limit = float(np.nanmax(deviation)) if np.isfinite(deviation).any() and np.nanmax(deviation) > 0 else 1.0
     cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
     image = hm.imshow(sym["per_head"], origin="lower", aspect="auto", cmap=cmap, vmin=center - limit,
-                      vmax=center + limit, interpolation="nearest")
-    fig.colorbar(image, ax=hm).set_label(f"s (centre: chance {center:.2g})")
+                      vmax=center + limit, interpolation="none")
+    colorbar(fig, image, ax=hm).set_label(f"s (centre: chance {center:.2g})")
     hm.set_xlabel("head h")
     hm.set_ylabel("layer L")
     hm.set_title(f"Each head's symmetry score s = <g, gᵀ>/‖g‖² ({L}×{H} heads)", fontsize=10)
@@ -111,8 +111,8 @@ def write_split_figure(plt, meta, split, path):
     cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
     for ax, (part, name) in zip(axes[:2], PARTS):
         matrix = np.where(off, split[f"cos_{part}"], np.nan)  # the diagonal is 1 by construction
-        image = ax.imshow(matrix, origin="lower", cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
-        fig.colorbar(image, ax=ax).set_label(f"cos_{part} (centre: chance 0; diagonal grey)")
+        image = ax.imshow(matrix, origin="lower", cmap=cmap, vmin=-limit, vmax=limit, interpolation="none")
+        colorbar(fig, image, ax=ax).set_label(f"cos_{part} (centre: chance 0; diagonal grey)")
         ax.set_xlabel("layer L'")
         ax.set_ylabel("layer L")
         ax.set_title(f"{name}: cosine between layers,\nmean over {H} heads", fontsize=10)
