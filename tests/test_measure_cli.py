@@ -5,6 +5,7 @@ Each case is a real ``python -m qkalign`` process; they start together in one fi
 """
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -123,6 +124,7 @@ def runs(tmp_path_factory):
     cases = {name: (args, fragments) for name, (args, fragments) in _bad_cases(root).items()}
     cases["measure_quiet"] = (["measure", good, "-o", root / "res" / "tiny", "--quiet"], None)
     cases["measure_progress"] = (["measure", good, "-o", root / "res2" / "tiny", "--precision", "float64"], None)
+    cases["measure_layer_progress"] = (["measure", good, "-o", root / "res4" / "tiny", "--layer-symmetry"], None)
     cases["measure_pt"] = (["measure", good, "-o", root / "res3" / "tiny", "--format", "pt", "--quiet"], None)
     cases["analyze_folder"] = (["analyze", good, "--quiet", "--json", root / "folder.json"], None)
     procs = run_concurrently({name: args for name, (args, _) in cases.items()})
@@ -184,6 +186,17 @@ def test_measure_shows_progress_on_stderr(runs):
     assert "measure" in proc.stderr and "100%" in proc.stderr
     doc = json.loads((runs["root"] / "res2" / "tiny.json").read_text())
     assert doc["precision"] == "float64"
+
+
+def test_the_per_layer_symmetry_has_its_own_progress(runs):
+    """After the heads, the layers' products (seconds at a 4B shape) count layers, not a bar resting at 100 %."""
+    proc, _ = runs["measure_layer_progress"]
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((runs["root"] / "res4" / "tiny.json").read_text())
+    heads, layers = doc["num_heads"], doc["num_layers"]
+    heads_done = re.search(rf"measure: 100%[^\r\n]*? {heads}/{heads} [^\r\n]*?head", proc.stderr)
+    layers_done = re.search(rf"measure: layer symmetry: 100%[^\r\n]*? {layers}/{layers} [^\r\n]*?layer/s", proc.stderr)
+    assert heads_done and layers_done and heads_done.start() < layers_done.start(), proc.stderr[-500:]
 
 
 def test_analyze_measures_a_model_folder(runs):

@@ -560,7 +560,8 @@ class _HeadTasks:
                              f"a squared norm of 2^{log2_norms_sq[layer]:.1f}")
 
     def run(self, progress):
-        """Every task, a progress bar over query heads on stderr; returns the arrays."""
+        """Every task, a progress bar over query heads on stderr (then over layers, for the per-layer symmetry);
+        returns the arrays."""
         shape, workers = self.shape, core_count()
         key_jobs, running = {}, deque()
         with one_blas_thread(), ThreadPoolExecutor(workers) as pool, \
@@ -580,7 +581,12 @@ class _HeadTasks:
                     self._done(running.popleft().result())
                     bar.update()
                 if self.layer_operators is not None:
-                    self._layer_scores(pool)
+                    # a bar of its own: the layers' products take seconds after the last head
+                    bar.refresh()  # the heads' count as it ends (tqdm may not have drawn the last update)
+                    bar.unit = "layer"
+                    bar.set_description("measure: layer symmetry", refresh=False)
+                    bar.reset(total=shape.num_layers)
+                    self._layer_scores(pool, bar)
             except BaseException:
                 pool.shutdown(cancel_futures=True)
                 bar.leave = False  # the error line follows on a clean line
@@ -593,12 +599,13 @@ class _HeadTasks:
         if query_result is not None:
             self.layer_operators.add_queries(*query_result)
 
-    def _layer_scores(self, pool):
+    def _layer_scores(self, pool, bar):
         """Each layer's whole-operator scores, one task per layer (every query head added)."""
         jobs = [pool.submit(self.layer_operators.layer_scores, layer) for layer in range(self.shape.num_layers)]
         for layer, job in enumerate(jobs):
             for name, value in zip(LAYER_SCORES, job.result()):
                 self.out[name][layer] = value
+            bar.update()
 
 
 def _layer_work(k, q, kk, qq, topk, precision, maps=None):
